@@ -1,0 +1,77 @@
+"""A session's emotion: target emotion and intensity with smooth transitions.
+
+Switching emotion never jumps: the displayed AU parameters blend linearly from where they
+are to the new target over ``transition_s`` (default 0.25 s), measured on the caller's clock
+(video time for rendering, so results are reproducible).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engines.face_motion import EMOTIONS, emotion_one_hot, emotion_params
+
+INTENSITY_ALIASES = {"low": 0.5, "high": 1.0}
+DEFAULT_TRANSITION_S = 0.25
+
+
+def parse_intensity(value: str | float) -> float:
+    """Intensity from a number in 0..1 or an alias (low = 0.5, high = 1.0)."""
+    if isinstance(value, str):
+        key = value.strip().lower()
+        if key in INTENSITY_ALIASES:
+            return INTENSITY_ALIASES[key]
+        try:
+            value = float(key)
+        except ValueError:
+            raise ValueError(
+                f"intensity {value!r} is not a number in 0..1 or one of "
+                f"{', '.join(INTENSITY_ALIASES)}"
+            ) from None
+    value = float(value)
+    if not 0.0 <= value <= 1.0 or value != value:
+        raise ValueError(f"intensity {value} is outside 0..1")
+    return value
+
+
+class EmotionState:
+    """Current emotion of one session, sampled per frame with :meth:`params_at`."""
+
+    def __init__(self, emotion: str = "neutral", intensity: float = 1.0) -> None:
+        self.emotion = emotion
+        self.intensity = parse_intensity(intensity)
+        target = emotion_params(emotion_one_hot(emotion), self.intensity)
+        self._from = target
+        self._to = target
+        self._t0 = 0.0
+        self._dur = 0.0
+        self._last_t = 0.0
+
+    def set(
+        self,
+        emotion: str | None = None,
+        intensity: float | str | None = None,
+        at: float | None = None,
+        transition_s: float = DEFAULT_TRANSITION_S,
+    ) -> None:
+        """Aim at a new emotion and/or intensity, starting at time ``at`` (default: now)."""
+        if emotion is not None and emotion not in EMOTIONS:
+            emotion_one_hot(emotion)  # raises with the list of valid names
+        if not 0.0 <= transition_s <= 10.0:
+            raise ValueError(f"transition {transition_s} s is outside 0..10 s")
+        t = self._last_t if at is None else at
+        self._from = self.params_at(t)
+        self.emotion = emotion if emotion is not None else self.emotion
+        if intensity is not None:
+            self.intensity = parse_intensity(intensity)
+        self._to = emotion_params(emotion_one_hot(self.emotion), self.intensity)
+        self._t0, self._dur = t, transition_s
+
+    def params_at(self, t: float) -> np.ndarray:
+        """AU parameters [N_PARAMS] at time ``t`` (seconds, caller's clock)."""
+        self._last_t = max(self._last_t, t)
+        if self._dur <= 0 or t >= self._t0 + self._dur:
+            return self._to
+        a = max(0.0, (t - self._t0) / self._dur)
+        a = a * a * (3 - 2 * a)  # smoothstep: no velocity jump at either end
+        return self._from + a * (self._to - self._from)

@@ -1,0 +1,228 @@
+"""The default landmark engine: speech -> phones -> visemes, plus emotion, blinks, idle motion.
+
+Streaming by construction (the live server runs it as it is): audio is pushed in chunks of
+any size, a streaming phone recogniser finalises phones a fixed time behind the audio
+edge, and frame ``t`` (centred at ``t / fps`` seconds) is produced once the phones and the
+loudness up to ``t / fps + COART`` are final. ``lookahead_ms`` states that delay.
+
+Mouth movement = viseme targets (:mod:`engines.visemes`) scaled by loudness (a quiet vowel
+opens less than a shouted one), coarticulated over +-80 ms. Emotion parameters arrive per
+frame from the caller and are composed with speech so closures still close.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engines.face_geometry import IOD
+from engines.face_motion import N_PARAMS, P, apply, build_fields, compose
+from engines.phone_stream import StreamingPhoneRecognizer
+from engines.visemes import (
+    COART_ROWS,
+    DOMINANCE,
+    ROW_S,
+    SILENCE,
+    TARGETS,
+    blend,
+    phone_id,
+)
+
+#: Phones that stay in place when the signal is quiet: closures are silent by nature.
+_QUIET_OK = {phone_id(p) for p in ("P", "B", "M")}
+_SPEECH_OPENING = np.array([P["jaw_open"], P["lips_part"]])
+
+
+class Loudness:
+    """10 ms loudness rows with automatic gain: 0 (silence) .. 1 (loud for this speaker).
+
+    The level is judged against a slowly decaying peak and a slowly rising noise floor, so
+    a quiet microphone and a loud one animate alike.
+    """
+
+    def __init__(self, sample_rate: int = 16000) -> None:
+        self.hop = int(round(sample_rate * ROW_S))
+        self.reset()
+
+    def reset(self) -> None:
+        self._tail = np.zeros(0, np.float32)
+        self.peak_db = -30.0
+        self.floor_db = -70.0
+
+    def push(self, pcm: np.ndarray) -> np.ndarray:
+        """Levels in 0..1 for each complete 10 ms row of the new audio."""
+        x = np.concatenate([self._tail, pcm.astype(np.float32, copy=False)])
+        n = len(x) // self.hop
+        self._tail = x[n * self.hop :]
+        if n == 0:
+            return np.zeros(0, np.float32)
+        rows = x[: n * self.hop].reshape(n, self.hop)
+        db = 10.0 * np.log10(np.mean(rows * rows, axis=1) + 1e-10)
+        out = np.empty(n, np.float32)
+        for i, d in enumerate(db):  # per 10 ms row: cheap, and the gain is sequential
+            self.peak_db = max(d, self.peak_db - 0.02)  # ~2 dB/s decay
+            self.floor_db = min(d, self.floor_db + 0.005) if d > -95 else self.floor_db
+            gate = self.floor_db + 8.0
+            out[i] = 0.0 if d < gate else min(1.0, (d - max(gate, self.peak_db - 30.0)) / 24.0)
+        return np.maximum(out, 0.0)
+
+
+class Blinker:
+    """Spontaneous blinks: gaps of 2-6 s, each blink 150-250 ms (fast close, slower open)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.start = float(rng.uniform(0.8, 3.0))
+        self.dur = float(rng.uniform(0.15, 0.25))
+
+    def at(self, t: float) -> float:
+        while t > self.start + self.dur:
+            self.start += self.dur + float(self.rng.uniform(2.0, 6.0))
+            self.dur = float(self.rng.uniform(0.15, 0.25))
+        x = (t - self.start) / self.dur
+        if x < 0.0:
+            return 0.0
+        y = x / 0.35 if x < 0.35 else 1.0 - (x - 0.35) / 0.65
+        return float(y * y * (3 - 2 * y))
+
+
+class IdleMotion:
+    """Small, slow head motion (roll, sway, nod, lean) from sums of incommensurate sines."""
+
+    def __init__(self, rng: np.random.Generator, amplitude: float = 1.0) -> None:
+        self.freq = rng.uniform(0.08, 0.3, size=(4, 2))
+        self.phase = rng.uniform(0, 2 * math.pi, size=(4, 2))
+        self.amp = amplitude
+
+    def at(self, t: float, speech_level: float) -> tuple[float, float, float, float]:
+        s = np.sin(2 * math.pi * self.freq * t + self.phase).mean(axis=1)
+        roll = 0.012 * s[0] * self.amp
+        dx = 0.015 * IOD * s[1] * self.amp
+        dy = (0.012 * s[2] + 0.012 * speech_level) * IOD * self.amp  # a slight nod on stress
+        zoom = 1.0 + 0.006 * s[3] * self.amp
+        return roll, dx, dy, zoom
+
+
+class SpeechLandmarkEngine:
+    """Streaming landmarks for one identity and one session (see module docstring)."""
+
+    def __init__(
+        self,
+        neutral: np.ndarray,
+        fps: float = 25.0,
+        seed: int = 0,
+        sample_rate: int = 16000,
+        idle_amplitude: float = 1.0,
+    ) -> None:
+        self.neutral = np.asarray(neutral, np.float32)
+        self.fields = build_fields(self.neutral)
+        self.fps = float(fps)
+        self.sample_rate = sample_rate
+        self.seed = seed
+        self.idle_amplitude = idle_amplitude
+        self.recognizer = StreamingPhoneRecognizer(sample_rate=sample_rate)
+        self.loudness = Loudness(sample_rate)
+        self.reset()
+
+    @property
+    def lookahead_ms(self) -> float:
+        """Audio after a frame's centre that the frame waits for."""
+        return float(self.recognizer.lookahead_ms) + COART_ROWS * ROW_S * 1000.0
+
+    def reset(self) -> None:
+        """Start a new stream (new utterance or session)."""
+        self.recognizer.reset()
+        self.loudness.reset()
+        rng = np.random.default_rng(self.seed)
+        self.blinker = Blinker(rng)
+        self.idle = IdleMotion(rng, self.idle_amplitude)
+        self._phones = np.zeros(0, np.int16)  # phone id per 10 ms row (final rows only)
+        self._levels = np.zeros(0, np.float32)  # loudness per 10 ms row
+        self._slow_level = 0.0
+        self._frame = 0
+        self._flushed = False
+        self._pushed_s = 0.0
+
+    def push_audio(self, pcm: np.ndarray) -> None:
+        """Feed 16 kHz mono float32 audio of any length."""
+        pcm = np.asarray(pcm, np.float32).ravel()
+        self._pushed_s += len(pcm) / self.sample_rate
+        self._levels = np.concatenate([self._levels, self.loudness.push(pcm)])
+        self._add_segments(self.recognizer.push(pcm))
+
+    def flush(self) -> None:
+        """End of stream: every remaining frame up to the audio's end becomes ready."""
+        self._add_segments(self.recognizer.flush())
+        self._flushed = True
+
+    def _add_segments(self, segments) -> None:
+        for seg in segments:
+            a, b = int(round(seg.start_s / ROW_S)), int(round(seg.end_s / ROW_S))
+            if b <= len(self._phones):
+                continue
+            a = max(a, len(self._phones))
+            gap = a - len(self._phones)  # defensive: a hole in the segments is silence
+            self._phones = np.concatenate([
+                self._phones,
+                np.full(gap, SILENCE, np.int16),
+                np.full(b - a, phone_id(seg.phone), np.int16),
+            ])
+
+    @property
+    def frames_total(self) -> int:
+        """Frames covering the audio pushed so far (one per 1/fps, at least one)."""
+        return max(1, int(math.ceil(self._pushed_s * self.fps - 1e-6)))
+
+    def frames_ready(self) -> int:
+        """How many frames can be produced now without waiting for more audio."""
+        if self._flushed:
+            return self.frames_total - self._frame
+        rows = min(len(self._phones), len(self._levels))
+        last = int(math.floor(((rows - COART_ROWS - 1) * ROW_S) * self.fps))
+        return max(0, last + 1 - self._frame)
+
+    def speech_params(self, t: float) -> np.ndarray:
+        """Coarticulated speech parameters [N_PARAMS] at time t (s)."""
+        c = int(round(t / ROW_S))
+        idx = np.arange(c - COART_ROWS, c + COART_ROWS + 1)
+        n = min(len(self._phones), len(self._levels))
+        ok = (idx >= 0) & (idx < n)
+        phones = np.full(len(idx), SILENCE, np.int16)
+        levels = np.zeros(len(idx), np.float32)
+        phones[ok] = self._phones[idx[ok]]
+        levels[ok] = self._levels[idx[ok]]
+        quiet = (levels <= 0.0) & ~np.isin(phones, list(_QUIET_OK))
+        phones[quiet] = SILENCE
+        targets = TARGETS[phones].copy()
+        gain = np.where(phones == SILENCE, 0.0, 0.35 + 0.65 * levels)
+        targets[:, _SPEECH_OPENING] *= gain[:, None]
+        return blend(targets, DOMINANCE[phones])
+
+    def next_frame(self, emotion_params: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The next frame's landmarks [68,2] (canonical) and its parameters [N_PARAMS].
+
+        Call only when :meth:`frames_ready` > 0 (or after :meth:`flush`).
+        """
+        t = self._frame / self.fps
+        self._frame += 1
+        speech = self.speech_params(t)
+        c = int(round(t / ROW_S))
+        level = float(self._levels[c]) if 0 <= c < len(self._levels) else 0.0
+        self._slow_level += (level - self._slow_level) * min(1.0, 3.0 / self.fps)
+        speech[P["inner_brow_raise"]] += 0.12 * self._slow_level
+        speech[P["outer_brow_raise"]] += 0.10 * self._slow_level
+        speech[P["blink"]] = self.blinker.at(t)
+        emo = np.zeros(N_PARAMS, np.float32) if emotion_params is None else emotion_params
+        params = compose(emo, speech)
+        lm = apply(self.neutral, self.fields, params)
+        roll, dx, dy, zoom = self.idle.at(t, self._slow_level)
+        centre = self.neutral[27:31].mean(axis=0)
+        c_, s_ = math.cos(roll) * zoom, math.sin(roll) * zoom
+        rot = np.array([[c_, -s_], [s_, c_]], np.float32)
+        lm = (lm - centre) @ rot.T + centre + np.array([dx, dy], np.float32)
+        return lm.astype(np.float32), params
+
+    @property
+    def frame_index(self) -> int:
+        return self._frame

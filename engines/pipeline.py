@@ -1,0 +1,84 @@
+"""The default animation pipeline: audio -> landmarks -> warped face -> full photo frames.
+
+``FaceAnimator`` owns one identity's prepared state and one session's streaming landmark
+engine. Offline rendering pushes the whole file and flushes; the live server pushes chunks
+and pulls frames as they become ready. The per-frame work is ``step()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines import texture_warp
+from engines.compositor import paste_roi
+from engines.emotion_state import EmotionState
+from engines.identity import Identity
+from engines.landmark_default import SpeechLandmarkEngine
+
+
+@dataclass
+class Frame:
+    """One output frame with its index, time and the motion that made it."""
+
+    index: int
+    time_s: float
+    image: np.ndarray  # [H,W,3] uint8, the full photo size
+    landmarks: np.ndarray  # [68,2] canonical
+    params: np.ndarray  # [N_PARAMS]
+
+
+class FaceAnimator:
+    """Animate one identity (prepared once) for one stream of audio."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        fps: float = 25.0,
+        emotion: EmotionState | None = None,
+        seed: int = 0,
+        warp: texture_warp.WarpState | None = None,
+    ) -> None:
+        self.identity = identity
+        self.fps = fps
+        self.emotion = emotion or EmotionState()
+        self.warp = warp or texture_warp.prepare(identity)
+        self.engine = SpeechLandmarkEngine(identity.neutral, fps=fps, seed=seed)
+        self._out = np.empty_like(identity.photo)
+
+    @property
+    def lookahead_ms(self) -> float:
+        return self.engine.lookahead_ms
+
+    def push_audio(self, pcm: np.ndarray) -> None:
+        self.engine.push_audio(pcm)
+
+    def flush(self) -> None:
+        self.engine.flush()
+
+    def frames_ready(self) -> int:
+        return self.engine.frames_ready()
+
+    def step(self, copy: bool = True) -> Frame:
+        """Produce the next frame (requires ``frames_ready() > 0``).
+
+        With ``copy=False`` the image is a buffer reused by the next call (no allocation).
+        """
+        index = self.engine.frame_index
+        t = index / self.fps
+        lm, params = self.engine.next_frame(self.emotion.params_at(t))
+        roi = texture_warp.render_roi(self.warp, lm)
+        img = paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather, out=self._out)
+        return Frame(index, t, img.copy() if copy else img, lm, params)
+
+    def render_all(self, audio: np.ndarray, chunk: int = 320) -> Iterator[Frame]:
+        """All frames for a whole audio array, fed in live-sized chunks."""
+        for i in range(0, len(audio), chunk):
+            self.push_audio(audio[i : i + chunk])
+            while self.frames_ready() > 0:
+                yield self.step()
+        self.flush()
+        while self.frames_ready() > 0:
+            yield self.step()

@@ -1,0 +1,341 @@
+"""The default texture engine: a mesh warp of the enrolled photo with a synthesized mouth.
+
+Per identity (``prepare``), once:
+  * a working region (ROI) of the photo around the face, with fixed anchor points on its
+    border so hair, shoulders and background stay put;
+  * the Delaunay mesh of the photo's own landmarks plus those anchors, and for every ROI
+    pixel its barycentric weights in that mesh, as a sparse matrix ``B`` [pixels, vertices];
+  * colours of the lips, lids and teeth, taken from the photo.
+
+Per frame (``render_roi``): landmark displacements ``delta`` [vertices,2] become a dense,
+piecewise-linear displacement field ``B @ delta`` (exactly the piecewise-affine map of the
+mesh). The backward map that ``cv2.remap`` needs is its inverse, found by two fixed-point
+steps (x_src = x - d(x_src)), which converge for the smooth, small displacements of a
+talking face. Then the mouth interior (cavity, upper and lower teeth, tongue) is painted
+wherever the lips have parted, and eyelids are shaded over closing eyes. All of it is
+vectorised over pixels; nothing per pixel runs in Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import sparse
+from scipy.spatial import Delaunay
+
+from engines.face_geometry import (
+    CANON_SIZE,
+    INNER_LIP_RING,
+    IOD,
+    LIP_OUTER,
+    LOWER_INNER,
+    UPPER_INNER,
+    apply_affine,
+    invert_affine,
+)
+from engines.identity import Identity
+
+#: The ROI is the canonical frame grown by this fraction on each side, so a dropped jaw
+#: stretches the neck over a long distance instead of squashing it.
+ROI_MARGIN = 0.18
+ANCHORS_PER_SIDE = 9
+#: Upper incisors' edge below the relaxed upper lip line, and the tooth layout, in IOD.
+TEETH_EDGE_BELOW_LIP = 0.05
+TOOTH_GAPS = np.array([0.0, 0.135, 0.25, 0.34, 0.42])
+DEFAULT_TEETH = np.array([236.0, 230.0, 216.0])
+
+
+@dataclass(frozen=True, eq=False)
+class WarpState:
+    """Everything the per-frame warp needs for one identity in one output space."""
+
+    image: np.ndarray  # source pixels of the ROI [h,w,3] uint8
+    roi: tuple[int, int, int, int]  # x0, y0, w, h in the output image
+    canon_to_roi: np.ndarray  # 2x3
+    roi_to_canon: np.ndarray  # 2x3
+    src_vertices: np.ndarray  # [68 + anchors, 2] in ROI pixels
+    weights: sparse.csr_matrix  # [h*w, vertices]
+    grid: np.ndarray  # [h,w,2] float32 pixel coordinates
+    neutral: np.ndarray  # [68,2] canonical neutral landmarks
+    lip_colour: np.ndarray
+    lid_colours: np.ndarray  # [2,3] (image-left eye, image-right eye)
+    teeth_colour: np.ndarray
+    feather: np.ndarray  # [h,w,1] float32 paste-back weight, 0 at the ROI edge
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+
+def _barycentric_matrix(vertices: np.ndarray, h: int, w: int) -> sparse.csr_matrix:
+    """Sparse [h*w, V] barycentric weights of each pixel in the Delaunay mesh of vertices."""
+    tri = Delaunay(vertices)
+    ys, xs = np.mgrid[0:h, 0:w]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    simplex = tri.find_simplex(pts)
+    outside = simplex < 0
+    if outside.any():  # numerically on the hull's edge: snap to the nearest triangle
+        simplex[outside] = tri.find_simplex(
+            np.clip(pts[outside], vertices.min(0) + 1e-3, vertices.max(0) - 1e-3)
+        )
+        simplex[simplex < 0] = 0
+    trans = tri.transform[simplex]  # [N, 3, 2]
+    b = np.einsum("nij,nj->ni", trans[:, :2], pts - trans[:, 2])
+    bary = np.c_[b, 1.0 - b.sum(axis=1)]
+    rows = np.repeat(np.arange(len(pts)), 3)
+    cols = tri.simplices[simplex].ravel()
+    return sparse.csr_matrix(
+        (bary.ravel().astype(np.float32), (rows, cols)), shape=(len(pts), len(vertices))
+    )
+
+
+def _separate_lips(lm: np.ndarray, min_gap: float) -> np.ndarray:
+    """Pull coincident inner-lip points apart so both lips are distinct mesh vertices."""
+    lm = lm.copy()
+    gap = lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]
+    push = np.maximum(min_gap - gap, 0.0) / 2
+    lm[UPPER_INNER, 1] -= push
+    lm[LOWER_INNER, 1] += push
+    return lm
+
+
+def _polygon_median(img: np.ndarray, outer: np.ndarray, inner: np.ndarray | None = None):
+    m = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(outer).astype(np.int32)], 1)
+    if inner is not None:
+        cv2.fillPoly(m, [np.round(inner).astype(np.int32)], 0)
+    px = img[m > 0]
+    return np.median(px, axis=0).astype(np.float32) if len(px) else None
+
+
+def prepare(
+    identity: Identity,
+    image: np.ndarray | None = None,
+    canon_to_image: np.ndarray | None = None,
+) -> WarpState:
+    """Build the warp state for an identity.
+
+    By default the output space is the full-resolution photo (``image`` = the photo,
+    ``canon_to_image`` = canonical -> photo). Pass the canonical crop and an identity
+    transform to render 256x256 canonical crops instead (the TextureEngine contract).
+    """
+    if image is None:
+        image, canon_to_image = identity.photo, identity.from_canonical
+    assert canon_to_image is not None
+    H, W = image.shape[:2]
+    m = ROI_MARGIN * CANON_SIZE
+    corners = np.array([[-m, -m], [CANON_SIZE + m, -m], [-m, CANON_SIZE + m],
+                        [CANON_SIZE + m, CANON_SIZE + m]])
+    c = apply_affine(canon_to_image, corners)
+    x0, y0 = (int(max(0, np.floor(v))) for v in c.min(0))
+    x1, y1 = int(min(W, np.ceil(c[:, 0].max()))), int(min(H, np.ceil(c[:, 1].max())))
+    w, h = x1 - x0, y1 - y0
+    canon_to_roi = canon_to_image.copy()
+    canon_to_roi[:, 2] -= (x0, y0)
+    roi_to_canon = invert_affine(canon_to_roi)
+    roi_img = np.ascontiguousarray(image[y0:y1, x0:x1])
+
+    scale = float(np.hypot(*canon_to_roi[:, 0]))  # ROI px per canonical px
+    lm_src = _separate_lips(apply_affine(canon_to_roi, identity.landmarks_canonical), 0.6)
+    t = np.linspace(0.0, 1.0, ANCHORS_PER_SIDE)[:-1]
+    ex, ey = w - 1.0, h - 1.0
+    anchors = np.concatenate([
+        np.c_[t * ex, np.zeros_like(t)], np.c_[np.full_like(t, ex), t * ey],
+        np.c_[(1 - t) * ex, np.full_like(t, ey)], np.c_[np.zeros_like(t), (1 - t) * ey],
+    ])
+    vertices = np.vstack([lm_src, anchors])
+    weights = _barycentric_matrix(vertices, h, w)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+
+    # Colours from the photo itself so the synthesized parts match its light and skin.
+    lm_roi = apply_affine(canon_to_roi, identity.landmarks_canonical)
+    lip = _polygon_median(roi_img, lm_roi[LIP_OUTER], lm_roi[INNER_LIP_RING])
+    lip = lip if lip is not None else np.array([150.0, 80.0, 80.0], np.float32)
+    lids = []
+    for eye, brow in ((np.r_[36:42], np.r_[17:22]), (np.r_[42:48], np.r_[22:27])):
+        top = lm_roi[eye][[1, 2]]  # upper-lid points
+        band = np.vstack([top, (0.6 * top + 0.4 * lm_roi[brow][[3, 1]])])
+        col = _polygon_median(roi_img, band[[0, 1, 3, 2]])
+        lids.append(col if col is not None else lip)
+    skin = np.mean(lids, axis=0)
+    brightness = float(np.clip(skin.mean() / 170.0, 0.55, 1.1))
+    # Teeth take the scene's light: white, tinted by the skin's hue, dimmed with the face.
+    tint = skin / max(float(skin.max()), 1.0) * 235.0
+    teeth = (0.45 * DEFAULT_TEETH + 0.55 * tint) * brightness
+    if identity.expression[:2].sum() > 0.3:  # open mouth in the photo: its own teeth, if bright
+        inner = _polygon_median(roi_img, lm_roi[INNER_LIP_RING])
+        if inner is not None and inner.mean() > 0.9 * skin.mean():
+            teeth = inner
+
+    # Paste-back weight: 1 inside, smooth to 0 over the outer band where the warp is ~0.
+    band = max(2.0, 0.05 * min(w, h))
+    dx = np.minimum(xs, ex - xs) / band
+    dy = np.minimum(ys, ey - ys) / band
+    feather = np.clip(np.minimum(dx, dy), 0.0, 1.0)
+    feather = (feather * feather * (3 - 2 * feather))[..., None].astype(np.float32)
+
+    return WarpState(
+        image=roi_img,
+        roi=(x0, y0, w, h),
+        canon_to_roi=canon_to_roi,
+        roi_to_canon=roi_to_canon,
+        src_vertices=vertices.astype(np.float32),
+        weights=weights,
+        grid=np.stack([xs, ys], axis=-1),
+        neutral=identity.neutral.astype(np.float32),
+        lip_colour=lip.astype(np.float32),
+        lid_colours=np.asarray(lids, np.float32),
+        teeth_colour=np.asarray(teeth, np.float32),
+        feather=feather,
+    ) if scale > 0 else None
+
+
+def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
+    """Backward map [h,w,2] float32 (output pixel -> source pixel) for canonical landmarks."""
+    h, w = state.shape
+    dst = apply_affine(state.canon_to_roi, landmarks).astype(np.float32)
+    delta = np.zeros_like(state.src_vertices)
+    delta[:68] = dst - state.src_vertices[:68]
+    field = (state.weights @ delta).reshape(h, w, 2)  # forward displacement at source points
+    first = state.grid - field
+    # One fixed-point step: displacement evaluated where the first guess landed.
+    refined = cv2.remap(field, first, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return state.grid - refined
+
+
+def render_roi(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
+    """One output ROI [h,w,3] uint8 for canonical landmarks [68,2]."""
+    out = cv2.remap(
+        state.image, backward_map(state, landmarks), None, cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    dst = apply_affine(state.canon_to_roi, landmarks)
+    _paint_mouth(state, out, landmarks, dst)
+    _shade_lids(state, out, landmarks, dst)
+    return out
+
+
+def _smooth_ring(points: np.ndarray, per_edge: int = 4) -> np.ndarray:
+    """Closed Catmull-Rom curve through a ring of points: lips are round, not polygons."""
+    p = np.asarray(points, np.float64)
+    p0, p1, p2, p3 = np.roll(p, 1, 0), p, np.roll(p, -1, 0), np.roll(p, -2, 0)
+    t = (np.arange(per_edge) / per_edge)[:, None, None]
+    t2, t3 = t * t, t * t * t
+    c = 0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
+               + (-p0 + 3 * p1 - 3 * p2 + p3) * t3)
+    return c.transpose(1, 0, 2).reshape(-1, 2)
+
+
+def _poly_alpha(shape: tuple[int, int], poly: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """Anti-aliased polygon coverage in 0..1 on a small canvas."""
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round((poly - offset) * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
+    return m.astype(np.float32) / 255.0
+
+
+def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndarray) -> None:
+    """Paint cavity, tongue and teeth inside the parted inner lips (in place)."""
+    ring = _smooth_ring(dst[INNER_LIP_RING])
+    gap = float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).max())
+    if gap < 0.01 * IOD:
+        return
+    h, w = state.shape
+    lo = np.maximum(np.floor(ring.min(0)).astype(int) - 2, 0)
+    hi = np.minimum(np.ceil(ring.max(0)).astype(int) + 3, (w, h))
+    if (hi <= lo).any():
+        return
+    bh, bw = hi[1] - lo[1], hi[0] - lo[0]
+    alpha = _poly_alpha((bh, bw), ring, lo)
+    if alpha.max() <= 0:
+        return
+    # Canonical coordinates of the box's pixels: the teeth live in face space.
+    ys, xs = np.mgrid[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float32)
+    a = state.roi_to_canon
+    u = a[0, 0] * xs + a[0, 1] * ys + a[0, 2]
+    v = a[1, 0] * xs + a[1, 1] * ys + a[1, 2]
+
+    neutral = state.neutral
+    head = lm[27:31].mean(0) - neutral[27:31].mean(0)  # skull motion (idle head movement)
+    cx = float(neutral[[60, 64], 0].mean() + head[0])
+    half = float(np.ptp(neutral[[60, 64], 0]) / 2 + 1e-3)
+    r = (u - cx) / half  # -1..1 across the mouth
+    # Upper incisors hang from the skull just below the relaxed upper lip line; the arch
+    # makes the edge rise toward the corners. Lower teeth ride on the jaw.
+    upper_lip_rest = float(neutral[UPPER_INNER, 1].mean() + head[1])
+    edge_u = upper_lip_rest + TEETH_EDGE_BELOW_LIP * IOD - 0.05 * IOD * r**2
+    jaw = float(lm[8, 1] - neutral[8, 1] - head[1])
+    edge_l = edge_u - 0.02 * IOD + 0.85 * max(jaw, 0.0) + 0.06 * IOD * r**2
+
+    lip = state.lip_colour
+    depth = np.clip(1.0 - np.abs(r), 0.0, 1.0)[..., None]
+    cavity = lip * (0.2 + 0.2 * depth)
+    tongue_c = lip * 0.62 + 8.0
+    tongue = np.clip(1.0 - ((u - cx) / (0.75 * half)) ** 2
+                     - ((v - (edge_l + 0.02 * IOD)) / (0.09 * IOD)) ** 2, 0.0, 1.0)[..., None]
+    colour = cavity * (1 - tongue) + tongue_c * tongue
+
+    shade = (1.0 - 0.55 * np.clip(np.abs(r), 0, 1) ** 2)[..., None]
+    dist = np.abs(np.abs(u - cx)[..., None] - TOOTH_GAPS * IOD).min(axis=-1)
+    seams = (1.0 - 0.22 * np.exp(-((dist / (0.012 * IOD)) ** 2)))[..., None]
+    teeth = state.teeth_colour * shade * seams
+    soft = 0.012 * IOD
+    upper = np.clip((edge_u - v) / soft + 0.5, 0.0, 1.0)[..., None]
+    lower = np.clip((v - edge_l) / soft + 0.5, 0.0, 1.0)[..., None] * 0.9
+    colour = colour * (1 - upper) + teeth * upper
+    colour = colour * (1 - lower) + teeth * 0.88 * lower
+    # Lips shadow the interior near their edge.
+    inner_shadow = cv2.GaussianBlur(alpha, (0, 0), max(0.6, 0.02 * IOD * _scale(state)))
+    colour *= (0.6 + 0.4 * inner_shadow)[..., None]
+
+    box = out[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float32)
+    al = alpha[..., None]
+    out[lo[1]:hi[1], lo[0]:hi[0]] = np.clip(box * (1 - al) + colour * al, 0, 255).astype(np.uint8)
+
+
+def _scale(state: WarpState) -> float:
+    return float(np.hypot(*state.canon_to_roi[:, 0]))
+
+
+def _shade_lids(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndarray) -> None:
+    """Cover closing eyes with eyelid skin (in place), in proportion to the closure."""
+    neutral = state.neutral
+    for k, eye in enumerate((np.r_[36:42], np.r_[42:48])):
+        up, low = eye[[1, 2]], eye[[5, 4]]
+        rest = float((neutral[low, 1] - neutral[up, 1]).mean())
+        now = float((lm[low, 1] - lm[up, 1]).mean())
+        closure = 1.0 - now / max(rest, 1e-3)
+        if closure < 0.3:
+            continue
+        poly = dst[eye]
+        lo = np.maximum(np.floor(poly.min(0)).astype(int) - 2, 0)
+        hi = np.minimum(np.ceil(poly.max(0)).astype(int) + 3, (state.shape[1], state.shape[0]))
+        if (hi <= lo).any():
+            continue
+        alpha = _poly_alpha((hi[1] - lo[1], hi[0] - lo[0]), poly, lo)
+        strength = np.clip((closure - 0.3) / 0.5, 0.0, 1.0)
+        lid = state.lid_colours[k] * 0.93  # the lid crease is a little darker than the skin
+        box = out[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float32)
+        al = (alpha * strength)[..., None]
+        out[lo[1]:hi[1], lo[0]:hi[0]] = np.clip(box * (1 - al) + lid * al, 0, 255).astype(
+            np.uint8)
+
+
+class WarpTextureEngine:
+    """The TextureEngine contract over the mesh warp: canonical 256x256 crops.
+
+    ``prepare`` builds the warp in canonical space; ``render`` takes landmarks [B,68,2]
+    (canonical) and returns frames [B,256,256,3] uint8. Emotion is carried by the
+    landmarks here, so the emotion argument is accepted for the contract and unused.
+    """
+
+    def prepare(self, identity: Identity) -> WarpState:
+        return prepare(identity, image=identity.crop, canon_to_image=np.eye(2, 3))
+
+    def render(self, state: WarpState, landmarks: np.ndarray, emotion=None) -> np.ndarray:
+        landmarks = np.asarray(landmarks, np.float32).reshape(-1, 68, 2)
+        out = np.empty((len(landmarks), CANON_SIZE, CANON_SIZE, 3), np.uint8)
+        for i, lm in enumerate(landmarks):  # batch of whole frames, not of pixels
+            out[i] = render_roi(state, lm)
+        return out
