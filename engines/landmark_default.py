@@ -6,7 +6,7 @@ edge, and frame ``t`` (centred at ``t / fps`` seconds) is produced once the phon
 loudness up to ``t / fps + COART`` are final. ``lookahead_ms`` states that delay.
 
 Mouth movement = viseme targets (:mod:`engines.visemes`) scaled by loudness (a quiet vowel
-opens less than a shouted one), coarticulated over +-80 ms. Emotion parameters arrive per
+opens less than a shouted one), coarticulated over +-100 ms. Emotion parameters arrive per
 frame from the caller and are composed with speech so closures still close.
 """
 
@@ -107,6 +107,15 @@ class IdleMotion:
 class SpeechLandmarkEngine:
     """Streaming landmarks for one identity and one session (see module docstring)."""
 
+    #: Opening of a phone at silence-level loudness, as a fraction of its full target.
+    base_gain = 0.4
+    #: Jaw opening held while speech goes on (slow loudness), so the mouth does not snap
+    #: shut between syllables: real mouths stay parted through running speech.
+    speech_jaw = 0.25
+    #: Articulators move ahead of the sound they shape (lips close before a /b/ is heard,
+    #: the jaw opens before the vowel): frame t shows the speech of t + anticipation.
+    anticipation_s = 0.04
+
     def __init__(
         self,
         neutral: np.ndarray,
@@ -128,7 +137,7 @@ class SpeechLandmarkEngine:
     @property
     def lookahead_ms(self) -> float:
         """Audio after a frame's centre that the frame waits for."""
-        return float(self.recognizer.lookahead_ms) + COART_ROWS * ROW_S * 1000.0
+        return float(self.recognizer.lookahead_ms) + (COART_ROWS * ROW_S + self.anticipation_s) * 1e3
 
     def reset(self) -> None:
         """Start a new stream (new utterance or session)."""
@@ -179,7 +188,7 @@ class SpeechLandmarkEngine:
         if self._flushed:
             return self.frames_total - self._frame
         rows = min(len(self._phones), len(self._levels))
-        last = int(math.floor(((rows - COART_ROWS - 1) * ROW_S) * self.fps))
+        last = int(math.floor(((rows - COART_ROWS - 1) * ROW_S - self.anticipation_s) * self.fps))
         return max(0, last + 1 - self._frame)
 
     def speech_params(self, t: float) -> np.ndarray:
@@ -195,7 +204,7 @@ class SpeechLandmarkEngine:
         quiet = (levels <= 0.0) & ~np.isin(phones, list(_QUIET_OK))
         phones[quiet] = SILENCE
         targets = TARGETS[phones].copy()
-        gain = np.where(phones == SILENCE, 0.0, 0.35 + 0.65 * levels)
+        gain = np.where(phones == SILENCE, 0.0, self.base_gain + (1 - self.base_gain) * levels)
         targets[:, _SPEECH_OPENING] *= gain[:, None]
         return blend(targets, DOMINANCE[phones])
 
@@ -206,10 +215,11 @@ class SpeechLandmarkEngine:
         """
         t = self._frame / self.fps
         self._frame += 1
-        speech = self.speech_params(t)
-        c = int(round(t / ROW_S))
+        speech = self.speech_params(t + self.anticipation_s)
+        c = int(round((t + self.anticipation_s) / ROW_S))
         level = float(self._levels[c]) if 0 <= c < len(self._levels) else 0.0
         self._slow_level += (level - self._slow_level) * min(1.0, 3.0 / self.fps)
+        speech[P["jaw_open"]] += self.speech_jaw * self._slow_level * (1.0 - speech[P["lip_press"]])
         speech[P["inner_brow_raise"]] += 0.12 * self._slow_level
         speech[P["outer_brow_raise"]] += 0.10 * self._slow_level
         speech[P["blink"]] = self.blinker.at(t)

@@ -79,11 +79,12 @@ def phone_id(phone: str) -> int:
     return PHONE_INDEX.get(phone.rstrip("012").upper(), SILENCE)
 
 
-#: Coarticulation kernel over 10 ms rows: +-COART_ROWS rows, Gaussian of sd 35 ms.
+#: Coarticulation kernel over 10 ms rows: +-COART_ROWS rows, Gaussian of sd 50 ms (tuned on
+#: the devset clips: real mouths move more smoothly than phone boundaries suggest).
 ROW_S = 0.01
-COART_ROWS = 8
+COART_ROWS = 10
 _k = np.arange(-COART_ROWS, COART_ROWS + 1) * ROW_S
-KERNEL = np.exp(-0.5 * (_k / 0.035) ** 2).astype(np.float32)
+KERNEL = np.exp(-0.5 * (_k / 0.05) ** 2).astype(np.float32)
 
 
 def blend(targets: np.ndarray, dominance: np.ndarray) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""Lip sync on real paired clips: does the rendered mouth open when the real one did?
+
+For each talking-head clip in ../shared/devset: detect 68 landmarks on every real frame,
+enroll the clip's most closed-mouth frame as the identity, render that face speaking the
+clip's own audio, detect landmarks on every rendered frame, and correlate mouth opening
+(inner-lip gap / outer-eye-corner distance) rendered vs real, at the best lag within +-3
+frames. The baseline is the audio's loudness envelope (RMS per frame) against the real
+mouth. Writes benchmarks/results/lipsync_devset.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import av
+import numpy as np
+
+DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"
+CLIPS = ["WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4"]
+MAX_LAG = 3
+
+
+def best_lag_corr(x: np.ndarray, y: np.ndarray, max_lag: int = MAX_LAG) -> tuple[float, int]:
+    """Max Pearson correlation of x[t] with y[t + lag] over |lag| <= max_lag."""
+    best = (-2.0, 0)
+    for lag in range(-max_lag, max_lag + 1):
+        a = x[max(0, -lag) : len(x) - max(0, lag)]
+        b = y[max(0, lag) : len(y) - max(0, -lag)]
+        n = min(len(a), len(b))
+        ok = np.isfinite(a[:n]) & np.isfinite(b[:n])
+        if ok.sum() > 10:
+            c = float(np.corrcoef(a[:n][ok], b[:n][ok])[0, 1])
+            best = max(best, (c, lag))
+    return best
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def openings(frames: list[np.ndarray]) -> np.ndarray:
+    """Mouth opening per frame from detected landmarks (NaN where no face is found)."""
+    from engines.enrollment import detect_faces, detect_landmarks
+    from engines.face_geometry import mouth_opening
+
+    out = np.full(len(frames), np.nan)
+    for i, f in enumerate(frames):
+        faces = detect_faces(f)
+        if faces:
+            out[i] = mouth_opening(detect_landmarks(f, faces[0][0]))
+    return out
+
+
+def loudness_envelope(audio: np.ndarray, n_frames: int, fps: float, sr: int = 16000) -> np.ndarray:
+    hop = sr / fps
+    env = np.zeros(n_frames)
+    for i in range(n_frames):
+        seg = audio[int(i * hop) : int((i + 1) * hop)]
+        env[i] = np.sqrt(np.mean(seg**2)) if len(seg) else 0.0
+    return env
+
+
+def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
+    from engines.audio_io import load_audio
+    from engines.enrollment import enroll_image
+    from engines.face_geometry import mouth_opening
+    from engines.pipeline import FaceAnimator
+
+    real_frames = frames_of(clip)
+    fps = 25.0
+    real = openings(real_frames)
+    # The identity: the most closed mouth in the first 2 s (a neutral, closed frame).
+    head = np.where(np.isfinite(real[:50]), real[:50], np.inf)
+    ref = int(np.argmin(head))
+    identity = enroll_image(real_frames[ref], source=f"{clip.name}#{ref}")
+    audio = load_audio(clip, 16000)
+    animator = FaceAnimator(identity, fps=fps)
+    rendered, engine_open = [], []
+    for fr in animator.render_all(audio):
+        rendered.append(fr.image)
+        engine_open.append(float(mouth_opening(fr.landmarks)))
+    n = min(len(real), len(rendered))
+    rend = openings(rendered[:n])
+    env = loudness_envelope(audio, n, fps)
+    r_render, lag_render = best_lag_corr(rend, real[:n])
+    r_engine, lag_engine = best_lag_corr(np.array(engine_open[:n]), real[:n])
+    r_loud, lag_loud = best_lag_corr(env, real[:n])
+    if out_dir is not None:
+        _plot(out_dir / f"lipsync_{clip.stem}.png", real[:n], rend, env)
+    return {
+        "clip": clip.name,
+        "frames": n,
+        "identity_frame": ref,
+        "corr_rendered_vs_real": r_render,
+        "lag_rendered_frames": lag_render,
+        "corr_engine_landmarks_vs_real": r_engine,
+        "lag_engine_frames": lag_engine,
+        "corr_loudness_vs_real": r_loud,
+        "lag_loudness_frames": lag_loud,
+        "lookahead_ms": animator.lookahead_ms,
+    }
+
+
+def _plot(path: Path, real: np.ndarray, rend: np.ndarray, env: np.ndarray) -> None:
+    import cv2
+
+    h, w = 300, 2 * len(real)
+    img = np.full((h, w, 3), 255, np.uint8)
+    for series, colour in ((real, (0, 0, 0)), (rend, (200, 60, 30)), (env, (40, 160, 40))):
+        s = np.nan_to_num(series, nan=np.nanmin(series))
+        s = (s - s.min()) / (np.ptp(s) + 1e-9)
+        pts = np.c_[np.arange(len(s)) * 2, (h - 20 - s * (h - 40))].astype(np.int32)
+        cv2.polylines(img, [pts], False, colour, 1, cv2.LINE_AA)
+    cv2.putText(img, "real (black)  rendered (blue)  loudness (green)", (5, 15), 0, 0.45,
+                (0, 0, 0), 1)
+    cv2.imwrite(str(path), img)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="lip-sync correlation on the devset clips")
+    ap.add_argument("--devset", default=str(DEVSET))
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args()
+    devset, out = Path(args.devset), Path(args.out)
+    if not devset.is_dir():
+        raise SystemExit(f"devset not found at {devset}")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in CLIPS:
+        r = evaluate(devset / name, out)
+        results.append(r)
+        print(json.dumps(r))
+    (out / "lipsync_devset.json").write_text(
+        json.dumps({"clips": results, "machine": platform.platform()}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Audio in, frames out: the mouth follows speech, silence blinks, emotions show."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synth_speech
+
+from engines import texture_warp
+from engines.emotion_state import EmotionState
+from engines.face_geometry import mouth_opening
+from engines.face_motion import P
+from engines.pipeline import FaceAnimator
+
+
+@pytest.fixture(scope="module")
+def warp(identity):
+    return texture_warp.prepare(identity)
+
+
+def _run(identity, warp, audio, **kw):
+    anim = FaceAnimator(identity, warp=warp, **kw)
+    return anim, list(anim.render_all(audio))
+
+
+def test_mouth_opens_in_speech_and_closes_in_silence(identity, warp, tmp_path):
+    pad = 0.8
+    audio = synth_speech("Hello there. We are talking about a bright blue boat.", tmp_path / "s.wav",
+                         pad_s=pad)
+    anim, frames = _run(identity, warp, audio)
+    assert len(frames) == int(np.ceil(len(audio) / 16000 * 25 - 1e-6))
+    times = np.array([f.time_s for f in frames])
+    assert np.all(np.diff(times) > 0)
+    opening = np.array([mouth_opening(f.landmarks) for f in frames])
+    dur = len(audio) / 16000
+    silent = (times < pad - 0.3) | (times > dur - pad + 0.3)
+    speech = (times > pad + 0.1) & (times < dur - pad - 0.1)
+    assert opening[silent].max() < 0.03, opening[silent]
+    assert opening[speech].mean() > 0.12, opening[speech].mean()
+    assert np.percentile(opening[speech], 90) > 0.25
+    # The lips close for some of the /b/ and /p/ in the sentence while speech goes on.
+    assert (opening[speech] < 0.05).sum() >= 2
+
+
+def test_silence_is_a_still_blinking_face(identity, warp):
+    audio = np.zeros(6 * 16000, np.float32)
+    _, frames = _run(identity, warp, audio)
+    blinks = np.array([f.params[P["blink"]] for f in frames])
+    assert blinks.max() > 0.8  # at least one full blink in 6 s
+    assert (blinks > 0.5).mean() < 0.15  # but eyes are open most of the time
+    closed_runs = np.diff((blinks > 0.5).astype(int))
+    assert 1 <= (closed_runs == 1).sum() <= 4  # gaps of a few seconds
+    assert max(mouth_opening(f.landmarks) for f in frames) < 0.03
+    # Idle motion: the face moves a little, never a lot.
+    nose = np.array([f.landmarks[30] for f in frames])
+    assert 0.2 < np.ptp(nose[:, 0]) < 6.0
+
+
+def test_rendered_mouth_shows_interior_during_speech(identity, warp, tmp_path):
+    audio = synth_speech("Ah, ah, ah.", tmp_path / "a.wav", pad_s=0.6)
+    _, frames = _run(identity, warp, audio)
+    ring = identity.canonical_to_photo(identity.neutral[48:60])
+    x0, y0 = ring.min(0).astype(int) - 4
+    x1, y1 = ring.max(0).astype(int) + 20
+
+    def dark(img):
+        return int((img[y0:y1, x0:x1].mean(axis=2) < 80).sum())
+
+    opening = np.array([mouth_opening(f.landmarks) for f in frames])
+    widest = frames[int(np.argmax(opening))].image
+    first = frames[0].image
+    assert dark(widest) > dark(first) + 50
+    # Outside the face region the photo is untouched (background kept).
+    np.testing.assert_array_equal(first[:, -8:], identity.photo[:, -8:])
+
+
+def test_emotion_switch_shows_within_transition(identity, warp):
+    emotion = EmotionState("neutral")
+    anim = FaceAnimator(identity, warp=warp, emotion=emotion)
+    audio = np.zeros(2 * 16000, np.float32)
+    anim.push_audio(audio)
+    anim.flush()
+    corners = []
+    for i in range(anim.frames_ready()):
+        if i == 10:
+            emotion.set("happy", 1.0, at=i / 25, transition_s=0.25)
+        f = anim.step()
+        corners.append(float(f.landmarks[[48, 54], 1].mean()))
+    corners = np.array(corners)
+    assert abs(corners[11] - corners[9]) > 0.3  # moving within 2 frames
+    assert corners[20] < corners[9] - 5.0  # and fully smiling after the transition
+
+
+def test_intensity_zero_renders_like_neutral(identity, warp):
+    audio = np.zeros(16000, np.float32)
+    _, neutral = _run(identity, warp, audio, emotion=EmotionState("neutral"))
+    _, zero = _run(identity, warp, audio, emotion=EmotionState("angry", 0.0))
+    _, angry = _run(identity, warp, audio, emotion=EmotionState("angry", 1.0))
+    np.testing.assert_array_equal(neutral[5].image, zero[5].image)
+    assert np.abs(angry[5].image.astype(int) - neutral[5].image).mean() > 0.3
+
+
+def test_streaming_frames_match_audio_length(identity, warp):
+    for fps in (25.0, 30.0):
+        anim = FaceAnimator(identity, warp=warp, fps=fps)
+        audio = np.zeros(int(1.3 * 16000), np.float32)
+        frames = list(anim.render_all(audio, chunk=160))
+        assert len(frames) == int(np.ceil(1.3 * fps - 1e-6))
+        assert anim.lookahead_ms > 0
