@@ -137,7 +137,9 @@ class SpeechLandmarkEngine:
     @property
     def lookahead_ms(self) -> float:
         """Audio after a frame's centre that the frame waits for."""
-        return float(self.recognizer.lookahead_ms) + (COART_ROWS * ROW_S + self.anticipation_s) * 1e3
+        return (
+            float(self.recognizer.lookahead_ms) + (COART_ROWS * ROW_S + self.anticipation_s) * 1e3
+        )
 
     def reset(self) -> None:
         """Start a new stream (new utterance or session)."""
@@ -172,11 +174,13 @@ class SpeechLandmarkEngine:
                 continue
             a = max(a, len(self._phones))
             gap = a - len(self._phones)  # defensive: a hole in the segments is silence
-            self._phones = np.concatenate([
-                self._phones,
-                np.full(gap, SILENCE, np.int16),
-                np.full(b - a, phone_id(seg.phone), np.int16),
-            ])
+            self._phones = np.concatenate(
+                [
+                    self._phones,
+                    np.full(gap, SILENCE, np.int16),
+                    np.full(b - a, phone_id(seg.phone), np.int16),
+                ]
+            )
 
     @property
     def frames_total(self) -> int:

@@ -14,7 +14,9 @@ from engines.face_geometry import IOD, mouth_opening
 
 def _face(identity, emotion: str, intensity: float = 1.0) -> np.ndarray:
     fields = M.build_fields(identity.neutral)
-    return M.apply(identity.neutral, fields, M.emotion_params(M.emotion_one_hot(emotion), intensity))
+    return M.apply(
+        identity.neutral, fields, M.emotion_params(M.emotion_one_hot(emotion), intensity)
+    )
 
 
 def _dy(identity, lm, idx) -> float:

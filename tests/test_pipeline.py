@@ -25,8 +25,9 @@ def _run(identity, warp, audio, **kw):
 
 def test_mouth_opens_in_speech_and_closes_in_silence(identity, warp, tmp_path):
     pad = 0.8
-    audio = synth_speech("Hello there. We are talking about a bright blue boat.", tmp_path / "s.wav",
-                         pad_s=pad)
+    audio = synth_speech(
+        "Hello there. We are talking about a bright blue boat.", tmp_path / "s.wav", pad_s=pad
+    )
     anim, frames = _run(identity, warp, audio)
     assert len(frames) == int(np.ceil(len(audio) / 16000 * 25 - 1e-6))
     times = np.array([f.time_s for f in frames])
