@@ -27,6 +27,17 @@ def speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
     return (0.2 * env * voice + 0.002 * rng.standard_normal(len(t))).astype(np.float32)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (platform.processor() is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=500)
@@ -86,7 +97,7 @@ def main() -> None:
         "stages": summary,
         "enroll_s": t_enroll,
         "prepare_s": t_prepare,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numpy": np.__version__},
         "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
     }

@@ -42,7 +42,7 @@ from engines.identity import Identity
 ROI_MARGIN = 0.18
 ANCHORS_PER_SIDE = 9
 #: Upper incisors' edge below the relaxed upper lip line, and the tooth layout, in IOD.
-TEETH_EDGE_BELOW_LIP = 0.05
+TEETH_EDGE_BELOW_LIP = 0.09
 TOOTH_GAPS = np.array([0.0, 0.135, 0.25, 0.34, 0.42])
 DEFAULT_TEETH = np.array([236.0, 230.0, 216.0])
 
