@@ -135,6 +135,7 @@ def test_final_until_tracks_lookahead(slt):
     rec = StreamingPhoneRecognizer(rate, lookahead_ms=150)
     chunk = rate // 50
     got: list[PhoneSegment] = []
+    caught_up = False
     for pos in range(0, audio.size, chunk):
         got += rec.push(audio[pos : pos + chunk])
         # Whole 20 ms steps are decoded at once, so the guarantee is exact for them; a
@@ -144,6 +145,9 @@ def test_final_until_tracks_lookahead(slt):
         assert rec.final_until_s <= pushed + 1e-9
         if got:
             assert got[-1].end_s == pytest.approx(rec.final_until_s, abs=1e-9)
+        caught_up |= abs(rec.final_until_s - pushed) < 1e-9
+    # At the trailing pause the utterance is ended, which finalises up to the audio edge.
+    assert caught_up
 
 
 def test_leading_silence_and_speech(slt, slt_result):
