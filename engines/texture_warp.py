@@ -137,7 +137,6 @@ def prepare(
     roi_to_canon = invert_affine(canon_to_roi)
     roi_img = np.ascontiguousarray(image[y0:y1, x0:x1])
 
-    scale = float(np.hypot(*canon_to_roi[:, 0]))  # ROI px per canonical px
     lm_src = _separate_lips(apply_affine(canon_to_roi, identity.landmarks_canonical), 0.6)
     t = np.linspace(0.0, 1.0, ANCHORS_PER_SIDE)[:-1]
     ex, ey = w - 1.0, h - 1.0
@@ -189,7 +188,7 @@ def prepare(
         lid_colours=np.asarray(lids, np.float32),
         teeth_colour=np.asarray(teeth, np.float32),
         feather=feather,
-    ) if scale > 0 else None
+    )
 
 
 def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
