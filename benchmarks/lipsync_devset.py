@@ -18,50 +18,15 @@ from pathlib import Path
 import av
 import numpy as np
 
+from engines.face_metrics import best_lag_corr, loudness_envelope, mouth_openings
+
 DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"
 CLIPS = ["WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4"]
-MAX_LAG = 3
-
-
-def best_lag_corr(x: np.ndarray, y: np.ndarray, max_lag: int = MAX_LAG) -> tuple[float, int]:
-    """Max Pearson correlation of x[t] with y[t + lag] over |lag| <= max_lag."""
-    best = (-2.0, 0)
-    for lag in range(-max_lag, max_lag + 1):
-        a = x[max(0, -lag) : len(x) - max(0, lag)]
-        b = y[max(0, lag) : len(y) - max(0, -lag)]
-        n = min(len(a), len(b))
-        ok = np.isfinite(a[:n]) & np.isfinite(b[:n])
-        if ok.sum() > 10:
-            c = float(np.corrcoef(a[:n][ok], b[:n][ok])[0, 1])
-            best = max(best, (c, lag))
-    return best
 
 
 def frames_of(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-
-
-def openings(frames: list[np.ndarray]) -> np.ndarray:
-    """Mouth opening per frame from detected landmarks (NaN where no face is found)."""
-    from engines.enrollment import detect_faces, detect_landmarks
-    from engines.face_geometry import mouth_opening
-
-    out = np.full(len(frames), np.nan)
-    for i, f in enumerate(frames):
-        faces = detect_faces(f)
-        if faces:
-            out[i] = mouth_opening(detect_landmarks(f, faces[0][0]))
-    return out
-
-
-def loudness_envelope(audio: np.ndarray, n_frames: int, fps: float, sr: int = 16000) -> np.ndarray:
-    hop = sr / fps
-    env = np.zeros(n_frames)
-    for i in range(n_frames):
-        seg = audio[int(i * hop) : int((i + 1) * hop)]
-        env[i] = np.sqrt(np.mean(seg**2)) if len(seg) else 0.0
-    return env
 
 
 def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
@@ -72,7 +37,7 @@ def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
 
     real_frames = frames_of(clip)
     fps = 25.0
-    real = openings(real_frames)
+    real = mouth_openings(real_frames)
     # The identity: the most closed mouth in the first 2 s (a neutral, closed frame).
     head = np.where(np.isfinite(real[:50]), real[:50], np.inf)
     ref = int(np.argmin(head))
@@ -84,7 +49,7 @@ def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
         rendered.append(fr.image)
         engine_open.append(float(mouth_opening(fr.landmarks)))
     n = min(len(real), len(rendered))
-    rend = openings(rendered[:n])
+    rend = mouth_openings(rendered[:n])
     env = loudness_envelope(audio, n, fps)
     r_render, lag_render = best_lag_corr(rend, real[:n])
     r_engine, lag_engine = best_lag_corr(np.array(engine_open[:n]), real[:n])

@@ -7,6 +7,8 @@ are to the new target over ``transition_s`` (default 0.25 s), measured on the ca
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from engines.face_motion import EMOTIONS, emotion_one_hot, emotion_params
@@ -46,6 +48,8 @@ class EmotionState:
         self._t0 = 0.0
         self._dur = 0.0
         self._last_t = 0.0
+        # set() runs on the control channel's thread, params_at() on the render thread.
+        self._lock = threading.Lock()
 
     def set(
         self,
@@ -59,16 +63,22 @@ class EmotionState:
             emotion_one_hot(emotion)  # raises with the list of valid names
         if not 0.0 <= transition_s <= 10.0:
             raise ValueError(f"transition {transition_s} s is outside 0..10 s")
+        new_intensity = self.intensity if intensity is None else parse_intensity(intensity)
+        new_emotion = self.emotion if emotion is None else emotion
+        target = emotion_params(emotion_one_hot(new_emotion), new_intensity)
         t = self._last_t if at is None else at
-        self._from = self.params_at(t)
-        self.emotion = emotion if emotion is not None else self.emotion
-        if intensity is not None:
-            self.intensity = parse_intensity(intensity)
-        self._to = emotion_params(emotion_one_hot(self.emotion), self.intensity)
-        self._t0, self._dur = t, transition_s
+        with self._lock:
+            self._from = self._params_at(t)
+            self.emotion, self.intensity = new_emotion, new_intensity
+            self._to = target
+            self._t0, self._dur = t, transition_s
 
     def params_at(self, t: float) -> np.ndarray:
         """AU parameters [N_PARAMS] at time ``t`` (seconds, caller's clock)."""
+        with self._lock:
+            return self._params_at(t)
+
+    def _params_at(self, t: float) -> np.ndarray:
         self._last_t = max(self._last_t, t)
         if self._dur <= 0 or t >= self._t0 + self._dur:
             return self._to

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import cv2
@@ -102,6 +102,29 @@ class Identity:
     def edges(self) -> np.ndarray:
         """Unique undirected graph edges [E,2] of the Delaunay triangulation."""
         return triangle_edges(self.triangles)
+
+    def for_video(self, max_side: int) -> Identity:
+        """This identity with its photo fitted for streaming video.
+
+        The photo is scaled down (never up) so its longer side is at most ``max_side`` and
+        trimmed to even width and height (4:2:0 video needs both); landmarks and the
+        canonical transform follow. Returns ``self`` when nothing changes.
+        """
+        h, w = self.photo.shape[:2]
+        s = min(1.0, max_side / max(h, w))
+        nw, nh = int(w * s) & ~1, int(h * s) & ~1
+        if (nw, nh) == (w, h):
+            return self
+        if s < 1.0:
+            photo = cv2.resize(self.photo, (int(round(w * s)), int(round(h * s))),
+                               interpolation=cv2.INTER_AREA)
+        else:
+            photo = self.photo
+        photo = np.ascontiguousarray(photo[:nh, :nw])
+        to_canon = self.to_canonical.copy()
+        to_canon[:, :2] /= s
+        return replace(self, photo=photo, landmarks_photo=self.landmarks_photo * s,
+                       to_canonical=to_canon)
 
     def canonical_to_photo(self, points: np.ndarray) -> np.ndarray:
         """Map canonical points [...,2] into photo pixels."""

@@ -123,6 +123,7 @@ class SpeechLandmarkEngine:
         seed: int = 0,
         sample_rate: int = 16000,
         idle_amplitude: float = 1.0,
+        phone_lookahead_ms: float | None = None,
     ) -> None:
         self.neutral = np.asarray(neutral, np.float32)
         self.fields = build_fields(self.neutral)
@@ -130,7 +131,11 @@ class SpeechLandmarkEngine:
         self.sample_rate = sample_rate
         self.seed = seed
         self.idle_amplitude = idle_amplitude
-        self.recognizer = StreamingPhoneRecognizer(sample_rate=sample_rate)
+        self.recognizer = (
+            StreamingPhoneRecognizer(sample_rate=sample_rate)
+            if phone_lookahead_ms is None
+            else StreamingPhoneRecognizer(sample_rate=sample_rate, lookahead_ms=phone_lookahead_ms)
+        )
         self.loudness = Loudness(sample_rate)
         self.reset()
 

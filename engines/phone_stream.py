@@ -117,7 +117,7 @@ def merge_segments(segments: Iterable[PhoneSegment]) -> list[PhoneSegment]:
     return out
 
 
-class _StreamResampler:
+class StreamResampler:
     """Exact streaming rational-ratio resampler (windowed-sinc polyphase FIR).
 
     The output is identical however the input is chunked.  Output sample ``n`` is aligned
@@ -294,7 +294,7 @@ class StreamingPhoneRecognizer:
         }
         """The pocketsphinx Config keys used (``lm``/``dict`` unset, allphone search)."""
         self._resampler = (
-            _StreamResampler(self.sample_rate, DECODER_RATE)
+            StreamResampler(self.sample_rate, DECODER_RATE)
             if self.sample_rate != DECODER_RATE
             else None
         )

@@ -40,12 +40,15 @@ class FaceAnimator:
         emotion: EmotionState | None = None,
         seed: int = 0,
         warp: texture_warp.WarpState | None = None,
+        phone_lookahead_ms: float | None = None,
     ) -> None:
         self.identity = identity
         self.fps = fps
         self.emotion = emotion or EmotionState()
         self.warp = warp or texture_warp.prepare(identity)
-        self.engine = SpeechLandmarkEngine(identity.neutral, fps=fps, seed=seed)
+        self.engine = SpeechLandmarkEngine(
+            identity.neutral, fps=fps, seed=seed, phone_lookahead_ms=phone_lookahead_ms
+        )
         self._out = np.empty_like(identity.photo)
 
     @property
@@ -61,17 +64,26 @@ class FaceAnimator:
     def frames_ready(self) -> int:
         return self.engine.frames_ready()
 
-    def step(self, copy: bool = True) -> Frame:
+    def step(self, copy: bool = True, emotion_at: float | None = None) -> Frame:
         """Produce the next frame (requires ``frames_ready() > 0``).
 
         With ``copy=False`` the image is a buffer reused by the next call (no allocation).
+        The emotion is sampled at the frame's own time, or at ``emotion_at`` on the
+        emotion state's clock (the live server uses wall time, so a switch shows in the
+        next frame computed rather than a lookahead later).
         """
         index = self.engine.frame_index
         t = index / self.fps
-        lm, params = self.engine.next_frame(self.emotion.params_at(t))
+        lm, params = self.engine.next_frame(
+            self.emotion.params_at(t if emotion_at is None else emotion_at)
+        )
         roi = texture_warp.render_roi(self.warp, lm)
         img = paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather, out=self._out)
         return Frame(index, t, img.copy() if copy else img, lm, params)
+
+    def skip(self) -> None:
+        """Advance one frame without rendering it (a live session catching up)."""
+        self.engine.next_frame(None)
 
     def render_all(self, audio: np.ndarray, chunk: int = 320) -> Iterator[Frame]:
         """All frames for a whole audio array, fed in live-sized chunks."""

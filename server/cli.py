@@ -1,4 +1,4 @@
-"""The ``etf`` command line: ``etf enroll`` and ``etf render``.
+"""The ``etf`` command line: ``etf enroll``, ``etf render``, ``etf serve``.
 
 Errors a user can cause (a bad photo, unreadable audio, an unknown emotion) print one clear
 line and exit with status 2; nothing prints a traceback for them.
@@ -96,6 +96,44 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import asyncio
+
+    from engines.emotion_state import parse_intensity
+    from server.app import ServerConfig, serve_forever
+    from server.session import SessionConfig
+
+    if args.fps not in (25.0, 30.0):
+        return _fail(f"--fps must be 25 or 30, got {args.fps:g}")
+    if not 1 <= args.max_sessions <= 256:
+        return _fail(f"--max-sessions {args.max_sessions} is outside 1..256")
+    if not 64 <= args.max_side <= 2048:
+        return _fail(f"--max-side {args.max_side} is outside 64..2048")
+    token = args.token or os.environ.get("ETF_TOKEN") or None
+    session = SessionConfig(
+        fps=args.fps, emotion=args.emotion, intensity=parse_intensity(args.intensity),
+        phone_lookahead_ms=args.lookahead_ms, jitter_ms=args.jitter_ms,
+    )
+    identity = _load_identity(args).for_video(args.max_side)
+    for w in identity.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    config = ServerConfig(host=args.host, port=args.port, control_port=args.control_port,
+                          token=token, max_sessions=args.max_sessions, workers=args.workers)
+    try:
+        asyncio.run(serve_forever(identity, config, session))
+    except OSError as e:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
+    return 0
+
+
+def _add_identity_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--image", help="photo to enroll (default: the built-in face)")
+    src.add_argument("--identity", help="identity file from 'etf enroll'")
+    p.add_argument("--single-face", action="store_true",
+                   help="refuse a photo with several faces instead of taking the largest")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="etf", description="Emotional talking face from one photo.")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -109,19 +147,40 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_enroll)
 
     r = sub.add_parser("render", help="render a talking-face MP4 from speech")
-    src = r.add_mutually_exclusive_group()
-    src.add_argument("--image", help="photo to enroll (default: the built-in face)")
-    src.add_argument("--identity", help="identity file from 'etf enroll'")
+    _add_identity_args(r)
     r.add_argument("--audio", help="speech file, any common format (default: built-in sentence)")
     r.add_argument("--emotion", default="neutral",
                    help="neutral, happy, angry, sad, surprise, fear or disgust")
     r.add_argument("--intensity", default="1.0", help="0..1, or low (0.5) / high (1.0)")
     r.add_argument("--fps", type=float, default=25.0)
     r.add_argument("--seed", type=int, default=0, help="seed of blinks and idle motion")
-    r.add_argument("--single-face", action="store_true")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("-o", "--output", default="out.mp4")
     r.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("serve", help="the live WebRTC avatar server and its web page")
+    _add_identity_args(s)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8080, help="HTTP port (page, /offer, /metrics)")
+    s.add_argument("--control-port", type=int, default=None,
+                   help="WebSocket control port (default: --port + 1)")
+    s.add_argument("--token", default=None,
+                   help="require this token for /offer, /metrics and the control channel "
+                   "(default: $ETF_TOKEN; none = open)")
+    s.add_argument("--max-sessions", type=int, default=4,
+                   help="concurrent peers; more are refused with 503")
+    s.add_argument("--fps", type=float, default=25.0, help="25 or 30")
+    s.add_argument("--emotion", default="neutral", help="initial emotion of a new session")
+    s.add_argument("--intensity", default="1.0", help="initial intensity, 0..1 or low/high")
+    s.add_argument("--max-side", type=int, default=720,
+                   help="scale the photo down so the video's longer side is at most this")
+    s.add_argument("--lookahead-ms", type=float, default=100.0,
+                   help="phone recogniser commit delay (lower: less latency, noisier)")
+    s.add_argument("--jitter-ms", type=float, default=60.0,
+                   help="audio jitter buffer target")
+    s.add_argument("--workers", type=int, default=0,
+                   help="engine threads (default: one per CPU core)")
+    s.set_defaults(func=cmd_serve)
     return p
 
 

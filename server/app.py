@@ -1,0 +1,325 @@
+"""The HTTP side of ``etf serve``: the page, ``POST /offer``, ``/health``, ``/metrics``.
+
+Each accepted offer gets one aiortc peer connection and one :class:`Session`; the control
+channel (``server/control.py``) runs beside it on its own port. Everything a client can
+send is validated here with a JSON error body (4xx), and a failure in one session never
+touches another. The server writes no files: nothing a client sends reaches the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from engines.identity import Identity
+from server.control import ControlServer, token_ok
+from server.session import CapacityError, Session, SessionConfig, SessionRegistry
+from server.stats import prometheus_text
+
+log = logging.getLogger("etf.server")
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client_web"
+MAX_OFFER_BYTES = 64 * 1024
+MAX_SDP_CHARS = 32 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Server-wide settings (filled by ``etf serve``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    control_port: int | None = None  # default: port + 1
+    token: str | None = None
+    max_sessions: int = 4
+    workers: int = 0  # engine threads; 0 = one per CPU core
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+class AvatarServer:
+    """Owns the engines' shared state, the sessions, the peers and both listeners."""
+
+    def __init__(self, identity: Identity, config: ServerConfig, session: SessionConfig,
+                 warp=None) -> None:
+        self.config = config
+        self.session_config = session
+        workers = config.workers or max(2, os.cpu_count() or 2)
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="etf-engine")
+        self.registry = SessionRegistry(identity, session, self.executor, config.max_sessions,
+                                        warp=warp)
+        self.identity = identity
+        self.peers: dict[str, object] = {}
+        self.control: ControlServer | None = None
+        self.control_port: int | None = None
+        self.http_port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # ----- HTTP ------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_OFFER_BYTES)
+        app.router.add_get("/", self.index)
+        app.router.add_post("/offer", self.offer)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/metrics", self.metrics)
+        if CLIENT_DIR.is_dir():
+            app.router.add_static("/static/", CLIENT_DIR, follow_symlinks=False)
+        return app
+
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        page = CLIENT_DIR / "index.html"
+        if not page.is_file():
+            return _error(404, "no_page", "client_web/index.html is missing from this install")
+        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    def _authorised(self, request: web.Request, body_token: str | None = None) -> bool:
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else body_token
+        return token_ok(self.config.token, given)
+
+    async def health(self, request: web.Request) -> web.Response:
+        h, w = self.identity.photo.shape[:2]
+        return web.json_response({
+            "status": "ok",
+            "sessions": len(self.registry.sessions),
+            "max_sessions": self.registry.max_sessions,
+            "token_required": bool(self.config.token),
+            "fps": self.session_config.fps,
+            "size": [w, h],
+            "identity": self.identity.source,
+        })
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        if not self._authorised(request):
+            return _error(401, "unauthorized", "send Authorization: Bearer <token>")
+        text = prometheus_text(self.registry.server_stats(),
+                               [s.stats(public=True) for s in self.registry.sessions.values()])
+        return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def offer(self, request: web.Request) -> web.Response:
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        from server.tracks import lean_audio_jitter_buffer
+
+        if request.content_type != "application/json":
+            return _error(415, "bad_content_type", "POST /offer takes application/json")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.registry.refused["too_large"] += 1
+            return _error(413, "too_large", f"offers are limited to {MAX_OFFER_BYTES} bytes")
+        try:
+            params = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return _error(400, "bad_json", f"the body is not valid JSON: {e}")
+        if not isinstance(params, dict):
+            return _error(400, "bad_json", "the body must be a JSON object")
+        token = params.get("token")
+        if not self._authorised(request, token if isinstance(token, str) else None):
+            self.registry.refused["token"] += 1
+            return _error(401, "unauthorized", "this server needs a valid token")
+        sdp, kind = params.get("sdp"), params.get("type")
+        if kind != "offer":
+            return _error(400, "bad_offer", 'type must be "offer"')
+        if not isinstance(sdp, str) or not sdp.strip():
+            return _error(400, "bad_offer", "sdp must be a non-empty string")
+        if len(sdp) > MAX_SDP_CHARS:
+            return _error(413, "too_large", f"sdp is longer than {MAX_SDP_CHARS} characters")
+        if len(self.registry.sessions) >= self.registry.max_sessions:
+            self.registry.refused["capacity"] += 1
+            return _error(503, "at_capacity", f"the server is at capacity "
+                          f"({self.registry.max_sessions} sessions); try again later")
+
+        pc = RTCPeerConnection()
+        remote_tracks = []
+        pc.on("track", remote_tracks.append)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as e:  # aiortc raises many types for bad SDP
+            await pc.close()
+            self.registry.refused["bad_sdp"] += 1
+            return _error(400, "bad_sdp", f"the offer's SDP was rejected: {e or type(e).__name__}")
+        lean_audio_jitter_buffer(pc)
+        transceivers = pc.getTransceivers()
+        video = [t for t in transceivers if t.kind == "video"
+                 and getattr(t, "_offerDirection", "sendonly") in ("sendonly", "sendrecv")]
+        if not video:
+            await pc.close()
+            self.registry.refused["bad_sdp"] += 1
+            return _error(400, "no_video", "the offer must ask to receive video "
+                          "(a recvonly or sendrecv video m-line)")
+        try:
+            session = await self.registry.create()
+        except CapacityError as e:
+            await pc.close()
+            return _error(503, "at_capacity", str(e))
+        return await self._start_peer(pc, session, remote_tracks, request)
+
+    async def _start_peer(self, pc, session: Session, remote_tracks, request) -> web.Response:
+        from server.tracks import AvatarVideoTrack, DelayedAudioTrack, read_inbound_audio
+
+        self.peers[session.id] = pc
+        session.on_close.append(lambda s: self._spawn(self._close_peer(s.id)))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await session.close(f"peer connection {pc.connectionState}")
+
+        try:
+            pc.addTrack(AvatarVideoTrack(session))
+            if any(t.kind == "audio" and getattr(t, "_offerDirection", "sendonly")
+                   in ("sendonly", "sendrecv") for t in pc.getTransceivers()):
+                pc.addTrack(DelayedAudioTrack(session))
+            for track in remote_tracks:
+                if track.kind == "audio":
+                    self._spawn(read_inbound_audio(track, session))
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except Exception as e:
+            await session.close("negotiation failed")
+            return _error(400, "negotiation_failed", f"could not answer the offer: {e}")
+        self._spawn(self._watchdog(session, pc))
+        host = request.host.rsplit(":", 1)[0] if request.host else self.config.host
+        scheme = "wss" if request.secure else "ws"
+        return web.json_response({
+            "sdp": pc.localDescription.sdp,
+            "type": pc.localDescription.type,
+            **session.describe(),
+            "control_url": f"{scheme}://{host}:{self.control_port}/control/{session.id}",
+        })
+
+    async def _watchdog(self, session: Session, pc) -> None:
+        """Close sessions whose peer never connects or stops sending anything."""
+        last_rx, last_change = -1, time.monotonic()
+        while not session.closed:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            if pc.connectionState != "connected":
+                if now - session.created > self.session_config.connect_timeout_s and \
+                        session.t0 is None:
+                    await session.close("peer never connected")
+                continue
+            rx = _packets_received(pc)
+            if rx != last_rx:
+                last_rx, last_change = rx, now
+            elif now - last_change > self.session_config.idle_timeout_s:
+                await session.close(
+                    f"nothing received from the peer for {self.session_config.idle_timeout_s:g} s"
+                )
+
+    async def _close_peer(self, sid: str) -> None:
+        pc = self.peers.pop(sid, None)
+        if pc is not None:
+            await pc.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]
+        self.control = ControlServer(self.registry, self.config.token, self.http_port)
+        want = self.config.control_port
+        want = self.http_port + 1 if want is None else want
+        self.control_port = await self.control.start(self.config.host, want)
+
+    async def stop(self) -> None:
+        await self.registry.close_all()
+        for pc in list(self.peers.values()):
+            await pc.close()
+        if self.control is not None:
+            await self.control.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in list(self._tasks):
+            task.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _packets_received(pc) -> int:
+    """Packets the peer's DTLS transports have delivered (RTP, RTCP, data)."""
+    total = 0
+    for t in pc.getTransceivers():
+        transport = t.receiver.transport
+        if transport is None:
+            continue
+        for stat in transport._get_stats().values():
+            total += getattr(stat, "packetsReceived", 0) or 0
+    return total
+
+
+async def serve_forever(identity: Identity, config: ServerConfig, session: SessionConfig,
+                        ready: asyncio.Event | None = None) -> None:
+    """Run ``etf serve`` until cancelled (Ctrl-C)."""
+    server = AvatarServer(identity, config, session)
+    await server.start()
+    print(f"etf serve: open http://{config.host}:{server.http_port}/ "
+          f"(control WebSocket on port {server.control_port}; "
+          f"{'token required' if config.token else 'no token'}; "
+          f"up to {config.max_sessions} sessions at {session.fps:g} fps)", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await server.stop()
+
+
+class BackgroundServer:
+    """An :class:`AvatarServer` on its own event loop in a daemon thread.
+
+    For tests, benchmarks and ``etf live`` (whose main thread owns the window):
+
+        with BackgroundServer(identity, ServerConfig(port=0), SessionConfig()) as srv:
+            url = srv.url
+    """
+
+    def __init__(self, identity: Identity, config: ServerConfig, session: SessionConfig,
+                 warp=None) -> None:
+        import threading
+
+        self.server = AvatarServer(identity, config, session, warp=warp)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="etf-server",
+                                        daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.server.config.host}:{self.server.http_port}"
+
+    def call(self, coro, timeout: float = 30.0):
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        self.call(self.server.start())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.call(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5.0)

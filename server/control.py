@@ -1,0 +1,309 @@
+"""The WebSocket control channel: protocol version 1, its validation, rate limiting, server.
+
+A control connection belongs to one session: ``ws://HOST:CONTROL_PORT/control/<session>``
+(``?token=...`` when the server requires a token). ``CONTROL_PORT`` is the HTTP port + 1
+unless ``--control-port`` says otherwise; ``POST /offer`` returns the full URL. Every message
+is one JSON object in a text frame, at most ``MAX_MESSAGE_BYTES`` bytes, carrying ``"v": 1``
+and a ``"type"``; an optional ``"id"`` (string or integer) is echoed in the reply.
+
+Client -> server:
+
+- ``set_emotion``: ``emotion`` (one of ``EMOTIONS``), optional ``intensity`` (0..1, default
+  unchanged) and ``transition_ms`` (0..10000, default 250). Replied with ``ack``.
+- ``set_intensity``: ``intensity`` and optional ``transition_ms``. Replied with ``ack``.
+- ``get_stats``: replied with one ``stats`` message.
+- ``subscribe_stats``: ``interval_ms`` (0 stops, else 200..60000); the server pushes ``stats``
+  at that interval (1000 ms by default from the start of the connection).
+- ``ping``: replied with ``pong``.
+
+Server -> client: ``hello`` (on connect: session, emotions, current emotion and intensity,
+fps, lookahead_ms, limits), ``ack``, ``stats``, ``pong`` and ``error`` (``code`` and
+``message``; the connection stays open). Error codes: ``bad_json``, ``not_object``,
+``bad_version``, ``unknown_type``, ``bad_field``, ``too_large``, ``binary_not_supported``,
+``rate_limited``, ``session_closed``. More than ``RATE_PER_S`` messages per second (bursts
+of ``RATE_BURST``) are dropped with one ``rate_limited`` error per second; a client that keeps
+flooding for ``FLOOD_CLOSE_S`` seconds is disconnected with close code 1008. Messages above
+``HARD_MAX_BYTES`` close the connection with code 1009 (the WebSocket library's own limit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from engines.face_motion import EMOTIONS
+
+if TYPE_CHECKING:
+    from server.session import SessionRegistry
+
+log = logging.getLogger("etf.control")
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 4096
+HARD_MAX_BYTES = 65536
+RATE_PER_S = 20.0
+RATE_BURST = 40
+FLOOD_CLOSE_S = 10.0
+DEFAULT_STATS_INTERVAL_MS = 1000
+MESSAGE_TYPES = ("set_emotion", "set_intensity", "get_stats", "subscribe_stats", "ping")
+
+
+class ControlError(Exception):
+    """A message the server refuses; becomes an ``error`` reply."""
+
+    def __init__(self, code: str, message: str, msg_id: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.msg_id = msg_id
+
+    def reply(self) -> dict:
+        out = {"v": PROTOCOL_VERSION, "type": "error", "code": self.code, "message": self.message}
+        if self.msg_id is not None:
+            out["id"] = self.msg_id
+        return out
+
+
+@dataclass(frozen=True)
+class Command:
+    """A validated client message."""
+
+    type: str
+    id: Any = None
+    emotion: str | None = None
+    intensity: float | None = None
+    transition_ms: float = 250.0
+    interval_ms: int | None = None
+
+
+def _number(obj: dict, key: str, lo: float, hi: float, msg_id: Any) -> float | None:
+    if key not in obj:
+        return None
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ControlError("bad_field", f"{key} must be a number, got {json.dumps(value)}", msg_id)
+    if not lo <= value <= hi:
+        raise ControlError("bad_field", f"{key} {value} is outside {lo:g}..{hi:g}", msg_id)
+    return float(value)
+
+
+def parse_message(data: str | bytes) -> Command:
+    """Validate one received frame; raises :class:`ControlError` naming the problem."""
+    if isinstance(data, bytes):
+        raise ControlError("binary_not_supported", "send JSON text frames, not binary")
+    if len(data.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
+        raise ControlError(
+            "too_large", f"message is larger than {MAX_MESSAGE_BYTES} bytes"
+        )
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ControlError("bad_json", f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise ControlError("not_object", "a message must be a JSON object")
+    msg_id = obj.get("id")
+    if msg_id is not None and (
+        isinstance(msg_id, bool) or not isinstance(msg_id, (str, int)) or len(str(msg_id)) > 64
+    ):
+        raise ControlError("bad_field", "id must be a string or integer of at most 64 chars")
+    if "v" not in obj:
+        raise ControlError("bad_version", f'missing "v" (protocol version {PROTOCOL_VERSION})',
+                           msg_id)
+    if obj["v"] != PROTOCOL_VERSION or isinstance(obj["v"], bool):
+        raise ControlError(
+            "bad_version", f"protocol version {json.dumps(obj['v'])} is not supported "
+            f"(this server speaks {PROTOCOL_VERSION})", msg_id,
+        )
+    kind = obj.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise ControlError(
+            "unknown_type", f"unknown type {json.dumps(kind)}; expected one of "
+            f"{', '.join(MESSAGE_TYPES)}", msg_id,
+        )
+    known = {"v", "type", "id"} | {
+        "set_emotion": {"emotion", "intensity", "transition_ms"},
+        "set_intensity": {"intensity", "transition_ms"},
+        "subscribe_stats": {"interval_ms"},
+    }.get(kind, set())
+    extra = sorted(set(obj) - known)
+    if extra:
+        raise ControlError("bad_field", f"unknown field(s) for {kind}: {', '.join(extra)}", msg_id)
+    transition = _number(obj, "transition_ms", 0.0, 10000.0, msg_id)
+    transition = 250.0 if transition is None else transition
+    if kind == "set_emotion":
+        emotion = obj.get("emotion")
+        if emotion not in EMOTIONS:
+            raise ControlError(
+                "bad_field", f"emotion {json.dumps(emotion)} is not one of {', '.join(EMOTIONS)}",
+                msg_id,
+            )
+        intensity = _number(obj, "intensity", 0.0, 1.0, msg_id)
+        return Command(kind, msg_id, emotion=emotion, intensity=intensity,
+                       transition_ms=transition)
+    if kind == "set_intensity":
+        intensity = _number(obj, "intensity", 0.0, 1.0, msg_id)
+        if intensity is None:
+            raise ControlError("bad_field", "set_intensity needs intensity (0..1)", msg_id)
+        return Command(kind, msg_id, intensity=intensity, transition_ms=transition)
+    if kind == "subscribe_stats":
+        interval = _number(obj, "interval_ms", 0.0, 60000.0, msg_id)
+        if interval is None or (0 < interval < 200):
+            raise ControlError("bad_field", "interval_ms must be 0 (stop) or 200..60000", msg_id)
+        return Command(kind, msg_id, interval_ms=int(interval))
+    return Command(kind, msg_id)
+
+
+class RateLimiter:
+    """Token bucket: ``rate`` messages per second with bursts of ``burst``."""
+
+    def __init__(self, rate: float = RATE_PER_S, burst: int = RATE_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+
+def token_ok(expected: str | None, given: str | None) -> bool:
+    """Constant-time token check; no token configured means open access."""
+    if not expected:
+        return True
+    return given is not None and hmac.compare_digest(expected.encode(), given.encode())
+
+
+class ControlServer:
+    """The ``websockets`` server for all sessions' control connections."""
+
+    def __init__(self, registry: SessionRegistry, token: str | None, http_port: int) -> None:
+        self.registry = registry
+        self.token = token
+        self.http_port = http_port
+        self._server = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port (useful with port 0)."""
+        from websockets.asyncio.server import serve
+
+        self._server = await serve(
+            self._handle, host, port, max_size=HARD_MAX_BYTES, max_queue=32,
+            process_request=self._check_request, ping_interval=10, ping_timeout=10,
+        )
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def _check_request(self, connection, request):
+        url = urlsplit(request.path)
+        parts = url.path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "control":
+            return connection.respond(404, "use /control/<session id>\n")
+        token = parse_qs(url.query).get("token", [None])[0]
+        if not token_ok(self.token, token):
+            return connection.respond(401, "missing or wrong token\n")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            o = urlsplit(origin)
+            if o.port != self.http_port:
+                return connection.respond(403, f"origin {origin} is not this server's page\n")
+        if self.registry.get(parts[1]) is None:
+            return connection.respond(404, "no such session (it may have ended)\n")
+        return None
+
+    async def _handle(self, ws) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        session = self.registry.get(urlsplit(ws.request.path).path.strip("/").split("/")[1])
+        if session is None:
+            await ws.close(1008, "session ended")
+            return
+        limiter = RateLimiter()
+        stats_every = [DEFAULT_STATS_INTERVAL_MS / 1000.0]
+        flood_since: float | None = None
+        last_rate_error = -math.inf
+
+        async def send(obj: dict) -> None:
+            await ws.send(json.dumps(obj, separators=(",", ":")))
+
+        async def push_stats() -> None:
+            while True:
+                interval = stats_every[0]
+                await asyncio.sleep(interval if interval > 0 else 0.5)
+                if stats_every[0] > 0 and not session.closed:
+                    await send({"v": PROTOCOL_VERSION, "type": "stats", "stats": session.stats()})
+
+        await send({"v": PROTOCOL_VERSION, "type": "hello", **session.describe(),
+                    "limits": {"max_message_bytes": MAX_MESSAGE_BYTES, "rate_per_s": RATE_PER_S,
+                               "burst": RATE_BURST}})
+        async def close_with_session() -> None:
+            await session.wait_closed()
+            await send(ControlError("session_closed", "the session has ended: "
+                                    f"{session.close_reason}").reply())
+            await ws.close(1000, "session ended")
+
+        pusher = asyncio.create_task(push_stats())
+        closed_watch = asyncio.create_task(close_with_session())
+        try:
+            async for data in ws:
+                now = time.monotonic()
+                if not limiter.allow(now):
+                    flood_since = now if flood_since is None else flood_since
+                    if now - flood_since > FLOOD_CLOSE_S:
+                        await ws.close(1008, "message flood")
+                        break
+                    if now - last_rate_error >= 1.0:
+                        last_rate_error = now
+                        await send(ControlError(
+                            "rate_limited", f"more than {RATE_PER_S:g} messages/s; "
+                            "messages are being dropped").reply())
+                    continue
+                flood_since = None
+                if session.closed:
+                    await send(ControlError("session_closed", "the session has ended").reply())
+                    await ws.close(1000, "session ended")
+                    break
+                try:
+                    cmd = parse_message(data)
+                    reply = self.apply(session, cmd, stats_every)
+                except ControlError as e:
+                    reply = e.reply()
+                await send(reply)
+        except ConnectionClosed:
+            pass
+        finally:
+            pusher.cancel()
+            closed_watch.cancel()
+
+    @staticmethod
+    def apply(session, cmd: Command, stats_every: list[float]) -> dict:
+        """Carry out a validated command on a session; returns the reply."""
+        base: dict[str, Any] = {"v": PROTOCOL_VERSION}
+        if cmd.id is not None:
+            base["id"] = cmd.id
+        if cmd.type in ("set_emotion", "set_intensity"):
+            session.set_emotion(cmd.emotion, cmd.intensity, cmd.transition_ms / 1000.0)
+            return {**base, "type": "ack", "for": cmd.type, "emotion": session.emotion.emotion,
+                    "intensity": session.emotion.intensity, "transition_ms": cmd.transition_ms}
+        if cmd.type == "get_stats":
+            return {**base, "type": "stats", "stats": session.stats()}
+        if cmd.type == "subscribe_stats":
+            stats_every[0] = cmd.interval_ms / 1000.0
+            return {**base, "type": "ack", "for": cmd.type, "interval_ms": cmd.interval_ms}
+        return {**base, "type": "pong", "server_time": time.time()}
