@@ -94,6 +94,7 @@ class Mp4Writer:
         audio: np.ndarray | None = None,
         audio_rate: int = 16000,
         crf: int = 20,
+        stream_audio: bool = False,
     ) -> None:
         """Open ``path`` for writing and set up the video (and audio) streams.
 
@@ -105,6 +106,8 @@ class Mp4Writer:
             audio: Optional 1-D mono samples (float in ``[-1, 1]`` or integer PCM).
             audio_rate: Sample rate of ``audio`` in Hz.
             crf: x264 constant rate factor (0-51, lower is better quality).
+            stream_audio: Create the audio track even without ``audio``; samples then
+                arrive through :meth:`append_audio` (live recording).
 
         Raises:
             ValueError: on invalid sizes, rates, crf or audio shape.
@@ -129,7 +132,10 @@ class Mp4Writer:
 
         samples = None if audio is None else _audio_to_float32(audio)
         self._audio: np.ndarray | None = samples if samples is not None and samples.size else None
-        self._audio_pos = 0
+        if self._audio is None and stream_audio:
+            self._audio = np.zeros(0, np.float32)
+        self._audio_pos = 0  # absolute index of the next sample to encode
+        self._audio_base = 0  # absolute index of self._audio[0] (consumed samples are freed)
         self._closed = False
         self._audio_stream: Any = None
         self.encoded_audio_rate: int | None = None
@@ -210,13 +216,19 @@ class Mp4Writer:
             end_s = self.frames_written / self.fps
             self._push_audio(round(end_s * self.audio_rate))
 
+    def append_audio(self, samples: np.ndarray) -> None:
+        """Add mono samples (at ``audio_rate``) to the end of the audio track."""
+        if self._audio is None:
+            raise RuntimeError("this writer has no audio track (pass stream_audio=True)")
+        self._audio = np.concatenate([self._audio, _audio_to_float32(samples)])
+
     def _push_audio(self, until: int) -> None:
-        """Encode and mux audio samples up to (not including) index ``until``."""
+        """Encode and mux audio samples up to (not including) absolute index ``until``."""
         assert self._audio is not None and self._audio_stream is not None
-        until = min(until, self._audio.size)
+        until = min(until, self._audio_base + self._audio.size)
         while self._audio_pos < until:
             stop = min(self._audio_pos + _AUDIO_CHUNK, until)
-            chunk = self._audio[None, self._audio_pos : stop]
+            chunk = self._audio[None, self._audio_pos - self._audio_base : stop - self._audio_base]
             audio_frame = av.AudioFrame.from_ndarray(
                 np.ascontiguousarray(chunk), format="fltp", layout="mono"
             )
@@ -226,6 +238,8 @@ class Mp4Writer:
             for packet in self._audio_stream.encode(audio_frame):
                 self._container.mux(packet)
             self._audio_pos = stop
+        self._audio = self._audio[self._audio_pos - self._audio_base :]
+        self._audio_base = self._audio_pos
 
     def close(self) -> None:
         """Flush the encoders, write the remaining audio and finalise the file.
@@ -239,7 +253,7 @@ class Mp4Writer:
             for packet in self._video.encode(None):
                 self._container.mux(packet)
             if self._audio is not None:
-                self._push_audio(self._audio.size)
+                self._push_audio(self._audio_base + self._audio.size)
                 for packet in self._audio_stream.encode(None):
                     self._container.mux(packet)
         finally:

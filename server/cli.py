@@ -1,4 +1,4 @@
-"""The ``etf`` command line: ``etf enroll``, ``etf render``, ``etf serve``.
+"""The ``etf`` command line: ``etf enroll``, ``render``, ``serve`` and ``live``.
 
 Errors a user can cause (a bad photo, unreadable audio, an unknown emotion) print one clear
 line and exit with status 2; nothing prints a traceback for them.
@@ -126,6 +126,52 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_live(args) -> int:
+    from engines.emotion_state import parse_intensity
+    from server.live import LiveConfig, LiveError, run_live
+    from server.session import SessionConfig
+
+    if args.fps not in (25.0, 30.0):
+        return _fail(f"--fps must be 25 or 30, got {args.fps:g}")
+    if args.duration is not None and args.duration <= 0:
+        return _fail("--duration must be positive")
+    session = SessionConfig(fps=args.fps, emotion=args.emotion,
+                            intensity=parse_intensity(args.intensity),
+                            phone_lookahead_ms=args.lookahead_ms, jitter_ms=args.jitter_ms)
+    device = int(args.device) if args.device and args.device.isdigit() else args.device
+    config = LiveConfig(output=args.output, window=args.window, audio_file=args.audio,
+                        device=device, duration_s=args.duration, host=args.host,
+                        control_port=args.control_port,
+                        token=args.token or os.environ.get("ETF_TOKEN") or None)
+    identity = _load_identity(args).for_video(args.max_side)
+    try:
+        stats = run_live(identity, config, session)
+    except LiveError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot listen on {args.host}:{args.control_port}: {e.strerror or e}")
+    print(f"etf live: {stats.get('frames_sent', 0)} frames, "
+          f"{stats.get('frames_dropped', 0)} dropped, "
+          f"compute p99 {stats.get('latency_ms', {}).get('tick', {}).get('p99', 0):.1f} ms")
+    return 0
+
+
+def _add_live_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by serve and live."""
+    p.add_argument("--fps", type=float, default=25.0, help="25 or 30")
+    p.add_argument("--emotion", default="neutral", help="initial emotion")
+    p.add_argument("--intensity", default="1.0", help="initial intensity, 0..1 or low/high")
+    p.add_argument("--max-side", type=int, default=720,
+                   help="scale the photo down so the video's longer side is at most this")
+    p.add_argument("--lookahead-ms", type=float, default=100.0,
+                   help="phone recogniser commit delay (lower: less latency, noisier)")
+    p.add_argument("--jitter-ms", type=float, default=60.0, help="audio jitter buffer target")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--token", default=None,
+                   help="require this token on every request and the control channel "
+                   "(default: $ETF_TOKEN; none = open)")
+
+
 def _add_identity_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--image", help="photo to enroll (default: the built-in face)")
@@ -160,27 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="the live WebRTC avatar server and its web page")
     _add_identity_args(s)
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    _add_live_args(s)
     s.add_argument("--port", type=int, default=8080, help="HTTP port (page, /offer, /metrics)")
     s.add_argument("--control-port", type=int, default=None,
                    help="WebSocket control port (default: --port + 1)")
-    s.add_argument("--token", default=None,
-                   help="require this token for /offer, /metrics and the control channel "
-                   "(default: $ETF_TOKEN; none = open)")
     s.add_argument("--max-sessions", type=int, default=4,
                    help="concurrent peers; more are refused with 503")
-    s.add_argument("--fps", type=float, default=25.0, help="25 or 30")
-    s.add_argument("--emotion", default="neutral", help="initial emotion of a new session")
-    s.add_argument("--intensity", default="1.0", help="initial intensity, 0..1 or low/high")
-    s.add_argument("--max-side", type=int, default=720,
-                   help="scale the photo down so the video's longer side is at most this")
-    s.add_argument("--lookahead-ms", type=float, default=100.0,
-                   help="phone recogniser commit delay (lower: less latency, noisier)")
-    s.add_argument("--jitter-ms", type=float, default=60.0,
-                   help="audio jitter buffer target")
     s.add_argument("--workers", type=int, default=0,
                    help="engine threads (default: one per CPU core)")
     s.set_defaults(func=cmd_serve)
+
+    lv = sub.add_parser("live", help="kiosk mode: local microphone -> face in a window or file")
+    _add_identity_args(lv)
+    _add_live_args(lv)
+    lv.add_argument("--window", action="store_true", help="show the face in a window")
+    lv.add_argument("-o", "--output", help="record the face and the delayed audio to an MP4")
+    lv.add_argument("--audio", help="play this audio file as the microphone (real time)")
+    lv.add_argument("--device", help="sounddevice input device (index or name)")
+    lv.add_argument("--duration", type=float, help="stop after this many seconds")
+    lv.add_argument("--control-port", type=int, default=8081,
+                    help="WebSocket control port (ws://HOST:PORT/control/live)")
+    lv.set_defaults(func=cmd_live)
     return p
 
 

@@ -189,7 +189,10 @@ def token_ok(expected: str | None, given: str | None) -> bool:
 class ControlServer:
     """The ``websockets`` server for all sessions' control connections."""
 
-    def __init__(self, registry: SessionRegistry, token: str | None, http_port: int) -> None:
+    def __init__(self, registry: SessionRegistry, token: str | None,
+                 http_port: int | None) -> None:
+        """``http_port``: the page's port, whose origin may connect from a browser; with
+        None (no page, as in ``etf live``) browser origins are refused."""
         self.registry = registry
         self.token = token
         self.http_port = http_port
@@ -221,7 +224,7 @@ class ControlServer:
         origin = request.headers.get("Origin")
         if origin is not None:
             o = urlsplit(origin)
-            if o.port != self.http_port:
+            if self.http_port is None or o.port != self.http_port:
                 return connection.respond(403, f"origin {origin} is not this server's page\n")
         if self.registry.get(parts[1]) is None:
             return connection.respond(404, "no such session (it may have ended)\n")

@@ -126,8 +126,11 @@ class Session:
         ready_lag: int,
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
+        session_id: str | None = None,
     ) -> None:
-        self.id = secrets.token_urlsafe(16)  # a capability: it grants control of the session
+        # The id is a capability: it grants control of the session, so it is unguessable
+        # unless the caller names it (etf live's single local session).
+        self.id = session_id or secrets.token_urlsafe(16)
         self.label = self.id[:6]  # public name (logs, metrics); the registry numbers it
         self.identity = identity
         self.warp = warp
@@ -415,13 +418,14 @@ class SessionRegistry:
     def get(self, sid: str) -> Session | None:
         return self.sessions.get(sid)
 
-    async def create(self) -> Session:
+    async def create(self, session_id: str | None = None) -> Session:
         if len(self.sessions) >= self.max_sessions:
             self.refused["capacity"] += 1
             raise CapacityError(
                 f"the server is at capacity ({self.max_sessions} sessions); try again later"
             )
-        session = Session(self.identity, self.warp, self.config, self.executor, self.ready_lag)
+        session = Session(self.identity, self.warp, self.config, self.executor, self.ready_lag,
+                          session_id=session_id)
         session.label = f"s{self.counters['created'] + 1}"
         self.counters["created"] += 1
         self.sessions[session.id] = session  # reserve the slot before awaiting

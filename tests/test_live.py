@@ -1,0 +1,115 @@
+"""``etf live`` (kiosk mode): a file played as the microphone, recorded to MP4, controlled
+over the same WebSocket protocol as the server; and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from server.cli import builtin_sentence, main
+
+pytest.importorskip("websockets")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_live_records_speech_and_obeys_the_control_channel(tmp_path, identity):
+    import av
+    from websockets.sync.client import connect
+
+    from engines.face_metrics import brow_raise, face_box, frame_landmarks, mouth_opening
+    from engines.video_writer import probe_media
+
+    out = tmp_path / "live.mp4"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "live", "--audio", builtin_sentence(),
+         "--duration", "6", "-o", str(out), "--control-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    try:
+        line = proc.stdout.readline()
+        assert f"ws://127.0.0.1:{port}/control/live" in line, line
+        for _ in range(50):  # the control port is open once the line above is printed
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        with connect(f"ws://127.0.0.1:{port}/control/live") as ws:
+
+            def reply() -> dict:
+                msg = json.loads(ws.recv(5))
+                return reply() if msg["type"] == "stats" else msg
+
+            hello = reply()
+            assert hello["type"] == "hello" and hello["session"] == "live"
+            time.sleep(3.5)
+            ws.send(json.dumps({"v": 1, "type": "set_emotion", "emotion": "surprise", "id": 1}))
+            ack = reply()
+            assert ack["type"] == "ack" and ack["emotion"] == "surprise"
+            ws.send('{"v": 1, "type": "set_emotion", "emotion": "bored"}')
+            err = reply()
+            assert err["type"] == "error" and "bored" in err["message"]
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    dropped = int(stdout.rsplit(" dropped", 1)[0].rsplit(" ", 1)[1])
+    assert dropped <= 5, stdout
+    info = probe_media(out)
+    assert info["audio_streams"] == 1 and info["video_streams"] == 1
+    assert 5.0 <= info["n_frames"] / 25.0 <= 6.2, info
+    assert abs(info["audio_duration_s"] - info["video_duration_s"]) < 0.1, info
+    with av.open(str(out)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    lm = frame_landmarks(frames, face_box(identity.landmarks_photo))
+    mouth = mouth_opening(lm)
+    assert np.nanmax(mouth[10:60]) > 0.25, "the mouth did not move with the speech"
+    brows = brow_raise(lm)
+    assert np.nanmedian(brows[-10:]) > np.nanmedian(brows[:40]) + 0.04, "surprise not shown"
+
+
+def test_live_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["live", "--audio", builtin_sentence()]) == 2
+    assert "--window and/or --output" in capsys.readouterr().err
+    assert main(["live", "--audio", builtin_sentence(), "-o",
+                 str(tmp_path / "nodir" / "x.mp4")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    env_display = os.environ.pop("DISPLAY", None)
+    try:
+        assert main(["live", "--audio", builtin_sentence(), "--window", "--duration", "1"]) == 2
+        assert "display" in capsys.readouterr().err
+    finally:
+        if env_display is not None:
+            os.environ["DISPLAY"] = env_display
+    assert main(["live", "--audio", str(tmp_path / "missing.wav"), "-o",
+                 str(tmp_path / "x.mp4"), "--control-port", str(_free_port())]) == 2
+    assert "missing.wav" in capsys.readouterr().err
+
+
+def test_live_without_a_microphone_says_so(tmp_path, capsys):
+    try:
+        import sounddevice as sd
+
+        sd.query_devices(kind="input")
+        pytest.skip("this machine has a microphone")
+    except (OSError, ValueError, Exception):
+        pass
+    rc = main(["live", "-o", str(tmp_path / "x.mp4"), "--duration", "1",
+               "--control-port", str(_free_port())])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "microphone" in err or "PortAudio" in err
