@@ -9,7 +9,11 @@ sits between the two:
   an underflow, it primes: it hands out silence until ``target_ms`` is buffered, which
   absorbs network jitter.  If the buffer grows past ``max_ms`` (a burst after a stall) the
   oldest audio is dropped back to the target, so latency can never grow without bound.
-  Both events are counted.
+  A smaller lasting excess (a stall followed by the late packets in a burst leaves the
+  buffer deeper than its target for good) is trimmed too: when the buffer's lowest level
+  over a second stays above the target, the excess is dropped at the next pause in speech
+  (or after three seconds of continuous speech), where the skip cannot be heard. All these
+  events are counted.
 - The 48 kHz chunk goes to the viewer (delayed, see ``server/session.py``) and a 16 kHz copy,
   gated by WebRTC's VAD, goes to the speech front end, so background noise does not move the
   mouth.  The gate opens within one 20 ms VAD frame of speech and holds ``hangover_ms``
@@ -39,13 +43,14 @@ class IngestStats:
     underflows: int = 0
     silence_padded_s: float = 0.0
     dropped_s: float = 0.0
+    trims: int = 0
     speech: bool = False
 
 
 class SpeechGate:
     """WebRTC VAD on 20 ms frames with hangover and a short gain ramp (16 kHz mono float)."""
 
-    def __init__(self, mode: int = 2, hangover_ms: float = 300.0) -> None:
+    def __init__(self, mode: int = 3, hangover_ms: float = 200.0) -> None:
         import webrtcvad
 
         self.vad = webrtcvad.Vad(mode)
@@ -96,7 +101,7 @@ class AudioIngest:
         self,
         target_ms: float = 60.0,
         max_ms: float = 300.0,
-        vad_mode: int = 2,
+        vad_mode: int = 3,
         use_vad: bool = True,
     ) -> None:
         if not 0 <= target_ms < max_ms:
@@ -110,6 +115,13 @@ class AudioIngest:
         self._buffered = 0
         self._priming = True
         self._heard = False
+        self._low = None  # lowest level seen in the current trim window (samples)
+        self._window = 0  # takes in the current trim window
+        self._pending = 0  # excess waiting for a pause in speech (samples)
+        self._pending_age = 0  # windows it has waited
+
+    #: Takes per trim window (see module docstring): about one second.
+    TRIM_WINDOW = 25
 
     @property
     def buffered_ms(self) -> float:
@@ -165,4 +177,26 @@ class AudioIngest:
         if self.gate is not None:
             speech = self.gate.process(speech)
             self.stats.speech = self.gate.speech
+        if not self._priming:
+            self._trim(n48)
         return chunk, speech
+
+    def _trim(self, n48: int) -> None:
+        """Drop a lasting excess over the target (see module docstring)."""
+        self._low = self._buffered if self._low is None else min(self._low, self._buffered)
+        self._window += 1
+        if self._window >= self.TRIM_WINDOW:
+            excess = self._low - self.target
+            if excess > n48 // 2:
+                self._pending = excess
+                self._pending_age += 1
+            else:
+                self._pending, self._pending_age = 0, 0
+            self._low, self._window = None, 0
+        if self._pending and (not self.stats.speech or self._pending_age > 3):
+            drop = min(self._pending, self._buffered - self.target)
+            if drop > 0:
+                self._pop(drop)
+                self.stats.dropped_s += drop / NET_RATE
+                self.stats.trims += 1
+            self._pending, self._pending_age = 0, 0

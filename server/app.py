@@ -41,6 +41,10 @@ class ServerConfig:
     token: str | None = None
     max_sessions: int = 4
     workers: int = 0  # engine threads; 0 = one per CPU core
+    #: Behind a reverse proxy: the public base of the control channel announced to clients
+    #: (e.g. ``wss://avatar.example.com/etf-control``) and the page origins allowed on it.
+    public_control_url: str | None = None
+    allowed_origins: tuple[str, ...] = ()
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -193,13 +197,16 @@ class AvatarServer:
             await session.close("negotiation failed")
             return _error(400, "negotiation_failed", f"could not answer the offer: {e}")
         self._spawn(self._watchdog(session, pc))
-        host = request.host.rsplit(":", 1)[0] if request.host else self.config.host
-        scheme = "wss" if request.secure else "ws"
+        if self.config.public_control_url:
+            base = self.config.public_control_url.rstrip("/")
+        else:
+            host = request.host.rsplit(":", 1)[0] if request.host else self.config.host
+            base = f"{'wss' if request.secure else 'ws'}://{host}:{self.control_port}"
         return web.json_response({
             "sdp": pc.localDescription.sdp,
             "type": pc.localDescription.type,
             **session.describe(),
-            "control_url": f"{scheme}://{host}:{self.control_port}/control/{session.id}",
+            "control_url": f"{base}/control/{session.id}",
         })
 
     async def _watchdog(self, session: Session, pc) -> None:
@@ -239,7 +246,8 @@ class AvatarServer:
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]
-        self.control = ControlServer(self.registry, self.config.token, self.http_port)
+        self.control = ControlServer(self.registry, self.config.token, self.http_port,
+                                     self.config.allowed_origins)
         want = self.config.control_port
         want = self.http_port + 1 if want is None else want
         self.control_port = await self.control.start(self.config.host, want)
@@ -272,16 +280,26 @@ def _packets_received(pc) -> int:
 async def serve_forever(identity: Identity, config: ServerConfig, session: SessionConfig,
                         ready: asyncio.Event | None = None) -> None:
     """Run ``etf serve`` until cancelled (Ctrl-C)."""
+    import signal
+
     server = AvatarServer(identity, config, session)
     await server.start()
+    plural = "s" if config.max_sessions != 1 else ""
     print(f"etf serve: open http://{config.host}:{server.http_port}/ "
           f"(control WebSocket on port {server.control_port}; "
           f"{'token required' if config.token else 'no token'}; "
-          f"up to {config.max_sessions} sessions at {session.fps:g} fps)", flush=True)
+          f"up to {config.max_sessions} session{plural} at {session.fps:g} fps)", flush=True)
     if ready is not None:
         ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # systemd/docker stop: close sessions cleanly
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await server.stop()
 

@@ -118,7 +118,9 @@ def cmd_serve(args) -> int:
     for w in identity.warnings:
         print(f"warning: {w}", file=sys.stderr)
     config = ServerConfig(host=args.host, port=args.port, control_port=args.control_port,
-                          token=token, max_sessions=args.max_sessions, workers=args.workers)
+                          token=token, max_sessions=args.max_sessions, workers=args.workers,
+                          public_control_url=args.public_control_url,
+                          allowed_origins=tuple(args.allow_origin or ()))
     try:
         asyncio.run(serve_forever(identity, config, session))
     except OSError as e:
@@ -214,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent peers; more are refused with 503")
     s.add_argument("--workers", type=int, default=0,
                    help="engine threads (default: one per CPU core)")
+    s.add_argument("--public-control-url", default=None,
+                   help="behind a reverse proxy: the control channel's public base URL "
+                   "(e.g. wss://host/etf-control) given to clients")
+    s.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                   help="page origin allowed on the control channel (repeatable; default: "
+                   "pages served on --port)")
     s.set_defaults(func=cmd_serve)
 
     lv = sub.add_parser("live", help="kiosk mode: local microphone -> face in a window or file")

@@ -190,12 +190,15 @@ class ControlServer:
     """The ``websockets`` server for all sessions' control connections."""
 
     def __init__(self, registry: SessionRegistry, token: str | None,
-                 http_port: int | None) -> None:
-        """``http_port``: the page's port, whose origin may connect from a browser; with
-        None (no page, as in ``etf live``) browser origins are refused."""
+                 http_port: int | None, allowed_origins: tuple[str, ...] = ()) -> None:
+        """Browsers may connect from ``allowed_origins`` (exact ``scheme://host[:port]``),
+        or, when none are given, from any page served on ``http_port``; with neither (no
+        page, as in ``etf live``) browser origins are refused. Non-browser clients send no
+        Origin and are not affected."""
         self.registry = registry
         self.token = token
         self.http_port = http_port
+        self.allowed_origins = tuple(o.rstrip("/") for o in allowed_origins)
         self._server = None
 
     async def start(self, host: str, port: int) -> int:
@@ -222,13 +225,16 @@ class ControlServer:
         if not token_ok(self.token, token):
             return connection.respond(401, "missing or wrong token\n")
         origin = request.headers.get("Origin")
-        if origin is not None:
-            o = urlsplit(origin)
-            if self.http_port is None or o.port != self.http_port:
-                return connection.respond(403, f"origin {origin} is not this server's page\n")
+        if origin is not None and not self._origin_ok(origin):
+            return connection.respond(403, f"origin {origin} is not this server's page\n")
         if self.registry.get(parts[1]) is None:
             return connection.respond(404, "no such session (it may have ended)\n")
         return None
+
+    def _origin_ok(self, origin: str) -> bool:
+        if self.allowed_origins:
+            return origin.rstrip("/") in self.allowed_origins
+        return self.http_port is not None and urlsplit(origin).port == self.http_port
 
     async def _handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed

@@ -110,8 +110,9 @@ def test_stream_lipsync_alignment_and_pts(server, identity, speech48):
     # rendering of the same speech (its mouth leads its sound by design); within one frame.
     from engines.pipeline import FaceAnimator
 
-    a_times = np.array([a.arrival for a in c.audio_in]) - 0.01  # centre of each 20 ms frame
-    v_times = np.array([f.arrival for f in c.video]) - P / 2
+    # A frame leaves at the start of the content it carries: centres are half a frame later.
+    a_times = np.array([a.arrival for a in c.audio_in]) + 0.01
+    v_times = np.array([f.arrival for f in c.video]) + P / 2
     a_rms = np.array([np.sqrt(np.mean(a.image**2)) for a in c.audio_in])
     grid = np.arange(max(v_times[0], a_times[0]), min(v_times[-1], a_times[-1]), P)
     mouth_grid = np.interp(grid, v_times, np.nan_to_num(mouth))
@@ -424,3 +425,25 @@ def test_metrics_and_health(server):
     assert c.session not in metrics, "metrics must not reveal session ids (they grant control)"
     for line in metrics.splitlines():
         assert line.startswith("#") or len(line.split(" ")) == 2, line
+
+
+def test_behind_a_proxy_origins_and_public_control_url(identity, warp):
+    cfg = ServerConfig(port=0, public_control_url="wss://avatar.example/ctl/",
+                       allowed_origins=("https://avatar.example",))
+    with BackgroundServer(identity, cfg, SessionConfig(fps=FPS), warp=warp) as srv:
+        async def scenario():
+            from websockets.asyncio.client import connect
+            from websockets.exceptions import InvalidStatus
+
+            async with AvatarClient(srv.url, audio=None) as c:
+                assert c.answer["control_url"] == f"wss://avatar.example/ctl/control/{c.session}"
+                local = f"ws://127.0.0.1:{srv.server.control_port}/control/{c.session}"
+                ws = await connect(local, additional_headers={"Origin": "https://avatar.example"})
+                assert json.loads(await ws.recv())["type"] == "hello"
+                await ws.close()
+                with pytest.raises(InvalidStatus) as e:
+                    await connect(local, additional_headers={
+                        "Origin": f"http://127.0.0.1:{srv.server.http_port}"})
+                assert e.value.response.status_code == 403
+
+        run(scenario())

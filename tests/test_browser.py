@@ -1,0 +1,413 @@
+"""The web page (client_web/) in headless Chromium against a real ``etf serve``.
+
+Chromium's fake microphone plays a flite sentence, so the whole path runs as a user sees it:
+getUserMedia -> WebRTC offer -> avatar video back -> control WebSocket (emotions, stats).
+Skipped when /usr/bin/chromium or the ``playwright`` package is missing (no browser is ever
+downloaded). Screenshots go to the test's tmp dir and are copied to /tmp/browser_shots/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import synth_speech
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+SHOTS_COPY = Path("/tmp/browser_shots")
+
+if not CHROMIUM.is_file():
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed",
+                               exc_type=ImportError)
+
+pytestmark = pytest.mark.slow
+
+#: Chromium flags for a root user on a machine with no network, plus the fake media devices.
+BASE_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+    "--disable-dev-shm-usage",
+]
+#: Upper face of the built-in identity (fractions of the video frame): brows and eyes, where
+#: emotions show strongly and speech does not move anything.
+FACE_BOX = (0.30, 0.20, 0.80, 0.50)
+
+
+# ----- the server ---------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # graceful: closes peers and sockets
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextmanager
+def etf_server(tmp: Path, *extra: str, timeout: float = 60.0) -> Iterator[Server]:
+    """``etf serve`` on free ports; killed on exit, also when the test fails."""
+    port, control = _free_ports(2)
+    log = tmp / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+             "--control-port", str(control), *extra],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}/", log)
+    try:
+        end = time.monotonic() + timeout
+        while "etf serve: open" not in log.read_text(errors="replace"):
+            if proc.poll() is not None:
+                pytest.fail(f"etf serve exited with {proc.returncode}:\n{server.output()}")
+            if time.monotonic() > end:
+                pytest.fail(f"etf serve did not start in {timeout:.0f} s:\n{server.output()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
+
+
+def _health(server: Server) -> dict:
+    with urllib.request.urlopen(server.url + "health", timeout=5) as resp:
+        return json.load(resp)
+
+
+# ----- the browser ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> Path:
+    """A flite sentence as 16-bit PCM WAV (Chromium resamples the fake capture file itself;
+    16 kHz works)."""
+    from engines.audio_io import save_wav
+
+    tmp = tmp_path_factory.mktemp("speech")
+    pcm = synth_speech("Hello, I am a talking face. I can speak with many different emotions.",
+                       tmp / "speech.wav", pad_s=0.3)
+    path = tmp / "speech16k.wav"
+    save_wav(path, pcm, 16000)
+    return path
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    with sync_api.sync_playwright() as p:
+        yield p
+
+
+def _launch(playwright, *flags: str):
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                      args=[*BASE_FLAGS, *flags])
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, speech_wav):
+    """Chromium whose microphone is granted and plays ``speech_wav`` in a loop."""
+    b = _launch(playwright, "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={speech_wav}")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Iterator[Path]:
+    out = tmp_path / "shots"
+    out.mkdir()
+    yield out
+    SHOTS_COPY.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        shutil.copy2(f, SHOTS_COPY / f.name)
+
+
+@contextmanager
+def open_page(browser, url: str):
+    """A fresh page; on failure its console log is attached to the error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    try:
+        page.goto(url)
+        page.wait_for_function("window.etf !== undefined")
+        yield page
+    except Exception as e:
+        raise AssertionError(f"{e}\n--- browser console ---\n" + "\n".join(console[-30:])) from e
+    finally:
+        context.close()
+
+
+def _message(page) -> tuple[str, str]:
+    """(code, text) of the visible message ('' when none is shown)."""
+    box = page.get_by_test_id("message")
+    if not box.is_visible():
+        return "", ""
+    return box.get_attribute("data-code") or "", box.inner_text()
+
+
+def _wait_message(page, code: str, timeout_ms: float = 15000) -> str:
+    page.wait_for_function(
+        "code => { const m = document.getElementById('message');"
+        " return !m.hidden && m.dataset.code === code; }", arg=code, timeout=timeout_ms)
+    got, text = _message(page)
+    assert got == code
+    return text
+
+
+# ----- image comparison -----------------------------------------------------------------
+
+
+def _gray(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32)
+
+
+def _face(images: list[np.ndarray], size: int = 128) -> np.ndarray:
+    """Median over a few screenshots (drops a blink or a mouth shape), blurred, downsized,
+    cropped to ``FACE_BOX``."""
+    import cv2
+
+    small = [cv2.resize(cv2.GaussianBlur(im, (0, 0), 2.0), (size, size),
+                        interpolation=cv2.INTER_AREA) for im in images]
+    med = np.median(np.stack(small), axis=0)
+    x0, y0, x1, y1 = (int(round(v * size)) for v in FACE_BOX)
+    return med[y0:y1, x0:x1]
+
+
+def _diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute grey-level difference (0..255)."""
+    return float(np.abs(a - b).mean())
+
+
+def _grab(page, n: int, gap_s: float, shots: Path | None = None,
+          name: str = "") -> list[np.ndarray]:
+    video = page.get_by_test_id("avatar-video")
+    out = []
+    for i in range(n):
+        png = video.screenshot()
+        if shots is not None and i == 0:
+            (shots / f"{name}.png").write_bytes(png)
+        out.append(_gray(png))
+        time.sleep(gap_s)
+    return out
+
+
+def _choose(page, emotion: str) -> None:
+    page.get_by_test_id(f"emotion-{emotion}").click()
+    page.wait_for_function("e => window.etf.confirmedEmotion === e", arg=emotion, timeout=5000)
+    # Transition (250 ms) + pipeline delay (~300 ms) + the browser's jitter buffer.
+    time.sleep(1.0)
+
+
+# ----- tests ----------------------------------------------------------------------------
+
+
+def test_live_session_video_emotions_and_stats(tmp_path, browser, shots):
+    with etf_server(tmp_path) as server, open_page(browser, server.url) as page:
+        width, height = _health(server)["size"]
+        assert not page.get_by_test_id("token").is_visible()  # open server: no token field
+        assert page.get_by_test_id("hear").is_checked() is False
+        assert page.evaluate("document.getElementById('avatar').muted") is True
+        page.get_by_test_id("hear").check()
+        assert page.evaluate("document.getElementById('avatar').muted") is False
+        page.get_by_test_id("hear").uncheck()
+
+        page.get_by_test_id("start").click()
+        page.wait_for_function("window.etf.state === 'connected'", timeout=20000)
+        page.wait_for_function("window.etf.framesDecoded() >= 25", timeout=15000)
+        n0 = page.evaluate("window.etf.framesDecoded()")
+        time.sleep(1.0)
+        n1 = page.evaluate("window.etf.framesDecoded()")
+        assert n1 - n0 >= 10, f"only {n1 - n0} frames decoded in 1 s"
+        size = page.evaluate("[document.getElementById('avatar').videoWidth,"
+                             " document.getElementById('avatar').videoHeight]")
+        assert size == [width, height]
+        assert page.get_by_test_id("status").inner_text() == "Live"
+
+        # Stats: pushed by the server over the control channel, and the browser's own.
+        page.wait_for_function(
+            "parseFloat(document.getElementById('stat-fps').textContent) > 0", timeout=10000)
+        page.wait_for_function(
+            "parseFloat(document.getElementById('stat-rx-fps').textContent) > 0", timeout=10000)
+        # The fake microphone's sentence reaches the server's voice detector.
+        page.wait_for_function(
+            "document.getElementById('stat-speech').textContent === 'speaking'", timeout=10000)
+        assert page.locator("#latency-body tr").count() >= 3
+
+        # Emotions: noise between two neutral sets first, then neutral -> surprise -> happy.
+        neutral_a = _grab(page, 3, 0.15, shots, "1-neutral")
+        neutral_b = _grab(page, 3, 0.15)
+        _choose(page, "surprise")
+        surprise = _grab(page, 3, 0.15, shots, "2-surprise")
+        _choose(page, "happy")
+        happy = _grab(page, 3, 0.15, shots, "3-happy")
+        face_a, face_b = _face(neutral_a), _face(neutral_b)
+        face_s, face_h = _face(surprise), _face(happy)
+        noise = _diff(face_a, face_b)
+        single = _diff(_face(neutral_a[:1]), _face(neutral_a[1:2]))
+        to_surprise, to_happy = _diff(face_a, face_s), _diff(face_s, face_h)
+        neutral_happy = _diff(face_a, face_h)
+        metrics = {"noise": noise, "noise_single_frames": single, "neutral_surprise": to_surprise,
+                   "surprise_happy": to_happy, "neutral_happy": neutral_happy}
+        (shots / "emotion_metrics.json").write_text(json.dumps(metrics, indent=1))
+        print("face differences (grey levels):", {k: round(v, 2) for k, v in metrics.items()})
+        floor = max(2.5 * noise, 6.0)
+        assert to_surprise > floor, metrics
+        assert to_happy > floor, metrics
+
+        pressed = page.locator("#emotions button[aria-pressed=true]")
+        assert pressed.count() == 1 and pressed.get_attribute("data-emotion") == "happy"
+        page.wait_for_function(
+            "document.getElementById('stat-emotion').textContent.startsWith('happy')",
+            timeout=5000)
+
+        # Dragging the intensity slider (100 input events) sends at most ~10 messages/s,
+        # the final value last.
+        before = page.evaluate("window.etf.sent.set_intensity || 0")
+        drag_s = page.evaluate("""async () => {
+            const s = document.getElementById('intensity');
+            const t0 = performance.now();
+            for (let i = 0; i <= 100; i++) {
+                s.value = String(1 - i * 0.006);
+                s.dispatchEvent(new Event('input', {bubbles: true}));
+                await new Promise(r => setTimeout(r, 10));
+            }
+            return (performance.now() - t0) / 1000;
+        }""")
+        time.sleep(0.4)
+        sent = page.evaluate("window.etf.sent.set_intensity || 0") - before
+        assert 0.5 * drag_s <= sent <= 10 * drag_s + 2, f"{sent} messages in {drag_s:.2f} s"
+        page.wait_for_function("Math.abs(window.etf.confirmedIntensity - 0.4) < 1e-6",
+                               timeout=3000)
+        assert page.get_by_test_id("intensity-value").inner_text() == "0.40"
+
+        # A control error from the server is shown with its text; the session goes on.
+        assert page.evaluate("window.etf.sendControl({type: 'set_emotion', emotion: 'bored'})")
+        text = _wait_message(page, "control_error", 5000)
+        assert "bored" in text and "bad_field" in text
+        assert page.evaluate("window.etf.state") == "connected"
+
+        page.screenshot(path=str(shots / "4-page.png"))
+        page.get_by_test_id("stop").click()
+        page.wait_for_function("window.etf.state === 'idle'", timeout=5000)
+        assert page.evaluate("document.getElementById('avatar').srcObject") is None
+        assert page.get_by_test_id("start").is_enabled()
+        # The server sees the session end (peer closed) within a few seconds.
+        end = time.monotonic() + 10
+        while _health(server)["sessions"] and time.monotonic() < end:
+            time.sleep(0.2)
+        assert _health(server)["sessions"] == 0
+
+
+def test_token_refused_then_accepted_and_capacity(tmp_path, browser, speech_wav, shots):
+    token = "s3cret-t0ken"
+    with etf_server(tmp_path, "--token", token, "--max-sessions", "1") as server:
+        with open_page(browser, server.url) as page:
+            page.get_by_test_id("token").wait_for(state="visible", timeout=5000)
+            page.get_by_test_id("start").click()
+            text = _wait_message(page, "token_refused")
+            assert "token" in text.lower() and "401" in text
+            assert page.evaluate("window.etf.state") == "failed"
+            assert page.evaluate("document.activeElement.id") == "token"
+            page.screenshot(path=str(shots / "5-token-refused.png"))
+
+            page.get_by_test_id("token").fill("wrong")
+            page.get_by_test_id("start").click()
+            page.wait_for_function("window.etf.state === 'failed'", timeout=15000)
+            code, text = _message(page)
+            assert code == "token_refused" and "did not accept" in text
+
+        # The right token from the URL's fragment, and the "Speak a file" source.
+        with open_page(browser, f"{server.url}#token={token}") as page:
+            assert page.get_by_test_id("token").input_value() == token
+            page.get_by_test_id("source-file").check()
+            page.get_by_test_id("file").set_input_files(str(speech_wav))
+            page.get_by_test_id("loop").check()
+            page.get_by_test_id("emotion-sad").click()  # chosen before Start: sent on connect
+            page.get_by_test_id("start").click()
+            page.wait_for_function("window.etf.state === 'connected'", timeout=20000)
+            page.wait_for_function("window.etf.framesDecoded() >= 10", timeout=15000)
+            # The control channel got the token too: stats arrive and the emotion was applied.
+            page.wait_for_function("window.etf.confirmedEmotion === 'sad'", timeout=5000)
+            page.wait_for_function(
+                "window.etf.serverStats && window.etf.serverStats.speech === true", timeout=10000)
+            assert _message(page)[0] == ""
+            # A second viewer is refused: the server takes one session only.
+            with open_page(browser, f"{server.url}#token={token}") as second:
+                second.get_by_test_id("start").click()
+                assert "capacity" in _wait_message(second, "at_capacity")
+            page.get_by_test_id("stop").click()
+            page.wait_for_function("window.etf.state === 'idle'", timeout=5000)
+
+
+def test_error_messages_microphone_and_unreachable(tmp_path, browser, playwright, shots):
+    with etf_server(tmp_path) as server:
+        # Permission prompts refused (no fake-UI flag: Playwright dismisses the prompt).
+        denied = _launch(playwright, "--use-fake-device-for-media-stream")
+        try:
+            with open_page(denied, server.url) as page:
+                page.get_by_test_id("start").click()
+                assert "permission denied" in _wait_message(page, "mic_denied").lower()
+        finally:
+            denied.close()
+        # No capture device at all.
+        no_device = _launch(playwright, "--use-fake-ui-for-media-stream")
+        try:
+            with open_page(no_device, server.url) as page:
+                page.get_by_test_id("start").click()
+                assert "no microphone" in _wait_message(page, "no_mic").lower()
+        finally:
+            no_device.close()
+
+        with open_page(browser, server.url) as page:
+            page.wait_for_function("window.etf.state === 'idle'")
+            server.stop()
+            page.get_by_test_id("start").click()
+            text = _wait_message(page, "server_unreachable")
+            assert "Cannot reach the avatar server" in text
+            assert page.evaluate("window.etf.state") == "failed"
+            assert page.get_by_test_id("start").is_enabled()
+            page.screenshot(path=str(shots / "6-unreachable.png"))
