@@ -45,6 +45,12 @@ class IngestStats:
     dropped_s: float = 0.0
     trims: int = 0
     speech: bool = False
+    depth_sum_ms: float = 0.0  # buffered audio after each take, summed (mean = / takes)
+    takes: int = 0
+
+    @property
+    def mean_depth_ms(self) -> float:
+        return self.depth_sum_ms / self.takes if self.takes else 0.0
 
 
 class SpeechGate:
@@ -179,6 +185,8 @@ class AudioIngest:
             self.stats.speech = self.gate.speech
         if not self._priming:
             self._trim(n48)
+            self.stats.takes += 1
+            self.stats.depth_sum_ms += self.buffered_ms
         return chunk, speech
 
     def _trim(self, n48: int) -> None:

@@ -382,6 +382,7 @@ class Session:
             "latency_ms": {s: r.quantiles_ms() for s, r in self.latency.items()},
             "queues": {
                 "audio_ms": round(self.ingest.buffered_ms, 1),
+                "audio_mean_ms": round(ing.mean_depth_ms, 1),
                 "video_frames": self.video_queue.qsize(),
                 "audio_out_ms": round(self._audio_out_len * 1000.0 / NET_RATE, 1),
             },

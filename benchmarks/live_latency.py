@@ -1,0 +1,313 @@
+"""Live server on loopback: glass-to-glass latency with its breakdown, and capacity.
+
+``glass``: one real aiortc peer sends speech with clean onsets (utterances after silence)
+through ``etf serve``'s code path. For each onset it measures, on the client's clock:
+- video glass-to-glass: speech onset leaving the sender's audio track -> the first received
+  frame whose re-detected mouth is a quarter of the way open (dlib landmarks),
+- audio round trip: the same onset -> the onset in the returned (delayed) audio,
+and compares the received mouth/audio offset with the engine's own offline one (lip sync
+preserved end to end). The breakdown lists the server's declared parts.
+
+``capacity``: ``etf serve`` as a subprocess and N peers (one client process, sending speech
+in a loop) for a few seconds each; a level passes when every session receives >= 24 fps
+with no gap over 200 ms and the server's p99 compute per tick stays under one frame period.
+The clients decode VP8 on the same machine, so this is a lower bound for the server.
+
+    python benchmarks/live_latency.py            # both; writes results/live_latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engines.audio_io import load_audio  # noqa: E402
+from server.cli import builtin_sentence  # noqa: E402
+
+RATE = 48000
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def onsets_signal(n: int = 5, gap_s: float = 1.6) -> tuple[np.ndarray, list[int]]:
+    """``n`` utterances (the built-in sentence's first 1.4 s) after silences; onset samples."""
+    speech = load_audio(builtin_sentence(), RATE)
+    env = np.sqrt(np.convolve(speech**2, np.ones(480) / 480, "same"))
+    start = int(np.argmax(env > 0.02))
+    word = speech[start:start + int(1.4 * RATE)]
+    parts, onsets, pos = [], [], 0
+    for _ in range(n):
+        sil = np.zeros(int(gap_s * RATE), np.float32)
+        parts += [sil, word]
+        onsets.append(pos + sil.size)
+        pos += sil.size + word.size
+    parts.append(np.zeros(int(gap_s * RATE), np.float32))
+    return np.concatenate(parts), onsets
+
+
+def _first_above(times: np.ndarray, values: np.ndarray, after: float, before: float,
+                 level: float) -> float | None:
+    sel = np.flatnonzero((times >= after) & (times < before) & (values > level))
+    return float(times[sel[0]]) if sel.size else None
+
+
+def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], fps: float,
+                   lookahead: float) -> float:
+    """Offline: mouth quarter-open time minus speech onset, median over onsets (ms)."""
+    from engines.face_metrics import face_box, mouth_openings
+    from engines.pipeline import FaceAnimator
+
+    pcm16 = load_audio_array(pcm48)
+    anim = FaceAnimator(identity, fps, phone_lookahead_ms=lookahead)
+    frames = [f.image for f in anim.render_all(pcm16)]
+    mouth = mouth_openings(frames, face_box(identity.landmarks_photo))
+    times = (np.arange(len(frames)) + 0.5) / fps
+    leads = []
+    for o in onsets:
+        t = o / RATE
+        base = np.nanmedian(mouth[(times > t - 1.0) & (times < t - 0.3)])
+        peak = np.nanmax(mouth[(times > t) & (times < t + 1.4)])
+        hit = _first_above(times, mouth, t - 0.3, t + 1.4, base + 0.25 * (peak - base))
+        if hit is not None:
+            leads.append((hit - t) * 1e3)
+    return float(np.median(leads))
+
+
+def load_audio_array(pcm48: np.ndarray) -> np.ndarray:
+    from engines.phone_stream import StreamResampler
+
+    r = StreamResampler(RATE, 16000)
+    return np.concatenate([r.process(pcm48), r.drain()])
+
+
+async def _glass(url: str, pcm: np.ndarray, onsets: list[int], identity) -> dict:
+    from engines.face_metrics import face_box, mouth_openings
+    from server.client import FRAME, AvatarClient
+
+    async with AvatarClient(url, audio=pcm) as c:
+        await c.open_control()
+        await asyncio.sleep(len(pcm) / RATE + 1.0)
+        await c.control({"v": 1, "type": "get_stats", "id": "end"})
+        stats = (await c.wait_message(lambda m: m.get("id") == "end"))["stats"]
+    sent = np.array(c.sender_track.sent)
+    v_t = np.array([f.arrival for f in c.video])
+    mouth = mouth_openings([f.image for f in c.video], face_box(identity.landmarks_photo))
+    a_t = np.array([a.arrival for a in c.audio_in])
+    a_rms = np.array([np.sqrt(np.mean(a.image**2)) for a in c.audio_in])
+    rows = []
+    for o in onsets:
+        m = o // FRAME
+        t_send = sent[m] + (o - m * FRAME) / RATE
+        base = np.nanmedian(mouth[(v_t > t_send - 0.6) & (v_t < t_send + 0.1)])
+        peak = np.nanmax(mouth[(v_t > t_send) & (v_t < t_send + 2.0)])
+        t_mouth = _first_above(v_t, mouth, t_send, t_send + 2.0, base + 0.25 * (peak - base))
+        # The onset inside the first loud 20 ms frame (a frame leaves at its content's start).
+        t_audio = None
+        for i in np.flatnonzero((a_t > t_send) & (a_rms > 0.01)):
+            x = np.abs(c.audio_in[i].image)
+            k = int(np.argmax(x > 0.02)) if np.any(x > 0.02) else 0
+            t_audio = float(a_t[i] + k / RATE)
+            break
+        rows.append({
+            "onset_s": round(o / RATE, 3),
+            "video_g2g_ms": None if t_mouth is None else round((t_mouth - t_send) * 1e3, 1),
+            "audio_roundtrip_ms": None if t_audio is None else round((t_audio - t_send) * 1e3, 1),
+        })
+    return {"onsets": rows, "server_stats": stats, "answer": {
+        k: c.answer[k] for k in ("fps", "lookahead_ms", "pipeline_delay_ms", "width", "height")}}
+
+
+def glass(args) -> dict:
+    from engines.default_face import default_identity
+    from server.app import BackgroundServer, ServerConfig
+    from server.session import SessionConfig
+
+    identity = default_identity()
+    pcm, onsets = onsets_signal()
+    cfg = SessionConfig(fps=args.fps, phone_lookahead_ms=args.lookahead, jitter_ms=args.jitter)
+    with BackgroundServer(identity, ServerConfig(port=0), cfg) as srv:
+        res = asyncio.run(_glass(srv.url, pcm, onsets, identity))
+    lead = engine_lead_ms(identity, pcm, onsets, args.fps, args.lookahead)
+    v = [r["video_g2g_ms"] for r in res["onsets"] if r["video_g2g_ms"] is not None]
+    a = [r["audio_roundtrip_ms"] for r in res["onsets"] if r["audio_roundtrip_ms"] is not None]
+    st = res["server_stats"]
+    p = res["answer"]
+    summary = {
+        "video_glass_to_glass_ms_median": round(float(np.median(v)), 1),
+        "video_glass_to_glass_ms_all": v,
+        "audio_roundtrip_ms_median": round(float(np.median(a)), 1),
+        "engine_mouth_lead_offline_ms": round(lead, 1),
+        "received_mouth_minus_audio_ms": round(float(np.median(v) - np.median(a)), 1),
+        # Audio path: sender -> aiortc receive hold -> jitter buffer -> pipeline delay (the
+        # returned audio is delayed exactly like the frames) -> Opus/RTP back to the client.
+        # The video arrives earlier than its sound by the engine's designed mouth lead plus
+        # the audio codec's own delay on the way back.
+        "breakdown_ms": {
+            "aiortc_inbound_audio_hold": 20.0,
+            "jitter_buffer_mean_depth": st["queues"]["audio_mean_ms"],
+            "jitter_buffer_target": args.jitter,
+            "pipeline_delay": p["pipeline_delay_ms"],
+            "  of_which_lookahead": p["lookahead_ms"],
+            "  of_which_tick_rounding_and_compute_budget": round(
+                p["pipeline_delay_ms"] - p["lookahead_ms"], 1),
+            "return_transport_and_codecs": round(
+                float(np.median(a)) - 20.0 - st["queues"]["audio_mean_ms"]
+                - p["pipeline_delay_ms"], 1),
+            "= audio_roundtrip": round(float(np.median(a)), 1),
+            "video_minus_audio": round(float(np.median(v) - np.median(a)), 1),
+            "  of_which_engine_mouth_lead_offline": round(lead, 1),
+            "= video_glass_to_glass": round(float(np.median(v)), 1),
+            "compute_p50": st["latency_ms"]["tick"]["p50"],
+            "compute_p99": st["latency_ms"]["tick"]["p99"],
+        },
+        "per_onset": res["onsets"],
+        "frames_dropped": st["frames_dropped"],
+        "fps": st["fps"],
+    }
+    return summary
+
+
+# ----- capacity ------------------------------------------------------------------------
+
+async def _clients(url: str, n: int, seconds: float) -> list[dict]:
+    from server.client import AvatarClient
+
+    speech = load_audio(builtin_sentence(), RATE)
+    loop_pcm = np.tile(np.concatenate([speech, np.zeros(RATE // 2, np.float32)]), 4)
+    clients = [AvatarClient(url, audio=loop_pcm, keep_images=False) for _ in range(n)]
+    for c in clients:
+        await c.connect()
+    await asyncio.sleep(2.0)  # settle
+    marks = [len(c.video) for c in clients]
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    t1 = time.monotonic()
+    out = []
+    for c, k in zip(clients, marks, strict=True):
+        t = np.array([f.arrival for f in c.video[k:] if f.arrival <= t1])
+        out.append({"frames": int(len(t)), "fps": round(len(t) / (t1 - t0), 2),
+                    "max_gap_ms": round(float(np.diff(t).max()) * 1e3, 1) if len(t) > 1
+                    else None})
+    await asyncio.gather(*(c.close() for c in clients))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _metrics(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def capacity(args) -> dict:
+    port, cport = _free_port(), _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--control-port",
+         str(cport), "--max-sessions", "64", "--fps", str(args.fps)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    levels = []
+    try:
+        server.stdout.readline()
+        for n in range(1, args.max_sessions + 1):
+            cpu0 = _cpu_seconds(server.pid)
+            w0 = time.monotonic()
+            proc = subprocess.run(
+                [sys.executable, __file__, "_clients", url, str(n), str(args.seconds)],
+                capture_output=True, text=True, cwd=ROOT, timeout=120,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(proc.stderr[-2000:])
+            per = json.loads(proc.stdout.strip().splitlines()[-1])
+            cpu = (_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - w0)
+            text = _metrics(url)
+            p99 = [float(v) * 1e3 for v in re.findall(
+                r'etf_stage_latency_seconds\{session="[^"]+",stage="tick",quantile="0.99"\} (\S+)',
+                text)]
+            ok = all(p["fps"] >= args.fps - 1 and (p["max_gap_ms"] or 1e9) <= 200
+                     for p in per) and (max(p99) if p99 else 0) < 1000 / args.fps
+            levels.append({"sessions": n, "ok": ok, "per_session": per,
+                           "server_cpu_cores": round(cpu, 2),
+                           "tick_p99_ms_max": round(max(p99), 1) if p99 else None})
+            print(f"{n} sessions: {'ok' if ok else 'FAIL'}  fps "
+                  f"{[p['fps'] for p in per]}  server cores {cpu:.2f}", flush=True)
+            if not ok:
+                break
+            time.sleep(2.0)  # sessions from the last level close
+    finally:
+        server.terminate()
+        server.wait(10)
+    passing = [lv["sessions"] for lv in levels if lv["ok"]]
+    return {"fps": args.fps, "seconds_per_level": args.seconds,
+            "max_sessions_ok": max(passing) if passing else 0, "levels": levels}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import aiortc
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "aiortc": aiortc.__version__, "platform": platform.platform()}
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_clients":
+        url, n, seconds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+        print(json.dumps(asyncio.run(_clients(url, n, seconds))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", nargs="?", default="all", choices=["all", "glass", "capacity"])
+    ap.add_argument("--fps", type=float, default=25.0)
+    ap.add_argument("--lookahead", type=float, default=100.0)
+    ap.add_argument("--jitter", type=float, default=60.0)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--max-sessions", type=int, default=8)
+    ap.add_argument("-o", "--output", default=str(RESULTS / "live_latency.json"))
+    args = ap.parse_args()
+    out = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    if args.what in ("all", "glass"):
+        out["glass_to_glass"] = glass(args)
+        print(json.dumps(out["glass_to_glass"]["breakdown_ms"], indent=1))
+        print("video g2g median", out["glass_to_glass"]["video_glass_to_glass_ms_median"],
+              "audio", out["glass_to_glass"]["audio_roundtrip_ms_median"])
+    if args.what in ("all", "capacity"):
+        out["capacity"] = capacity(args)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
