@@ -64,14 +64,15 @@ def _first_above(times: np.ndarray, values: np.ndarray, after: float, before: fl
     return float(times[sel[0]]) if sel.size else None
 
 
-def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], fps: float,
-                   lookahead: float) -> float:
+def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], config) -> float:
     """Offline: mouth quarter-open time minus speech onset, median over onsets (ms)."""
     from engines.face_metrics import face_box, mouth_openings
     from engines.pipeline import FaceAnimator
 
     pcm16 = load_audio_array(pcm48)
-    anim = FaceAnimator(identity, fps, phone_lookahead_ms=lookahead)
+    fps = config.fps
+    anim = FaceAnimator(identity, fps, phone_lookahead_ms=config.phone_lookahead_ms,
+                        coart_future_ms=config.coart_future_ms)
     frames = [f.image for f in anim.render_all(pcm16)]
     mouth = mouth_openings(frames, face_box(identity.landmarks_photo))
     times = (np.arange(len(frames)) + 0.5) / fps
@@ -140,7 +141,7 @@ def glass(args) -> dict:
     cfg = SessionConfig(fps=args.fps, phone_lookahead_ms=args.lookahead, jitter_ms=args.jitter)
     with BackgroundServer(identity, ServerConfig(port=0), cfg) as srv:
         res = asyncio.run(_glass(srv.url, pcm, onsets, identity))
-    lead = engine_lead_ms(identity, pcm, onsets, args.fps, args.lookahead)
+    lead = engine_lead_ms(identity, pcm, onsets, cfg)
     v = [r["video_g2g_ms"] for r in res["onsets"] if r["video_g2g_ms"] is not None]
     a = [r["audio_roundtrip_ms"] for r in res["onsets"] if r["audio_roundtrip_ms"] is not None]
     st = res["server_stats"]

@@ -124,13 +124,24 @@ class SpeechLandmarkEngine:
         sample_rate: int = 16000,
         idle_amplitude: float = 1.0,
         phone_lookahead_ms: float | None = None,
+        coart_future_ms: float | None = None,
     ) -> None:
+        """``phone_lookahead_ms``: the phone recogniser's commit delay (default 150 ms).
+        ``coart_future_ms``: how far the coarticulation window reaches into the future
+        (default and at most ``COART_ROWS`` rows, 100 ms); rows beyond it repeat the last
+        row it reaches. Both trade lip-sync quality for latency (see ``lookahead_ms``)."""
         self.neutral = np.asarray(neutral, np.float32)
         self.fields = build_fields(self.neutral)
         self.fps = float(fps)
         self.sample_rate = sample_rate
         self.seed = seed
         self.idle_amplitude = idle_amplitude
+        future = COART_ROWS
+        if coart_future_ms is not None:
+            future = int(round(coart_future_ms / 1e3 / ROW_S))
+        if not 0 <= future <= COART_ROWS:
+            raise ValueError(f"coart_future_ms must be within 0..{COART_ROWS * ROW_S * 1e3:g}")
+        self.coart_future = future
         self.recognizer = (
             StreamingPhoneRecognizer(sample_rate=sample_rate)
             if phone_lookahead_ms is None
@@ -143,7 +154,8 @@ class SpeechLandmarkEngine:
     def lookahead_ms(self) -> float:
         """Audio after a frame's centre that the frame waits for."""
         return (
-            float(self.recognizer.lookahead_ms) + (COART_ROWS * ROW_S + self.anticipation_s) * 1e3
+            float(self.recognizer.lookahead_ms)
+            + (self.coart_future * ROW_S + self.anticipation_s) * 1e3
         )
 
     def reset(self) -> None:
@@ -197,13 +209,16 @@ class SpeechLandmarkEngine:
         if self._flushed:
             return self.frames_total - self._frame
         rows = min(len(self._phones), len(self._levels))
-        last = int(math.floor(((rows - COART_ROWS - 1) * ROW_S - self.anticipation_s) * self.fps))
+        last = int(
+            math.floor(((rows - self.coart_future - 1) * ROW_S - self.anticipation_s) * self.fps)
+        )
         return max(0, last + 1 - self._frame)
 
     def speech_params(self, t: float) -> np.ndarray:
         """Coarticulated speech parameters [N_PARAMS] at time t (s)."""
         c = int(round(t / ROW_S))
-        idx = np.arange(c - COART_ROWS, c + COART_ROWS + 1)
+        # Rows past the window's reach repeat its last row (the same offline and live).
+        idx = np.minimum(np.arange(c - COART_ROWS, c + COART_ROWS + 1), c + self.coart_future)
         n = min(len(self._phones), len(self._levels))
         ok = (idx >= 0) & (idx < n)
         phones = np.full(len(idx), SILENCE, np.int16)

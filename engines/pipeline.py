@@ -41,13 +41,15 @@ class FaceAnimator:
         seed: int = 0,
         warp: texture_warp.WarpState | None = None,
         phone_lookahead_ms: float | None = None,
+        coart_future_ms: float | None = None,
     ) -> None:
         self.identity = identity
         self.fps = fps
         self.emotion = emotion or EmotionState()
         self.warp = warp or texture_warp.prepare(identity)
         self.engine = SpeechLandmarkEngine(
-            identity.neutral, fps=fps, seed=seed, phone_lookahead_ms=phone_lookahead_ms
+            identity.neutral, fps=fps, seed=seed, phone_lookahead_ms=phone_lookahead_ms,
+            coart_future_ms=coart_future_ms,
         )
         self._out = np.empty_like(identity.photo)
 

@@ -108,3 +108,30 @@ def test_streaming_frames_match_audio_length(identity, warp):
         frames = list(anim.render_all(audio, chunk=160))
         assert len(frames) == int(np.ceil(1.3 * fps - 1e-6))
         assert anim.lookahead_ms > 0
+
+
+def test_shorter_coarticulation_reach_is_chunking_independent(identity, tmp_path):
+    """The live setting (phones 100 ms, coarticulation 60 ms ahead) declares 200 ms of
+    lookahead and gives the same frames however the audio is chunked."""
+    from engines.landmark_default import SpeechLandmarkEngine
+
+    speech = synth_speech("Bob bought a map of the moon.", tmp_path / "s.wav")
+
+    def run(chunk: int) -> np.ndarray:
+        e = SpeechLandmarkEngine(identity.neutral, 25.0, phone_lookahead_ms=100,
+                                 coart_future_ms=60)
+        out = []
+        for i in range(0, len(speech), chunk):
+            e.push_audio(speech[i:i + chunk])
+            while e.frames_ready() > 0:
+                out.append(e.next_frame(None)[0])
+        e.flush()
+        while e.frames_ready() > 0:
+            out.append(e.next_frame(None)[0])
+        assert e.lookahead_ms == 200.0
+        return np.array(out)
+
+    a, b = run(320), run(4000)
+    assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="coart_future_ms"):
+        SpeechLandmarkEngine(identity.neutral, 25.0, coart_future_ms=150)
