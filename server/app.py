@@ -146,6 +146,10 @@ class AvatarServer:
             self.registry.refused["capacity"] += 1
             return _error(503, "at_capacity", f"the server is at capacity "
                           f"({self.registry.max_sessions} sessions); try again later")
+        overload = self.registry.overloaded()
+        if overload:
+            self.registry.refused["overloaded"] += 1
+            return _error(503, "overloaded", overload)
 
         pc = RTCPeerConnection()
         remote_tracks = []

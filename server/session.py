@@ -444,6 +444,20 @@ class SessionRegistry:
         self.counters["started"] += 1
         return session
 
+    def overloaded(self) -> str | None:
+        """Why a new session would degrade the others, or None.
+
+        A running session (past its first 3 s) sending below 90% of its frame rate means
+        the machine is already at its limit: better to refuse a newcomer clearly than to
+        slow everyone down.
+        """
+        for s in self.sessions.values():
+            st = s.stats(public=True)
+            if st["media_s"] > 3.0 and st["fps"] < 0.9 * self.config.fps:
+                return (f"the server is overloaded (session {st['session']} runs at "
+                        f"{st['fps']:.1f} of {self.config.fps:g} fps); try again later")
+        return None
+
     async def close_all(self, reason: str = "server shutting down") -> None:
         await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())))
 

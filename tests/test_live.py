@@ -113,3 +113,39 @@ def test_live_without_a_microphone_says_so(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "microphone" in err or "PortAudio" in err
+
+
+def test_live_window_shows_the_face_on_a_virtual_display(tmp_path):
+    """``etf live --window`` under Xvfb: the window shows moving face frames."""
+    import shutil
+
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed")
+    from PIL import ImageGrab
+
+    display = f":{_free_port() % 400 + 100}"
+    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        time.sleep(1.0)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "live", "--window", "--audio",
+             builtin_sentence(), "--duration", "5", "--control-port", str(_free_port())],
+            env={**os.environ, "DISPLAY": display}, cwd=root,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        shots = []
+        deadline = time.monotonic() + 4.5
+        time.sleep(2.5)
+        while time.monotonic() < deadline and len(shots) < 4:
+            shots.append(np.asarray(ImageGrab.grab(xdisplay=display))[:512, :512].astype(int))
+            time.sleep(0.3)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        xvfb.terminate()
+        xvfb.wait(5)
+    assert proc.returncode == 0, stderr
+    assert "window open" in stdout
+    assert len(shots) >= 2
+    assert all(s.mean() > 60 for s in shots), "the window shows no picture"
+    assert max(np.abs(a - shots[0]).mean() for a in shots[1:]) > 0.2, "the face does not move"

@@ -466,3 +466,24 @@ def test_behind_a_proxy_origins_and_public_control_url(identity, warp):
                 assert e.value.response.status_code == 403
 
         run(scenario())
+
+
+def test_offers_are_refused_while_sessions_run_slow(server):
+    """Admission control: when a running session falls below 90% of its frame rate, a new
+    offer gets 503 "overloaded" instead of slowing everyone further."""
+    class Slow:
+        closed = False
+
+        def stats(self, public=False):
+            return {"session": "s99", "media_s": 10.0, "fps": 15.0}
+
+    registry = server.server.registry
+    registry.sessions["slow"] = Slow()
+    try:
+        with pytest.raises(ConnectionError, match="overloaded"):
+            run(AvatarClient(server.url, audio=None).connect())
+    finally:
+        registry.sessions.pop("slow")
+    assert registry.refused["overloaded"] >= 1
+    c = run(stream(server.url, None, 1.0))  # fine again once nothing runs slow
+    assert len(c.video) > 5
