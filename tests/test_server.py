@@ -487,3 +487,14 @@ def test_offers_are_refused_while_sessions_run_slow(server):
     assert registry.refused["overloaded"] >= 1
     c = run(stream(server.url, None, 1.0))  # fine again once nothing runs slow
     assert len(c.video) > 5
+
+
+def test_thirty_fps_sessions(identity, warp):
+    with BackgroundServer(identity, ServerConfig(port=0), SessionConfig(fps=30.0),
+                          warp=warp) as srv:
+        c = run(stream(srv.url, None, 3.0))
+    assert c.answer["fps"] == 30.0
+    fps, gap = cadence(c)
+    assert 28.0 <= fps <= 32.0 and gap < 0.3, (fps, gap)
+    steps = np.diff([f.pts for f in c.video])
+    assert np.all(steps > 0) and np.median(steps) == 3000  # 90 kHz / 30
