@@ -183,7 +183,7 @@ def glass(args) -> dict:
 
 # ----- capacity ------------------------------------------------------------------------
 
-async def _clients(url: str, n: int, seconds: float) -> list[dict]:
+async def _clients(url: str, n: int, seconds: float) -> dict:
     from server.client import AvatarClient
 
     speech = load_audio(builtin_sentence(), RATE)
@@ -196,6 +196,7 @@ async def _clients(url: str, n: int, seconds: float) -> list[dict]:
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     t1 = time.monotonic()
+    metrics = await asyncio.get_running_loop().run_in_executor(None, _metrics, url)
     out = []
     for c, k in zip(clients, marks, strict=True):
         t = np.array([f.arrival for f in c.video[k:] if f.arrival <= t1])
@@ -203,7 +204,7 @@ async def _clients(url: str, n: int, seconds: float) -> list[dict]:
                     "max_gap_ms": round(float(np.diff(t).max()) * 1e3, 1) if len(t) > 1
                     else None})
     await asyncio.gather(*(c.close() for c in clients))
-    return out
+    return {"per_session": out, "metrics": metrics}
 
 
 def _free_port() -> int:
@@ -244,9 +245,9 @@ def capacity(args) -> dict:
             )
             if proc.returncode != 0:
                 raise RuntimeError(proc.stderr[-2000:])
-            per = json.loads(proc.stdout.strip().splitlines()[-1])
+            got = json.loads(proc.stdout.strip().splitlines()[-1])
+            per, text = got["per_session"], got["metrics"]
             cpu = (_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - w0)
-            text = _metrics(url)
             p99 = [float(v) * 1e3 for v in re.findall(
                 r'etf_stage_latency_seconds\{session="[^"]+",stage="tick",quantile="0.99"\} (\S+)',
                 text)]

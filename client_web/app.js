@@ -440,6 +440,23 @@
     }
   }
 
+  // Browsers hide their own network addresses (behind mDNS ".local" names) from pages
+  // that have no microphone permission, and the server usually cannot resolve those names,
+  // so a file-only session would never connect. Asking for the microphone once (and closing
+  // it at once) lets the browser offer its real addresses; if the user declines we go on
+  // and a failed connection says why.
+  async function unlockNetworkAddresses() {
+    const md = navigator.mediaDevices;
+    if (!md || typeof md.getUserMedia !== "function") return false;
+    try {
+      const probe = await md.getUserMedia({ audio: true, video: false });
+      for (const t of probe.getTracks()) t.stop();
+      return true;
+    } catch (e) {
+      return false;
+    }
+  }
+
   async function openFile() {
     const file = ui.file.files && ui.file.files[0];
     if (!file) {
@@ -576,10 +593,13 @@
         showMessage("warn", "webrtc_disconnected",
           "The media connection to the server was interrupted; waiting for it to recover…");
       } else if (s === "failed") {
+        const hidden = st.addressesUnlocked === false
+          ? " Without microphone permission the browser hides its network address, which " +
+            "the server cannot resolve: allow the microphone once and try again." : "";
         endSession(run, "webrtc_failed",
           "The WebRTC media connection failed: the browser and the server could not exchange " +
-          "media (blocked UDP, a firewall, or the server ended the session). Press Start " +
-          "to try again.");
+          "media (blocked UDP, a firewall, or the server ended the session)." + hidden +
+          " Press Start to try again.");
       } else if (s === "closed" && st.phase !== "ended") {
         endSession(run, "webrtc_closed", "The media connection was closed.");
       }
@@ -599,6 +619,7 @@
     setPhase("starting");
     try {
       const useFile = document.querySelector("input[name=source]:checked").value === "file";
+      st.addressesUnlocked = useFile ? await unlockNetworkAddresses() : true;
       const stream = useFile ? await openFile() : await openMicrophone();
       if (run !== st.run) {
         for (const t of stream.getTracks()) t.stop();
