@@ -11,23 +11,17 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import synth_speech
+from served import etf_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
 SHOTS_COPY = Path("/tmp/browser_shots")
 
 if not CHROMIUM.is_file():
@@ -46,71 +40,6 @@ BASE_FLAGS = [
 #: Upper face of the built-in identity (fractions of the video frame): brows and eyes, where
 #: emotions show strongly and speech does not move anything.
 FACE_BOX = (0.30, 0.20, 0.80, 0.50)
-
-
-# ----- the server ---------------------------------------------------------------------
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    url: str
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # graceful: closes peers and sockets
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-@contextmanager
-def etf_server(tmp: Path, *extra: str, timeout: float = 60.0) -> Iterator[Server]:
-    """``etf serve`` on free ports; killed on exit, also when the test fails."""
-    port, control = _free_ports(2)
-    log = tmp / f"serve-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-             "--control-port", str(control), *extra],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}/", log)
-    try:
-        end = time.monotonic() + timeout
-        while "etf serve: open" not in log.read_text(errors="replace"):
-            if proc.poll() is not None:
-                pytest.fail(f"etf serve exited with {proc.returncode}:\n{server.output()}")
-            if time.monotonic() > end:
-                pytest.fail(f"etf serve did not start in {timeout:.0f} s:\n{server.output()}")
-            time.sleep(0.1)
-        yield server
-    finally:
-        server.stop()
-
-
-def _health(server: Server) -> dict:
-    with urllib.request.urlopen(server.url + "health", timeout=5) as resp:
-        return json.load(resp)
 
 
 # ----- the browser ----------------------------------------------------------------------
@@ -247,7 +176,7 @@ def _choose(page, emotion: str) -> None:
 
 def test_live_session_video_emotions_and_stats(tmp_path, browser, shots):
     with etf_server(tmp_path) as server, open_page(browser, server.url) as page:
-        width, height = _health(server)["size"]
+        width, height = server.health()["size"]
         assert not page.get_by_test_id("token").is_visible()  # open server: no token field
         assert page.get_by_test_id("hear").is_checked() is False
         assert page.evaluate("document.getElementById('avatar').muted") is True
@@ -337,9 +266,9 @@ def test_live_session_video_emotions_and_stats(tmp_path, browser, shots):
         assert page.get_by_test_id("start").is_enabled()
         # The server sees the session end (peer closed) within a few seconds.
         end = time.monotonic() + 10
-        while _health(server)["sessions"] and time.monotonic() < end:
+        while server.health()["sessions"] and time.monotonic() < end:
             time.sleep(0.2)
-        assert _health(server)["sessions"] == 0
+        assert server.health()["sessions"] == 0
 
 
 def test_token_refused_then_accepted_and_capacity(tmp_path, browser, speech_wav, shots):

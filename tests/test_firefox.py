@@ -18,17 +18,15 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from served import etf_server
 
 FIREFOX = shutil.which("firefox-esr")
 REPO = Path(__file__).resolve().parents[1]
@@ -96,19 +94,6 @@ PREFS: dict[str, object] = {
 }
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _wait(check: Callable[[], object], timeout: float, what: str,
           detail: Callable[[], str] = lambda: "") -> object:
     """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
@@ -135,39 +120,6 @@ def _stop_process(proc: subprocess.Popen, sig: int, group: bool = False) -> None
         proc.wait(5)
     except ProcessLookupError:
         pass
-
-
-# ----- the server ---------------------------------------------------------------------
-
-
-@contextmanager
-def etf_server(tmp: Path, timeout: float = 60.0) -> Iterator[tuple[str, Path]]:
-    """``etf serve`` on free ports: (page URL, log file); stopped on exit, also on failure."""
-    port, control = _free_ports(2)
-    log = tmp / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-             "--control-port", str(control)],
-            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        end = time.monotonic() + timeout
-        while "etf serve: open" not in log.read_text(errors="replace"):
-            tail = log.read_text(errors="replace")[-3000:]
-            if proc.poll() is not None:
-                pytest.fail(f"etf serve exited with {proc.returncode}:\n{tail}")
-            if time.monotonic() > end:
-                pytest.fail(f"etf serve did not start in {timeout:.0f} s:\n{tail}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/", log
-    finally:
-        _stop_process(proc, signal.SIGINT)  # graceful: closes peers and sockets
-
-
-def _health(url: str) -> dict:
-    with urllib.request.urlopen(url + "health", timeout=5) as resp:
-        return json.load(resp)
 
 
 # ----- the browser ----------------------------------------------------------------------
@@ -321,8 +273,9 @@ def shots(tmp_path) -> Iterator[Path]:
 
 
 def test_firefox_live_session_emotion_stats_and_stop(tmp_path, shots):
-    with etf_server(tmp_path) as (url, server_log), firefox(tmp_path) as client:
-        width, height = _health(url)["size"]
+    with etf_server(tmp_path) as server, firefox(tmp_path) as client:
+        url, server_log = server.url, server.log
+        width, height = server.health()["size"]
         page = Page(client, server_log)
         page.open(url)
         assert "Firefox" in page.value("navigator.userAgent")
@@ -379,5 +332,5 @@ def test_firefox_live_session_emotion_stats_and_stop(tmp_path, shots):
         assert page.value("document.getElementById('avatar').srcObject === null")
         assert page.value("!document.getElementById('start').disabled")
         # The server sees the session end (peer closed) within a few seconds.
-        _wait(lambda: _health(url)["sessions"] == 0, 10, "/health to report 0 sessions",
+        _wait(lambda: server.health()["sessions"] == 0, 10, "/health to report 0 sessions",
               page.detail)

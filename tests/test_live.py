@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from served import free_ports
 
 from server.cli import builtin_sentence, main
 
@@ -19,9 +20,7 @@ pytest.importorskip("websockets")
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def test_live_records_speech_and_obeys_the_control_channel(tmp_path, identity):

@@ -1,0 +1,81 @@
+"""``etf serve`` as a real subprocess on free ports, for the browser and kiosk tests."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str  # the page, ending in "/"
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(self.url + "health", timeout=5) as resp:
+            return json.load(resp)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # graceful: closes peers and sockets
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextmanager
+def etf_server(tmp: Path, *extra: str, timeout: float = 60.0) -> Iterator[Server]:
+    """``etf serve`` on free ports; stopped on exit, also when the test fails."""
+    port, control = free_ports(2)
+    log = tmp / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+             "--control-port", str(control), *extra],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}/", log)
+    try:
+        end = time.monotonic() + timeout
+        while "etf serve: open" not in log.read_text(errors="replace"):
+            if proc.poll() is not None:
+                pytest.fail(f"etf serve exited with {proc.returncode}:\n{server.output()}")
+            if time.monotonic() > end:
+                pytest.fail(f"etf serve did not start in {timeout:.0f} s:\n{server.output()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        server.stop()
