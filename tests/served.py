@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import socket
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,3 +81,47 @@ def etf_server(tmp: Path, *extra: str, timeout: float = 60.0) -> Iterator[Server
         yield server
     finally:
         server.stop()
+
+
+# ----- comparing screenshots of the avatar ------------------------------------------------
+
+#: Upper face of the built-in identity (fractions of the video frame): brows and eyes, where
+#: emotions show strongly and speech does not move anything.
+FACE_BOX = (0.30, 0.20, 0.80, 0.50)
+
+
+def gray(png: bytes) -> np.ndarray:
+    """A PNG as a float32 grey image."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32)
+
+
+def upper_face(images: list[np.ndarray], size: int = 128) -> np.ndarray:
+    """Median over a few grey frames (drops a blink or a mouth shape), blurred, downsized,
+    cropped to ``FACE_BOX``."""
+    import cv2
+
+    small = [cv2.resize(cv2.GaussianBlur(im, (0, 0), 2.0), (size, size),
+                        interpolation=cv2.INTER_AREA) for im in images]
+    med = np.median(np.stack(small), axis=0)
+    x0, y0, x1, y1 = (int(round(v * size)) for v in FACE_BOX)
+    return med[y0:y1, x0:x1]
+
+
+def grey_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute grey-level difference (0..255)."""
+    return float(np.abs(a - b).mean())
+
+
+@contextmanager
+def kept_shots(tmp: Path, copy_to: Path) -> Iterator[Path]:
+    """A folder for a test's screenshots, copied to ``copy_to`` afterwards for people to see."""
+    import shutil
+
+    out = tmp / "shots"
+    out.mkdir()
+    yield out
+    copy_to.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():
+        shutil.copy2(f, copy_to / f.name)

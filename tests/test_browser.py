@@ -8,9 +8,7 @@ downloaded). Screenshots go to the test's tmp dir and are copied to /tmp/browser
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import synth_speech
-from served import etf_server
+from served import etf_server, gray, grey_diff, kept_shots, upper_face
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS_COPY = Path("/tmp/browser_shots")
@@ -37,9 +35,6 @@ BASE_FLAGS = [
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
     "--disable-dev-shm-usage",
 ]
-#: Upper face of the built-in identity (fractions of the video frame): brows and eyes, where
-#: emotions show strongly and speech does not move anything.
-FACE_BOX = (0.30, 0.20, 0.80, 0.50)
 
 
 # ----- the browser ----------------------------------------------------------------------
@@ -82,12 +77,8 @@ def browser(playwright, speech_wav):
 
 @pytest.fixture
 def shots(tmp_path) -> Iterator[Path]:
-    out = tmp_path / "shots"
-    out.mkdir()
-    yield out
-    SHOTS_COPY.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():
-        shutil.copy2(f, SHOTS_COPY / f.name)
+    with kept_shots(tmp_path, SHOTS_COPY) as out:
+        yield out
 
 
 @contextmanager
@@ -125,30 +116,6 @@ def _wait_message(page, code: str, timeout_ms: float = 15000) -> str:
     return text
 
 
-# ----- image comparison -----------------------------------------------------------------
-
-
-def _gray(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32)
-
-
-def _face(images: list[np.ndarray], size: int = 128) -> np.ndarray:
-    """Median over a few screenshots (drops a blink or a mouth shape), blurred, downsized,
-    cropped to ``FACE_BOX``."""
-    import cv2
-
-    small = [cv2.resize(cv2.GaussianBlur(im, (0, 0), 2.0), (size, size),
-                        interpolation=cv2.INTER_AREA) for im in images]
-    med = np.median(np.stack(small), axis=0)
-    x0, y0, x1, y1 = (int(round(v * size)) for v in FACE_BOX)
-    return med[y0:y1, x0:x1]
-
-
-def _diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute grey-level difference (0..255)."""
-    return float(np.abs(a - b).mean())
 
 
 def _grab(page, n: int, gap_s: float, shots: Path | None = None,
@@ -159,7 +126,7 @@ def _grab(page, n: int, gap_s: float, shots: Path | None = None,
         png = video.screenshot()
         if shots is not None and i == 0:
             (shots / f"{name}.png").write_bytes(png)
-        out.append(_gray(png))
+        out.append(gray(png))
         time.sleep(gap_s)
     return out
 
@@ -213,12 +180,12 @@ def test_live_session_video_emotions_and_stats(tmp_path, browser, shots):
         surprise = _grab(page, 3, 0.15, shots, "2-surprise")
         _choose(page, "happy")
         happy = _grab(page, 3, 0.15, shots, "3-happy")
-        face_a, face_b = _face(neutral_a), _face(neutral_b)
-        face_s, face_h = _face(surprise), _face(happy)
-        noise = _diff(face_a, face_b)
-        single = _diff(_face(neutral_a[:1]), _face(neutral_a[1:2]))
-        to_surprise, to_happy = _diff(face_a, face_s), _diff(face_s, face_h)
-        neutral_happy = _diff(face_a, face_h)
+        face_a, face_b = upper_face(neutral_a), upper_face(neutral_b)
+        face_s, face_h = upper_face(surprise), upper_face(happy)
+        noise = grey_diff(face_a, face_b)
+        single = grey_diff(upper_face(neutral_a[:1]), upper_face(neutral_a[1:2]))
+        to_surprise, to_happy = grey_diff(face_a, face_s), grey_diff(face_s, face_h)
+        neutral_happy = grey_diff(face_a, face_h)
         metrics = {"noise": noise, "noise_single_frames": single, "neutral_surprise": to_surprise,
                    "surprise_happy": to_happy, "neutral_happy": neutral_happy}
         (shots / "emotion_metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -13,7 +13,6 @@ page (before and after an emotion change) and a page screenshot are copied to
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from served import etf_server
+from served import etf_server, gray, grey_diff, kept_shots, upper_face
 
 FIREFOX = shutil.which("firefox-esr")
 REPO = Path(__file__).resolve().parents[1]
@@ -39,10 +38,6 @@ marionette_mod = pytest.importorskip("marionette_driver.marionette",
                                      exc_type=ImportError)
 
 pytestmark = pytest.mark.slow
-
-#: Upper face of the built-in identity (fractions of the video frame): brows and eyes, where
-#: emotions show strongly and the mouth (moved by the microphone's tone) is left out.
-FACE_BOX = (0.30, 0.20, 0.80, 0.50)
 
 #: A fresh profile: no first-run pages, telemetry, updates or other network services (only
 #: localhost is reachable), media without prompts, and Marionette on a port Firefox picks and
@@ -237,26 +232,8 @@ class Page:
 # ----- image comparison -----------------------------------------------------------------
 
 
-def _gray(png: bytes) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32)
-
-
-def _face(pngs: list[bytes], size: int = 128) -> np.ndarray:
-    """Median of a few frames (drops a blink), blurred, downsized, cropped to ``FACE_BOX``."""
-    import cv2
-
-    small = [cv2.resize(cv2.GaussianBlur(_gray(p), (0, 0), 2.0), (size, size),
-                        interpolation=cv2.INTER_AREA) for p in pngs]
-    med = np.median(np.stack(small), axis=0)
-    x0, y0, x1, y1 = (int(round(v * size)) for v in FACE_BOX)
-    return med[y0:y1, x0:x1]
-
-
-def _diff(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean absolute grey-level difference (0..255)."""
-    return float(np.abs(a - b).mean())
+def _face(pngs: list[bytes]) -> np.ndarray:
+    return upper_face([gray(p) for p in pngs])
 
 
 # ----- the test -------------------------------------------------------------------------
@@ -264,12 +241,8 @@ def _diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture
 def shots(tmp_path) -> Iterator[Path]:
-    out = tmp_path / "shots"
-    out.mkdir()
-    yield out
-    SHOTS_COPY.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():
-        shutil.copy2(f, SHOTS_COPY / f.name)
+    with kept_shots(tmp_path, SHOTS_COPY) as out:
+        yield out
 
 
 def test_firefox_live_session_emotion_stats_and_stop(tmp_path, shots):
@@ -313,9 +286,9 @@ def test_firefox_live_session_emotion_stats_and_stop(tmp_path, shots):
         (shots / "ff-1-neutral.png").write_bytes(neutral_a[0])
         (shots / "ff-2-surprise.png").write_bytes(surprise[0])
         face_a, face_b, face_s = _face(neutral_a), _face(neutral_b), _face(surprise)
-        metrics = {"noise": _diff(face_a, face_b),
-                   "noise_single_frames": _diff(_face(neutral_a[:1]), _face(neutral_a[1:2])),
-                   "neutral_surprise": _diff(face_a, face_s)}
+        metrics = {"noise": grey_diff(face_a, face_b),
+                   "noise_single_frames": grey_diff(_face(neutral_a[:1]), _face(neutral_a[1:2])),
+                   "neutral_surprise": grey_diff(face_a, face_s)}
         (shots / "ff-emotion_metrics.json").write_text(json.dumps(metrics, indent=1))
         print("firefox face differences (grey levels):",
               {k: round(v, 2) for k, v in metrics.items()}, "server fps:", server_fps)
