@@ -158,6 +158,66 @@ def cmd_live(args) -> int:
     return 0
 
 
+def _need_torch() -> None:
+    from engines.speech_frontend import SpeechModelError
+
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise SpeechModelError("etf speech needs PyTorch: pip install 'etf-avatar[train]' "
+                               "(CPU: torch==2.13.0)") from None
+
+
+def _speech_frontend(args):
+    from engines.speech_frontend import DeepSpeechFrontend, SpeechModelError
+
+    _need_torch()
+    if not args.weights:
+        raise SpeechModelError(
+            "no speech model given: this build ships no trained default DeepSpeech model yet; "
+            "convert the official 0.9.3 checkpoint with 'etf speech import' and pass it "
+            "with --weights"
+        )
+    return DeepSpeechFrontend.from_checkpoint(args.weights)
+
+
+def cmd_speech_features(args) -> int:
+    from engines.audio_io import load_audio
+    from engines.speech_frontend import audio_to_windows
+
+    if args.fps not in (25.0, 30.0):
+        return _fail(f"--fps must be 25 or 30, got {args.fps:g}")
+    frontend = _speech_frontend(args)
+    audio = load_audio(args.audio, 16000)
+    windows = audio_to_windows(frontend, audio, args.fps)
+    np.save(args.output, windows)
+    print(f"wrote {args.output}: {windows.shape[0]} frames x 6 x 29 at {args.fps:g} fps "
+          f"(lookahead {frontend.lookahead_ms + 70:.0f} ms)")
+    return 0
+
+
+def cmd_speech_transcribe(args) -> int:
+    import torch
+
+    from engines.audio_io import load_audio
+    from etf_models.deepspeech import greedy_decode
+
+    frontend = _speech_frontend(args)
+    logits = frontend.process(load_audio(args.audio, 16000))
+    print(greedy_decode(torch.from_numpy(logits)))
+    return 0
+
+
+def cmd_speech_import(args) -> int:
+    _need_torch()
+    from etf_models.speech_import import import_to_checkpoint
+
+    summary = import_to_checkpoint(args.source, args.output)
+    print(f"imported {args.source} -> {args.output}: "
+          + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "source"))
+    return 0
+
+
 def _add_live_args(p: argparse.ArgumentParser) -> None:
     """Options shared by serve and live."""
     p.add_argument("--fps", type=float, default=25.0, help="25 or 30")
@@ -235,6 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--control-port", type=int, default=8081,
                     help="WebSocket control port (ws://HOST:PORT/control/live)")
     lv.set_defaults(func=cmd_live)
+
+    sp = sub.add_parser("speech", help="DeepSpeech features: import weights, features, text")
+    ssub = sp.add_subparsers(dest="speech_command", required=True)
+    si = ssub.add_parser("import", help="convert official DeepSpeech 0.9.x weights (a "
+                         "TensorFlow checkpoint, its .tar.gz, or an exported .pb)")
+    si.add_argument("source")
+    si.add_argument("-o", "--output", required=True, help="our checkpoint to write (.pt)")
+    si.set_defaults(func=cmd_speech_import)
+    sf = ssub.add_parser("features", help="per-video-frame windows [T,6,29] of an audio file")
+    sf.add_argument("audio")
+    sf.add_argument("-o", "--output", required=True, help=".npy file to write")
+    sf.add_argument("--fps", type=float, default=25.0, help="25 or 30")
+    sf.add_argument("--weights", help="speech model checkpoint (from 'etf speech import')")
+    sf.set_defaults(func=cmd_speech_features)
+    st = ssub.add_parser("transcribe", help="greedy CTC text of an audio file (debugging)")
+    st.add_argument("audio")
+    st.add_argument("--weights", help="speech model checkpoint (from 'etf speech import')")
+    st.set_defaults(func=cmd_speech_transcribe)
     return p
 
 

@@ -115,3 +115,35 @@ def test_greedy_decode_collapses_repeats_and_blanks():
     logits = torch.full((len(ids), 29), -5.0)
     logits[torch.arange(len(ids)), torch.tensor(ids)] = 5.0
     assert greedy_decode(logits) == "hello"
+
+
+def test_checkpoint_round_trip_and_cli(small_model, tmp_path, capsys):
+    from engines.audio_io import save_wav
+    from etf_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from server.cli import main
+
+    ckpt = tmp_path / "ds.pt"
+    digest = save_checkpoint(ckpt, "deepspeech", small_model.config.to_dict(),
+                             small_model.state_dict(), meta={"note": "test"})
+    assert len(digest) == 64
+    audio = _speechlike(1.0, seed=3)
+    loaded = DeepSpeechFrontend.from_checkpoint(ckpt)
+    assert np.allclose(loaded.process(audio), DeepSpeechFrontend(small_model).process(audio),
+                       atol=1e-6)
+    with pytest.raises(CheckpointError, match="not a 'gcn'|holds a 'deepspeech'"):
+        load_checkpoint(ckpt, model="gcn")
+
+    wav = tmp_path / "a.wav"
+    save_wav(wav, audio, 16000)
+    out = tmp_path / "f.npy"
+    assert main(["speech", "features", str(wav), "-o", str(out), "--weights", str(ckpt),
+                 "--fps", "30"]) == 0
+    assert np.load(out).shape == (30, 6, 29)
+    assert main(["speech", "transcribe", str(wav), "--weights", str(ckpt)]) == 0
+    capsys.readouterr()
+    assert main(["speech", "features", str(wav), "-o", str(out)]) == 2
+    assert "no speech model given" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert main(["speech", "transcribe", str(wav), "--weights", str(junk)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
