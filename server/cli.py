@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("speech", help="DeepSpeech features: import weights, features, text")
     ssub = sp.add_subparsers(dest="speech_command", required=True)
     si = ssub.add_parser("import", help="convert official DeepSpeech 0.9.x weights (a "
-                         "TensorFlow checkpoint, its .tar.gz, or an exported .pb)")
+                         "TensorFlow checkpoint or its .tar.gz, an exported .pb, or the "
+                         "release's .pbmm)")
     si.add_argument("source")
     si.add_argument("-o", "--output", required=True, help="our checkpoint to write (.pt)")
     si.set_defaults(func=cmd_speech_import)
