@@ -69,7 +69,7 @@ def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], config) -> fl
     from engines.face_metrics import face_box, mouth_openings
     from engines.pipeline import FaceAnimator
 
-    pcm16 = load_audio_array(pcm48)
+    pcm16 = resample_to_16k(pcm48)
     fps = config.fps
     anim = FaceAnimator(identity, fps, phone_lookahead_ms=config.phone_lookahead_ms,
                         coart_future_ms=config.coart_future_ms)
@@ -87,7 +87,7 @@ def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], config) -> fl
     return float(np.median(leads))
 
 
-def load_audio_array(pcm48: np.ndarray) -> np.ndarray:
+def resample_to_16k(pcm48: np.ndarray) -> np.ndarray:
     from engines.phone_stream import StreamResampler
 
     r = StreamResampler(RATE, 16000)

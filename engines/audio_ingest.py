@@ -24,6 +24,7 @@ Everything here is plain numpy and runs on the session's worker thread.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,37 @@ class IngestStats:
     @property
     def mean_depth_ms(self) -> float:
         return self.depth_sum_ms / self.takes if self.takes else 0.0
+
+
+class SampleFifo:
+    """A FIFO of float32 samples kept as the chunks they arrived in (no copying on push)."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[np.ndarray] = deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, samples: np.ndarray) -> None:
+        if samples.size:
+            self._chunks.append(samples)
+            self._size += samples.size
+
+    def pop(self, n: int) -> np.ndarray:
+        """Remove and return the oldest ``n`` samples (fewer if the FIFO runs short)."""
+        out, need = [], n
+        while need > 0 and self._chunks:
+            head = self._chunks[0]
+            if head.size <= need:
+                out.append(self._chunks.popleft())
+                need -= head.size
+            else:
+                out.append(head[:need])
+                self._chunks[0] = head[need:]
+                need = 0
+        self._size -= n - need
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 class SpeechGate:
@@ -117,10 +149,8 @@ class AudioIngest:
         self.gate = SpeechGate(vad_mode) if use_vad else None
         self.stats = IngestStats()
         self._resampler = StreamResampler(NET_RATE, SPEECH_RATE)
-        self._chunks: list[np.ndarray] = []
-        self._buffered = 0
+        self._fifo = SampleFifo()
         self._priming = True
-        self._heard = False
         self._low = None  # lowest level seen in the current trim window (samples)
         self._window = 0  # takes in the current trim window
         self._pending = 0  # excess waiting for a pause in speech (samples)
@@ -128,6 +158,10 @@ class AudioIngest:
 
     #: Takes per trim window (see module docstring): about one second.
     TRIM_WINDOW = 25
+
+    @property
+    def _buffered(self) -> int:
+        return len(self._fifo)
 
     @property
     def buffered_ms(self) -> float:
@@ -138,32 +172,12 @@ class AudioIngest:
         pcm48 = np.asarray(pcm48, np.float32).ravel()
         if pcm48.size == 0:
             return
-        self._chunks.append(pcm48)
-        self._buffered += pcm48.size
-        self._heard = True
+        self._fifo.push(pcm48)
         self.stats.received_s += pcm48.size / NET_RATE
         if self._buffered > self.max:
             drop = self._buffered - self.target
-            self._pop(drop)
+            self._fifo.pop(drop)
             self.stats.dropped_s += drop / NET_RATE
-
-    def _pop(self, n: int) -> np.ndarray:
-        """Remove and return up to ``n`` buffered samples (fewer if the buffer runs short)."""
-        out = []
-        need = n
-        while need > 0 and self._chunks:
-            head = self._chunks[0]
-            if head.size <= need:
-                out.append(head)
-                self._chunks.pop(0)
-                need -= head.size
-            else:
-                out.append(head[:need])
-                self._chunks[0] = head[need:]
-                need = 0
-        got = n - need
-        self._buffered -= got
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def take(self, n48: int) -> tuple[np.ndarray, np.ndarray]:
         """Exactly ``n48`` samples at 48 kHz for the viewer and their 16 kHz gated copy."""
@@ -172,7 +186,7 @@ class AudioIngest:
         if self._priming:
             chunk = np.zeros(n48, np.float32)
         else:
-            chunk = self._pop(n48)
+            chunk = self._fifo.pop(n48)
             if chunk.size < n48:
                 missing = n48 - chunk.size
                 chunk = np.concatenate([chunk, np.zeros(missing, np.float32)])
@@ -204,7 +218,7 @@ class AudioIngest:
         if self._pending and (not self.stats.speech or self._pending_age > 3):
             drop = min(self._pending, self._buffered - self.target)
             if drop > 0:
-                self._pop(drop)
+                self._fifo.pop(drop)
                 self.stats.dropped_s += drop / NET_RATE
                 self.stats.trims += 1
             self._pending, self._pending_age = 0, 0

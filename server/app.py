@@ -142,10 +142,10 @@ class AvatarServer:
             return _error(400, "bad_offer", "sdp must be a non-empty string")
         if len(sdp) > MAX_SDP_CHARS:
             return _error(413, "too_large", f"sdp is longer than {MAX_SDP_CHARS} characters")
-        if len(self.registry.sessions) >= self.registry.max_sessions:
-            self.registry.refused["capacity"] += 1
-            return _error(503, "at_capacity", f"the server is at capacity "
-                          f"({self.registry.max_sessions} sessions); try again later")
+        try:  # checked again by create(); here it spares parsing the SDP
+            self.registry.check_capacity()
+        except CapacityError as e:
+            return _error(503, "at_capacity", str(e))
         overload = self.registry.overloaded()
         if overload:
             self.registry.refused["overloaded"] += 1

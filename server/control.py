@@ -216,18 +216,23 @@ class ControlServer:
             self._server.close()
             await self._server.wait_closed()
 
+    @staticmethod
+    def _session_id(path: str) -> str | None:
+        """The session id of a ``/control/<id>`` request path, or None for other paths."""
+        parts = urlsplit(path).path.strip("/").split("/")
+        return parts[1] if len(parts) == 2 and parts[0] == "control" else None
+
     def _check_request(self, connection, request):
-        url = urlsplit(request.path)
-        parts = url.path.strip("/").split("/")
-        if len(parts) != 2 or parts[0] != "control":
+        sid = self._session_id(request.path)
+        if sid is None:
             return connection.respond(404, "use /control/<session id>\n")
-        token = parse_qs(url.query).get("token", [None])[0]
+        token = parse_qs(urlsplit(request.path).query).get("token", [None])[0]
         if not token_ok(self.token, token):
             return connection.respond(401, "missing or wrong token\n")
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_ok(origin):
             return connection.respond(403, f"origin {origin} is not this server's page\n")
-        if self.registry.get(parts[1]) is None:
+        if self.registry.get(sid) is None:
             return connection.respond(404, "no such session (it may have ended)\n")
         return None
 
@@ -239,7 +244,7 @@ class ControlServer:
     async def _handle(self, ws) -> None:
         from websockets.exceptions import ConnectionClosed
 
-        session = self.registry.get(urlsplit(ws.request.path).path.strip("/").split("/")[1])
+        session = self.registry.get(self._session_id(ws.request.path))
         if session is None:
             await ws.close(1008, "session ended")
             return

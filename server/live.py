@@ -225,15 +225,10 @@ async def run_session(identity: Identity, config: LiveConfig, session_config: Se
                 window.show(rgb)
 
     async def audio() -> None:
-        m = 0
         while True:
-            wait = session.audio_release_time(m) - session.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            pcm = session.take_output_audio()
+            _, pcm = await session.next_audio()
             if recorder:
                 recorder.audio(pcm)
-            m += 1
 
     source.start()
     session.ensure_started()

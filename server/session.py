@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from engines import texture_warp
-from engines.audio_ingest import NET_RATE, AudioIngest
+from engines.audio_ingest import NET_RATE, AudioIngest, SampleFifo
 from engines.emotion_state import EmotionState
 from engines.face_motion import EMOTIONS
 from engines.identity import Identity
@@ -153,14 +153,13 @@ class Session:
         self.closed = False
         self.close_reason = ""
         self.video_queue: asyncio.Queue[VideoOut] = asyncio.Queue(maxsize=3)
-        self._audio_out: collections.deque[np.ndarray] = collections.deque()
-        self._audio_out_len = 0
+        self._audio_out = SampleFifo()  # input audio waiting for its release time
+        self._audio_frames = 0  # outgoing 20 ms audio frames handed out so far
         self._task: asyncio.Task | None = None
         self._closed_event = asyncio.Event()
         self.latency = {s: LatencyRing() for s in STAGES}
         self.counters = collections.Counter()
         self._sent_times: collections.deque[float] = collections.deque(maxlen=100)
-        self.last_rx = clock()
         self.on_close: list[Callable[[Session], None]] = []
 
     # ----- lifecycle -------------------------------------------------------------------
@@ -205,7 +204,6 @@ class Session:
 
     def push_audio(self, pcm48: np.ndarray) -> None:
         """Mono 48 kHz float32 samples from the peer (event loop)."""
-        self.last_rx = self.clock()
         t = time.perf_counter()
         self.ingest.push(pcm48)
         self.latency["ingest"].add(time.perf_counter() - t)
@@ -235,28 +233,21 @@ class Session:
         self._sent_times.append(self.clock())
         return out
 
-    def audio_release_time(self, m: int) -> float:
-        """Release time of outgoing audio frame ``m`` (20 ms each)."""
-        assert self.t0 is not None
-        return self.t0 + self.delay_ticks * self.period + m * AUDIO_FRAME / NET_RATE
-
-    def take_output_audio(self) -> np.ndarray:
-        """The next 20 ms (960 samples) of delayed input audio for the viewer."""
-        need, parts = AUDIO_FRAME, []
-        while need > 0 and self._audio_out:
-            head = self._audio_out[0]
-            if head.size <= need:
-                parts.append(self._audio_out.popleft())
-                need -= head.size
-            else:
-                parts.append(head[:need])
-                self._audio_out[0] = head[need:]
-                need = 0
-        self._audio_out_len -= AUDIO_FRAME - need
-        if need:
+    async def next_audio(self) -> tuple[int, np.ndarray]:
+        """The next 20 ms of delayed input audio for the viewer, at its release time:
+        ``(m, 960 samples)``, where frame ``m`` holds content time ``m * 20 ms``."""
+        self.ensure_started()
+        m = self._audio_frames
+        self._audio_frames += 1
+        release = self.t0 + self.delay_ticks * self.period + m * AUDIO_FRAME / NET_RATE
+        wait = release - self.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pcm = self._audio_out.pop(AUDIO_FRAME)
+        if pcm.size < AUDIO_FRAME:
             self.counters["audio_out_underruns"] += 1
-            parts.append(np.zeros(need, np.float32))
-        return np.concatenate(parts)
+            pcm = np.concatenate([pcm, np.zeros(AUDIO_FRAME - pcm.size, np.float32)])
+        return m, pcm
 
     # ----- the tick loop ---------------------------------------------------------------
 
@@ -294,11 +285,10 @@ class Session:
             loop.create_task(self.close("engine error"))
 
     def _queue_output_audio(self, chunk48: np.ndarray) -> None:
-        self._audio_out.append(chunk48)
-        self._audio_out_len += chunk48.size
+        self._audio_out.push(chunk48)
         limit = 2 * NET_RATE  # nobody is pulling audio (no audio transceiver): keep 2 s
-        while self._audio_out_len > limit:
-            self._audio_out_len -= self._audio_out.popleft().size
+        if len(self._audio_out) > limit:
+            self._audio_out.pop(len(self._audio_out) - limit)
 
     def _compute(self, speech: list[np.ndarray], emotion_at: float) -> list[VideoOut]:
         """Worker thread: feed the audio of due ticks, render the frames that became ready.
@@ -389,7 +379,7 @@ class Session:
                 "audio_ms": round(self.ingest.buffered_ms, 1),
                 "audio_mean_ms": round(ing.mean_depth_ms, 1),
                 "video_frames": self.video_queue.qsize(),
-                "audio_out_ms": round(self._audio_out_len * 1000.0 / NET_RATE, 1),
+                "audio_out_ms": round(len(self._audio_out) * 1000.0 / NET_RATE, 1),
             },
             "audio": {
                 "received_s": round(ing.received_s, 3),
@@ -424,12 +414,16 @@ class SessionRegistry:
     def get(self, sid: str) -> Session | None:
         return self.sessions.get(sid)
 
-    async def create(self, session_id: str | None = None) -> Session:
+    def check_capacity(self) -> None:
+        """Raise :class:`CapacityError` (and count it) when every slot is taken."""
         if len(self.sessions) >= self.max_sessions:
             self.refused["capacity"] += 1
             raise CapacityError(
                 f"the server is at capacity ({self.max_sessions} sessions); try again later"
             )
+
+    async def create(self, session_id: str | None = None) -> Session:
+        self.check_capacity()
         session = Session(self.identity, self.warp, self.config, self.executor, self.ready_lag,
                           session_id=session_id)
         session.label = f"s{self.counters['created'] + 1}"

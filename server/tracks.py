@@ -54,22 +54,16 @@ class DelayedAudioTrack(MediaStreamTrack):
     def __init__(self, session: Session) -> None:
         super().__init__()
         self.session = session
-        self._m = 0
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live" or self.session.closed:
             raise MediaStreamError
-        self.session.ensure_started()
-        wait = self.session.audio_release_time(self._m) - self.session.clock()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        pcm = self.session.take_output_audio()
+        m, pcm = await self.session.next_audio()
         i16 = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(i16[None, :], format="s16", layout="mono")
         frame.sample_rate = NET_RATE
-        frame.pts = self._m * AUDIO_FRAME
+        frame.pts = m * AUDIO_FRAME
         frame.time_base = AUDIO_TIME_BASE
-        self._m += 1
         return frame
 
 
