@@ -1,0 +1,173 @@
+"""Training G_L: L_ver (1) + LSGAN with the graph discriminator (0.5), Adam 2e-4.
+
+``LandmarkFrames`` holds training frames as arrays (what ``etf preprocess`` shards and the
+devset benchmark produce): speech windows ``[N,6,29]``, emotion ``[N,7]``, intensity
+``[N]``, the speaker's neutral landmarks ``[N,68,2]`` and the true landmarks ``[N,68,2]``,
+all canonical. ``LandmarkTrainer`` runs the paper's alternating generator/discriminator
+steps on random minibatches and saves self-describing, resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from etf_models.checkpoint import load_checkpoint, save_checkpoint
+from etf_models.landmark_gcn import (
+    GraphDiscriminator,
+    LandmarkGCN,
+    LandmarkGCNConfig,
+    discriminator_loss,
+    landmark_losses,
+)
+
+
+@dataclass
+class LandmarkFrames:
+    windows: np.ndarray  # [N,6,29] float32
+    emotion: np.ndarray  # [N,7]
+    intensity: np.ndarray  # [N]
+    neutral: np.ndarray  # [N,68,2] canonical
+    target: np.ndarray  # [N,68,2] canonical
+
+    def __post_init__(self) -> None:
+        n = len(self.windows)
+        for name in ("emotion", "intensity", "neutral", "target"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} frames, windows {n}")
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(np.ascontiguousarray(a[idx], np.float32))
+                     for a in (self.windows, self.emotion, self.intensity, self.neutral,
+                               self.target))
+
+    @classmethod
+    def concat(cls, parts: list[LandmarkFrames]) -> LandmarkFrames:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                     ("windows", "emotion", "intensity", "neutral", "target")))
+
+
+@dataclass
+class LandmarkTrainConfig:
+    lr: float = 2e-4  # the paper's Adam learning rate
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch: int = 32
+    adv_weight: float = 0.5  # the paper's LSGAN weight (L_ver has weight 1)
+    adv_start: int = 0  # steps of L_ver alone before the discriminator joins
+    window_noise: float = 0.0  # Gaussian noise on the speech windows (regularises)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LandmarkTrainer:
+    """G_L and its discriminator with their optimisers; ``step`` is one G and one D update."""
+
+    def __init__(self, model_cfg: LandmarkGCNConfig, cfg: LandmarkTrainConfig) -> None:
+        torch.manual_seed(cfg.seed)
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.g = LandmarkGCN(model_cfg)
+        self.d = GraphDiscriminator(model_cfg)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.steps = 0
+        self.history: list[dict] = []
+        self.rng = np.random.default_rng(cfg.seed)
+
+    def step(self, data: LandmarkFrames) -> dict[str, float]:
+        idx = self.rng.integers(0, len(data), self.cfg.batch)
+        windows, emotion, intensity, neutral, target = data.batch(idx)
+        if self.cfg.window_noise:
+            windows = windows + self.cfg.window_noise * torch.randn_like(windows)
+        self.g.train()
+        pred = self.g(windows, emotion, intensity, neutral)
+        adv = self.steps >= self.cfg.adv_start and self.cfg.adv_weight > 0
+        losses = landmark_losses(pred, target,
+                                 self.d(pred, emotion, intensity) if adv else None,
+                                 self.cfg.adv_weight)
+        self.opt_g.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        self.opt_g.step()
+        out = {k: v.item() for k, v in losses.items()}
+        if adv:
+            d_loss = discriminator_loss(self.d(target, emotion, intensity),
+                                        self.d(pred.detach(), emotion, intensity))
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            out["d"] = d_loss.item()
+        self.steps += 1
+        return out
+
+    def fit(self, data: LandmarkFrames, steps: int, log_every: int = 100,
+            log: Callable[[str], None] = print,
+            evaluate: Callable[[LandmarkGCN], dict] | None = None) -> list[dict]:
+        acc: dict[str, list[float]] = {}
+        t0 = time.time()
+        while self.steps < steps:
+            for k, v in self.step(data).items():
+                acc.setdefault(k, []).append(v)
+            if self.steps % log_every == 0 or self.steps == steps:
+                entry = {"step": self.steps, **{k: round(float(np.mean(v)), 5)
+                                                for k, v in acc.items()},
+                         "seconds": round(time.time() - t0, 1)}
+                if evaluate is not None:
+                    self.g.eval()
+                    with torch.no_grad():
+                        entry.update(evaluate(self.g))
+                self.history.append(entry)
+                log(str(entry))
+                acc.clear()
+        self.g.eval()
+        return self.history
+
+    def predict(self, data: LandmarkFrames, batch: int = 256) -> np.ndarray:
+        self.g.eval()
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(data), batch):
+                w, e, i, n, _ = data.batch(np.arange(s, min(len(data), s + batch)))
+                out.append(self.g(w, e, i, n).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 68, 2), np.float32)
+
+    # -- checkpoints
+
+    def save(self, path: str | Path) -> str:
+        """Resumable training state (G, D, optimisers) next to the G-only model file."""
+        path = Path(path)
+        torch.save({"d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
+                    "opt_d": self.opt_d.state_dict(), "rng": self.rng.bit_generator.state},
+                   path.with_suffix(".train.pt"))
+        return save_checkpoint(path, "landmark_gcn", self.model_cfg.to_dict(),
+                               self.g.state_dict(),
+                               {"steps": self.steps, "train_config": self.cfg.to_dict(),
+                                "history": self.history})
+
+    def resume(self, path: str | Path) -> None:
+        path = Path(path)
+        blob = load_checkpoint(path, model="landmark_gcn")
+        self.g.load_state_dict(blob["state_dict"])
+        self.steps = int(blob["meta"]["steps"])
+        self.history = list(blob["meta"]["history"])
+        state = torch.load(path.with_suffix(".train.pt"), weights_only=False)
+        self.d.load_state_dict(state["d"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.rng.bit_generator.state = state["rng"]
+
+
+def load_landmark_model(path: str | Path) -> LandmarkGCN:
+    """G_L from a checkpoint written by ``LandmarkTrainer.save``."""
+    blob = load_checkpoint(path, model="landmark_gcn")
+    g = LandmarkGCN(LandmarkGCNConfig.from_dict(blob["config"]))
+    g.load_state_dict(blob["state_dict"])
+    return g.eval()
