@@ -166,10 +166,11 @@ def detect_kind(root: str | os.PathLike) -> str:
     raise ValueError(f"{root}: no MEAD, CREMA-D or RAVDESS layout found (name the kind)")
 
 
-def scan(root: str | os.PathLike, kind: str = "auto") -> ScanResult:
+def scan(root: str | os.PathLike, kind: str = "auto", view: str = "front") -> ScanResult:
+    """The clips of a dataset folder (``view``: MEAD's camera)."""
     if not Path(root).is_dir():
         raise ValueError(f"{root}: not a folder")
     kind = detect_kind(root) if kind == "auto" else kind
     if kind not in SCANNERS:
         raise ValueError(f"unknown dataset kind {kind!r}; choose {', '.join(SCANNERS)}")
-    return SCANNERS[kind](root)
+    return scan_mead(root, view) if kind == "mead" else SCANNERS[kind](root)

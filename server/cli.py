@@ -169,15 +169,11 @@ def _need_torch() -> None:
 
 
 def _speech_frontend(args):
-    from engines.speech_frontend import DeepSpeechFrontend, SpeechModelError
+    from engines.speech_frontend import DeepSpeechFrontend
 
     _need_torch()
     if not args.weights:
-        raise SpeechModelError(
-            "no speech model given: this build ships no trained default DeepSpeech model yet; "
-            "convert the official 0.9.3 checkpoint with 'etf speech import' and pass it "
-            "with --weights"
-        )
+        return DeepSpeechFrontend.default()
     return DeepSpeechFrontend.from_checkpoint(args.weights)
 
 
@@ -215,6 +211,105 @@ def cmd_speech_import(args) -> int:
     summary = import_to_checkpoint(args.source, args.output)
     print(f"imported {args.source} -> {args.output}: "
           + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "source"))
+    return 0
+
+
+def cmd_train_speech(args) -> int:
+    _need_torch()
+    from etf_models.speech_corpus import build_corpus
+    from etf_models.speech_train import SpeechTrainConfig, train_speech
+
+    cfg = SpeechTrainConfig(corpus_hours=args.hours, corpus_seed=args.seed,
+                            n_hidden=args.hidden, n_context=args.context, epochs=args.epochs,
+                            batch_frames=args.batch_frames, threads=args.threads,
+                            seed=args.seed)
+    corpus = args.corpus or os.path.join(
+        os.path.expanduser("~/.cache/etf"), f"speech-corpus-{args.hours:g}h-seed{args.seed}")
+    work = args.work or args.output + ".work"
+    print(f"corpus: {corpus} ({args.hours:g} h of synthetic speech, resumable)")
+    from tqdm import tqdm
+
+    try:
+        with tqdm(total=round(args.hours * 3600), unit="s audio", disable=args.quiet) as bar:
+            summary = build_corpus(corpus, args.hours, seed=args.seed, workers=args.workers,
+                                   progress=lambda s: bar.update(round(s)))
+    except (FileNotFoundError, RuntimeError) as e:
+        return _fail(str(e))
+    print(f"corpus ready: {summary['hours']} h, {summary['utterances']} utterances, "
+          f"{len(summary['voices'])} voices")
+    real_eval = None
+    if args.eval_pocketsphinx:
+        real_eval = _commands_eval(args.eval_pocketsphinx)
+    meta = train_speech(corpus, work, args.output, cfg, real_eval=real_eval,
+                        minutes=args.minutes)
+    print(f"etf train speech: {meta['steps']} steps, synthetic validation CER "
+          f"{meta['synthetic_val_cer']:.3f}, sha256 {meta['sha256']}")
+    return 0
+
+
+def _commands_eval(src: str):
+    """Validation on the real command clips of a pocketsphinx source tree (not LibriVox,
+    which is kept for the final report)."""
+    from engines.speech_frontend import DeepSpeechFrontend
+    from etf_models.speech_evalsets import decode_streaming, load_eval_sets, score
+
+    clips = load_eval_sets(src, ("commands",))["commands"]
+
+    def run(model) -> dict:
+        frontend = DeepSpeechFrontend(model)
+        hyps = [decode_streaming(frontend, c.audio)[0] for c in clips]
+        res = score(clips, hyps)
+        return {"commands_cer": res["cer"], "example": hyps[-1]}
+
+    return run
+
+
+def cmd_preprocess(args) -> int:
+    _need_torch()
+    from tqdm import tqdm
+
+    from etf_models.datasets import scan
+    from etf_models.preprocess import preprocess
+
+    found = scan(args.root, args.kind, args.view)
+    if not found.clips:
+        return _fail(f"{args.root}: no usable clips found"
+                     + (f" (skipped: {dict(found.skipped)})" if found.skipped else ""))
+    print(f"{len(found.clips)} clips"
+          + (f"; ignored by name: {dict(found.skipped)}" if found.skipped else ""))
+    with tqdm(total=len(found.clips), unit="clip", disable=args.quiet) as bar:
+        summary = preprocess(found.clips, args.output, fps=args.fps, workers=args.workers,
+                             speech_weights=args.speech_weights, progress=bar.update)
+    print(f"etf preprocess: {summary['written']} written, {summary['already_done']} already "
+          f"done, {summary['skipped']} skipped {summary['skip_reasons'] or ''} -> "
+          f"{args.output}")
+    return 0
+
+
+def cmd_train_landmarks(args) -> int:
+    _need_torch()
+    import torch
+
+    from etf_models.landmark_gcn import face_graph
+    from etf_models.landmark_train import LandmarkTrainConfig, LandmarkTrainer
+    from etf_models.preprocess import load_landmark_frames
+
+    torch.set_num_threads(args.threads)
+    data = load_landmark_frames(args.data)
+    graph = face_graph(np.median(data.neutral, axis=0))
+    trainer = LandmarkTrainer(graph, LandmarkTrainConfig(batch=args.batch, lr=args.lr,
+                                                         seed=args.seed))
+    if os.path.exists(args.output) and not args.restart:
+        trainer.resume(args.output)
+        print(f"resumed {args.output} at step {trainer.steps}")
+    print(f"{len(data)} frames; G_L {sum(p.numel() for p in trainer.g.parameters())} "
+          "parameters")
+    step = trainer.steps
+    while step < args.steps:
+        step = min(args.steps, step + args.save_every)
+        trainer.fit(data, step, log_every=args.log_every)
+        trainer.save(args.output)
+    print(f"etf train landmarks: {trainer.steps} steps -> {args.output}")
     return 0
 
 
@@ -308,12 +403,64 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("audio")
     sf.add_argument("-o", "--output", required=True, help=".npy file to write")
     sf.add_argument("--fps", type=float, default=25.0, help="25 or 30")
-    sf.add_argument("--weights", help="speech model checkpoint (from 'etf speech import')")
+    sf.add_argument("--weights", help="speech model checkpoint from 'etf speech import' or "
+                    "'etf train speech' (default: the shipped model)")
     sf.set_defaults(func=cmd_speech_features)
     st = ssub.add_parser("transcribe", help="greedy CTC text of an audio file (debugging)")
     st.add_argument("audio")
-    st.add_argument("--weights", help="speech model checkpoint (from 'etf speech import')")
+    st.add_argument("--weights", help="speech model checkpoint from 'etf speech import' or "
+                    "'etf train speech' (default: the shipped model)")
     st.set_defaults(func=cmd_speech_transcribe)
+
+    pp = sub.add_parser("preprocess", help="MEAD / CREMA-D / RAVDESS clips -> training shards "
+                        "(landmarks, 256 crops, speech windows); resumable")
+    pp.add_argument("root", help="the dataset folder")
+    pp.add_argument("-o", "--output", required=True, help="output folder")
+    pp.add_argument("--kind", default="auto", choices=["auto", "mead", "crema-d", "ravdess"])
+    pp.add_argument("--view", default="front", help="MEAD camera view")
+    pp.add_argument("--fps", type=float, default=25.0, help="25 or 30")
+    pp.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
+    pp.add_argument("--speech-weights", help="speech model (default: the shipped one)")
+    pp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pp.set_defaults(func=cmd_preprocess)
+
+    tr = sub.add_parser("train", help="train models")
+    tsub = tr.add_subparsers(dest="train_command", required=True)
+    tl = tsub.add_parser("landmarks", help="G_L, the graph landmark generator, on "
+                         "'etf preprocess' output (resumes from --output if it exists)")
+    tl.add_argument("--data", required=True, help="an 'etf preprocess' output folder")
+    tl.add_argument("-o", "--output", required=True, help="G_L checkpoint (.pt)")
+    tl.add_argument("--steps", type=int, default=20000)
+    tl.add_argument("--batch", type=int, default=32)
+    tl.add_argument("--lr", type=float, default=2e-4)
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)))
+    tl.add_argument("--save-every", type=int, default=1000)
+    tl.add_argument("--log-every", type=int, default=100)
+    tl.add_argument("--restart", action="store_true", help="ignore an existing --output")
+    tl.set_defaults(func=cmd_train_landmarks)
+    ts = tsub.add_parser("speech", help="the default speech model: synthesize a corpus with "
+                         "flite / espeak-ng / festival, augment it, train with CTC")
+    ts.add_argument("-o", "--output", required=True, help="model checkpoint to write (.pt)")
+    ts.add_argument("--hours", type=float, default=12.0, help="synthetic corpus size")
+    ts.add_argument("--hidden", type=int, default=512, help="width of every layer")
+    ts.add_argument("--context", type=int, default=9, help="MFCC context frames each side "
+                    "(lookahead = 20 * context + 16 ms)")
+    ts.add_argument("--epochs", type=float, default=10.0)
+    ts.add_argument("--batch-frames", type=int, default=12800,
+                    help="padded 20 ms frames per step")
+    ts.add_argument("--minutes", type=float, help="stop training after this long")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
+                    help="synthesis processes")
+    ts.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)),
+                    help="PyTorch threads")
+    ts.add_argument("--corpus", help="corpus folder (default: ~/.cache/etf/speech-corpus-*)")
+    ts.add_argument("--work", help="resumable training state (default: OUTPUT.work)")
+    ts.add_argument("--eval-pocketsphinx", metavar="DIR",
+                    help="pocketsphinx source tree: validate on its real command clips")
+    ts.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    ts.set_defaults(func=cmd_train_speech)
     return p
 
 

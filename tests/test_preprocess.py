@@ -1,0 +1,114 @@
+"""etf preprocess on a fake MEAD dataset rendered by our own engine, then G_L training."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.skipif(shutil.which("flite") is None, reason="needs Debian flite")
+
+
+def _speech_model(path):
+    from etf_models.checkpoint import save_checkpoint
+    from etf_models.deepspeech import DeepSpeech, DeepSpeechConfig
+
+    torch.manual_seed(0)
+    cfg = DeepSpeechConfig(n_hidden=32, n_cell=32, n_context=3)
+    save_checkpoint(path, "deepspeech", cfg.to_dict(), DeepSpeech(cfg).state_dict())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def fake_mead(tmp_path_factory):
+    """M001 (happy level_3, surprised level_2, neutral level_1) and a corrupt clip."""
+    import subprocess
+
+    import av
+
+    from server.cli import main
+
+    root = tmp_path_factory.mktemp("mead")
+    wav = root / "say.wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", "a quick test of the face", "-o",
+                    str(wav)], check=True)
+    for emo, level in (("happy", 3), ("surprised", 2), ("neutral", 1)):
+        d = root / "M001" / "video" / "front" / emo / f"level_{level}"
+        d.mkdir(parents=True)
+        ours = {"surprised": "surprise"}.get(emo, emo)
+        assert main(["render", "--audio", str(wav), "--emotion", ours, "-q",
+                     "-o", str(d / "001.mp4")]) == 0
+    # MEAD keeps the audio apart: give the neutral clip an .m4a
+    a = root / "M001" / "audio" / "neutral" / "level_1"
+    a.mkdir(parents=True)
+    with av.open(str(d / "001.mp4")) as src, av.open(str(a / "001.m4a"), "w", "ipod") as dst:
+        out = dst.add_stream("aac", rate=48000)
+        for frame in src.decode(audio=0):
+            frame.pts = None
+            for p in out.encode(frame):
+                dst.mux(p)
+        for p in out.encode(None):
+            dst.mux(p)
+    bad = root / "M001" / "video" / "front" / "sad" / "level_2"
+    bad.mkdir(parents=True)
+    (bad / "001.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    return root
+
+
+def test_preprocess_and_train_landmarks(fake_mead, tmp_path, capsys):
+    from etf_models.preprocess import decode_crops, load_landmark_frames
+    from server.cli import main
+
+    weights = _speech_model(tmp_path / "speech.pt")
+    out = tmp_path / "pre"
+    assert main(["preprocess", str(fake_mead), "-o", str(out), "--workers", "1",
+                 "--speech-weights", weights, "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "3 written" in said and "1 skipped" in said and "unreadable video" in said
+    shards = sorted((out / "shards").glob("*.npz"))
+    assert len(shards) == 3
+    with np.load(shards[0]) as z:
+        t = len(z["landmarks"])
+        assert 30 <= t <= 60 and z["windows"].shape == (t, 6, 29)
+        assert z["affine"].shape == (t, 2, 3) and np.isfinite(z["landmarks"]).all()
+        crops = decode_crops(z, np.array([0, t - 1]))
+        assert crops.shape == (2, 256, 256, 3)
+        # the canonical crop puts the eyes where the landmarks say (aligned frames)
+        eyes = z["landmarks"][0, 36:48].mean(0)
+        assert 100 < eyes[1] < 116 and 120 < eyes[0] < 136
+    # the happy clip smiles: its mouth corners sit higher than the neutral clip's
+    frames = load_landmark_frames(out)
+    assert frames.neutral.shape[1:] == (68, 2)
+    happy = frames.emotion[:, 1] == 1
+    neutral = frames.emotion[:, 0] == 1
+    corners = frames.target[:, [48, 54], 1].mean(1)
+    assert corners[happy].mean() < corners[neutral].mean() - 1.0
+    # resumable: a second run writes nothing new
+    assert main(["preprocess", str(fake_mead), "-o", str(out), "--workers", "1",
+                 "--speech-weights", weights, "-q"]) == 0
+    assert "0 written, 3 already done" in capsys.readouterr().out
+
+    gl = tmp_path / "gl.pt"
+    assert main(["train", "landmarks", "--data", str(out), "-o", str(gl), "--steps", "40",
+                 "--save-every", "20", "--log-every", "20", "--threads", "1"]) == 0
+    from etf_models.landmark_train import load_landmark_model
+
+    blob_steps = torch.load(gl, weights_only=True)["meta"]["steps"]
+    assert blob_steps == 40
+    assert load_landmark_model(gl).config.n_points == 68
+    assert main(["train", "landmarks", "--data", str(out), "-o", str(gl), "--steps", "60",
+                 "--save-every", "20", "--threads", "1"]) == 0
+    assert "resumed" in capsys.readouterr().out
+
+
+def test_preprocess_bad_roots(tmp_path, capsys):
+    from server.cli import main
+
+    assert main(["preprocess", str(tmp_path / "nope"), "-o", str(tmp_path / "o")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "M002" / "video" / "front" / "contempt" / "level_1").mkdir(parents=True)
+    assert main(["preprocess", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    assert "no usable clips" in capsys.readouterr().err
