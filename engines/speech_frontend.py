@@ -28,8 +28,32 @@ ROW_CENTRE_S = WINDOW / 2 / 16000.0  # 16 ms: row r is centred at 20 r + 16 ms
 FRAME_ROWS = 6
 
 
+#: The shipped default speech model (``etf train speech``; see README "Speech features"),
+#: pinned by SHA-256: a file that does not match is refused, never silently used.
+DEFAULT_SPEECH_MODEL = "speech_default.pt"
+DEFAULT_SPEECH_SHA256 = ""
+
+
 class SpeechModelError(ValueError):
     """No usable speech model (missing weights, wrong checkpoint)."""
+
+
+def default_speech_model_path() -> str:
+    """Path of the shipped default speech model, verified against its pinned SHA-256."""
+    from importlib import resources
+
+    from etf_models.checkpoint import sha256_of
+
+    path = str(resources.files("etf_models") / "weights" / DEFAULT_SPEECH_MODEL)
+    if not os.path.isfile(path):
+        raise SpeechModelError(f"the shipped speech model {path} is missing; reinstall "
+                               "etf-avatar or pass --weights")
+    digest = sha256_of(path)
+    if digest != DEFAULT_SPEECH_SHA256:
+        raise SpeechModelError(f"the shipped speech model {path} has SHA-256 {digest}, not "
+                               f"the pinned {DEFAULT_SPEECH_SHA256}: the file is damaged or "
+                               "was replaced")
+    return path
 
 
 class DeepSpeechFrontend:
@@ -57,6 +81,11 @@ class DeepSpeechFrontend:
         except (CheckpointError, TypeError, RuntimeError) as e:
             raise SpeechModelError(f"cannot use speech model {os.fspath(path)}: {e}") from None
         return cls(model)
+
+    @classmethod
+    def default(cls) -> DeepSpeechFrontend:
+        """The shipped default model (trained here on synthetic speech)."""
+        return cls.from_checkpoint(default_speech_model_path())
 
     @property
     def lookahead_ms(self) -> float:
