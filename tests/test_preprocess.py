@@ -112,3 +112,68 @@ def test_preprocess_bad_roots(tmp_path, capsys):
     (tmp_path / "M002" / "video" / "front" / "contempt" / "level_1").mkdir(parents=True)
     assert main(["preprocess", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     assert "no usable clips" in capsys.readouterr().err
+
+
+def test_texture_training_and_one_shot(fake_mead, tmp_path):
+    from etf_models.datasets import scan
+    from etf_models.preprocess import preprocess
+    from etf_models.texture_flow import TextureFlowConfig
+    from etf_models.texture_train import (
+        TextureFrames,
+        TextureTrainConfig,
+        TextureTrainer,
+        Vgg16Features,
+        adapt,
+        load_texture_model,
+    )
+
+    out = tmp_path / "pre"
+    preprocess(scan(fake_mead).clips, out, workers=1,
+               speech_weights=_speech_model(tmp_path / "speech.pt"))
+    data = TextureFrames(out)
+    src, src_lm, tgt, tgt_lm, emo, inten = data.sample(2, np.random.default_rng(0))
+    assert src.shape == tgt.shape == (2, 3, 256, 256) and src.min() >= -1
+    assert emo.shape == (2, 7) and emo.sum() == 2
+    tiny = TextureFlowConfig(enc=(8, 12, 16), motion=(16, 24, 32), disc=(8, 16, 32))
+    said: list[str] = []
+    trainer = TextureTrainer(tiny, TextureTrainConfig(batch=2), log=said.append)
+    assert "substitute" in said[0]  # no VGG16 weights: the log says what is used instead
+    hist = trainer.fit(data, 4, log_every=2, log=said.append)
+    assert all(np.isfinite(h["total"]) for h in hist) and trainer.steps == 4
+    path = tmp_path / "gt.pt"
+    trainer.save(path)
+    again = TextureTrainer(tiny, TextureTrainConfig(batch=2), log=said.append)
+    again.resume(path)
+    assert again.steps == 4
+    g = load_texture_model(path)
+
+    # one-shot adaptation: 5 steps on the photo itself, only encoder and decoder move
+    from etf_models.preprocess import decode_crops
+
+    shard = np.load(sorted((out / "shards").glob("*.npz"))[0])
+    photo, lm = decode_crops(shard, np.array([0]))[0], shard["landmarks"][0]
+    motion_before = [p.clone() for p in g.motion.parameters()]
+    enc_before = [p.clone() for p in g.encoder.parameters()]
+    res = adapt(g, photo, lm, iterations=5, lr=1e-3)
+    assert res["l1_after"] < res["l1_before"] and res["seconds"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(motion_before, g.motion.parameters(),
+                                                 strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(enc_before, g.encoder.parameters(),
+                                                     strict=True))
+    assert all(p.requires_grad for p in g.parameters())
+    with pytest.raises(ValueError, match="1 to 5"):
+        adapt(g, photo, lm, iterations=6)
+
+    # the perceptual loss takes the user's torchvision VGG16 file
+    vgg_file = tmp_path / "vgg16.pth"
+    ref = Vgg16Features()
+    torch.save({k: v for k, v in ref.state_dict().items() if k.startswith("features.")}
+               | {"classifier.0.weight": torch.zeros(2, 2)}, vgg_file)
+    vgg = Vgg16Features.from_file(vgg_file)
+    feats = vgg(src)
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512]
+    assert TextureTrainer(tiny, TextureTrainConfig(), vgg=vgg, log=said.append).perceptual \
+        == "vgg16"
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable VGG16"):
+        Vgg16Features.from_file(tmp_path / "junk.pth")
