@@ -45,6 +45,9 @@ class EmotionState:
         target = emotion_params(emotion_one_hot(emotion), self.intensity)
         self._from = target
         self._to = target
+        vec = emotion_vector(emotion, self.intensity)
+        self._vfrom = vec
+        self._vto = vec
         self._t0 = 0.0
         self._dur = 0.0
         self._last_t = 0.0
@@ -69,8 +72,10 @@ class EmotionState:
         t = self._last_t if at is None else at
         with self._lock:
             self._from = self._params_at(t)
+            self._vfrom = self._vector_at(t)
             self.emotion, self.intensity = new_emotion, new_intensity
             self._to = target
+            self._vto = emotion_vector(new_emotion, new_intensity)
             self._t0, self._dur = t, transition_s
 
     def params_at(self, t: float) -> np.ndarray:
@@ -78,10 +83,31 @@ class EmotionState:
         with self._lock:
             return self._params_at(t)
 
-    def _params_at(self, t: float) -> np.ndarray:
+    def vector_at(self, t: float) -> np.ndarray:
+        """The blended emotion vector [7] at time ``t`` for the neural engines:
+        ``intensity * one_hot + (1 - intensity) * neutral``, moving like ``params_at``."""
+        with self._lock:
+            return self._vector_at(t)
+
+    def _weight(self, t: float) -> float:
+        """How far the current transition has gone at ``t`` (0..1, smoothstep)."""
         self._last_t = max(self._last_t, t)
         if self._dur <= 0 or t >= self._t0 + self._dur:
-            return self._to
+            return 1.0
         a = max(0.0, (t - self._t0) / self._dur)
-        a = a * a * (3 - 2 * a)  # smoothstep: no velocity jump at either end
-        return self._from + a * (self._to - self._from)
+        return a * a * (3 - 2 * a)  # smoothstep: no velocity jump at either end
+
+    def _params_at(self, t: float) -> np.ndarray:
+        a = self._weight(t)
+        return self._to if a >= 1.0 else self._from + a * (self._to - self._from)
+
+    def _vector_at(self, t: float) -> np.ndarray:
+        a = self._weight(t)
+        return self._vto if a >= 1.0 else self._vfrom + a * (self._vto - self._vfrom)
+
+
+def emotion_vector(emotion: str, intensity: float) -> np.ndarray:
+    """[7]: ``intensity`` of ``emotion``, the rest neutral (what G_L and G_T take)."""
+    v = emotion_one_hot(emotion) * np.float32(intensity)
+    v[0] += np.float32(1.0 - intensity)
+    return v

@@ -80,14 +80,29 @@ def cmd_render(args) -> int:
     identity = _load_identity(args)
     for w in identity.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    animator = FaceAnimator(identity, fps=args.fps, emotion=emotion, seed=args.seed)
+    if args.adapt and args.texture != "flow":
+        return _fail("--adapt fine-tunes G_T: it needs --texture flow")
+    if args.landmarks == "default" and args.texture == "warp":
+        animator = FaceAnimator(identity, fps=args.fps, emotion=emotion, seed=args.seed)
+        images = (frame.image for frame in animator.render_all(audio))
+    else:
+        from engines.neural import NeuralAnimator
+
+        neural = NeuralAnimator(identity, args.fps, emotion, landmarks=args.landmarks,
+                                texture=args.texture, weights=args.weights, seed=args.seed,
+                                adapt_iterations=args.adapt)
+        if neural.adaptation:
+            print(f"one-shot adaptation: {neural.adaptation['iterations']} iterations in "
+                  f"{neural.adaptation['seconds']:.2f} s (L1 {neural.adaptation['l1_before']:.4f}"
+                  f" -> {neural.adaptation['l1_after']:.4f})")
+        images = (image for image, _ in neural.render_all(audio))
     h, w = identity.photo.shape[:2]
     n_frames = int(np.ceil(len(audio) / 16000 * args.fps - 1e-6))
     t0 = time.perf_counter()
     with Mp4Writer(args.output, w, h, fps=args.fps, audio=mux_audio, audio_rate=48000) as out:
         bar = tqdm(total=n_frames, unit="frame", desc="render", disable=args.quiet)
-        for frame in animator.render_all(audio):
-            out.write(frame.image)
+        for image in images:
+            out.write(image)
             bar.update(1)
         bar.close()
     dt = time.perf_counter() - t0
@@ -313,6 +328,47 @@ def cmd_train_landmarks(args) -> int:
     return 0
 
 
+#: G_T channel widths for ``etf train texture --channels``: the paper's, and narrower ones
+#: that train on a CPU.
+TEXTURE_WIDTHS = {
+    "paper": {},
+    "small": {"enc": (32, 64, 128), "motion": (128, 256, 256), "disc": (32, 64, 128, 256)},
+    "tiny": {"enc": (8, 12, 16), "motion": (16, 24, 32), "disc": (8, 16, 32)},
+}
+
+
+def cmd_train_texture(args) -> int:
+    _need_torch()
+    import torch
+
+    from etf_models.texture_flow import TextureFlowConfig
+    from etf_models.texture_train import (
+        TextureFrames,
+        TextureTrainConfig,
+        TextureTrainer,
+        Vgg16Features,
+    )
+
+    torch.set_num_threads(args.threads)
+    data = TextureFrames(args.data)
+    vgg = Vgg16Features.from_file(args.vgg16) if args.vgg16 else None
+    trainer = TextureTrainer(TextureFlowConfig(**TEXTURE_WIDTHS[args.channels]),
+                             TextureTrainConfig(batch=args.batch, lr=args.lr, seed=args.seed),
+                             vgg=vgg)
+    if os.path.exists(args.output) and not args.restart:
+        trainer.resume(args.output)
+        print(f"resumed {args.output} at step {trainer.steps}")
+    print(f"{len(data.shards)} clips; G_T {sum(p.numel() for p in trainer.g.parameters())} "
+          f"parameters; perceptual loss: {trainer.perceptual}")
+    step = trainer.steps
+    while step < args.steps:
+        step = min(args.steps, step + args.save_every)
+        trainer.fit(data, step, log_every=args.log_every)
+        trainer.save(args.output)
+    print(f"etf train texture: {trainer.steps} steps -> {args.output}")
+    return 0
+
+
 def _add_live_args(p: argparse.ArgumentParser) -> None:
     """Options shared by serve and live."""
     p.add_argument("--fps", type=float, default=25.0, help="25 or 30")
@@ -359,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="seed of blinks and idle motion")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("-o", "--output", default="out.mp4")
+    r.add_argument("--landmarks", default="default", choices=["default", "gcn"],
+                   help="default: phones -> visemes; gcn: DeepSpeech windows -> G_L")
+    r.add_argument("--texture", default="warp", choices=["warp", "flow"],
+                   help="warp: mesh warp of the photo; flow: G_T")
+    r.add_argument("--weights", help="folder with landmarks.pt / texture.pt (and optionally "
+                   "speech.pt) for the neural engines")
+    r.add_argument("--adapt", type=int, default=0, metavar="N",
+                   help="one-shot adaptation of G_T to the photo: N iterations (1-5)")
     r.set_defaults(func=cmd_render)
 
     s = sub.add_parser("serve", help="the live WebRTC avatar server and its web page")
@@ -439,6 +503,23 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--log-every", type=int, default=100)
     tl.add_argument("--restart", action="store_true", help="ignore an existing --output")
     tl.set_defaults(func=cmd_train_landmarks)
+    tt = tsub.add_parser("texture", help="G_T, the flow texture generator, on 'etf preprocess' "
+                         "output (resumes from --output if it exists)")
+    tt.add_argument("--data", required=True, help="an 'etf preprocess' output folder")
+    tt.add_argument("-o", "--output", required=True, help="G_T checkpoint (.pt)")
+    tt.add_argument("--steps", type=int, default=100000)
+    tt.add_argument("--batch", type=int, default=4)
+    tt.add_argument("--lr", type=float, default=2e-4)
+    tt.add_argument("--channels", default="paper", choices=sorted(TEXTURE_WIDTHS),
+                    help="paper widths (GPU), or narrower ones for a CPU")
+    tt.add_argument("--vgg16", help="torchvision VGG16 ImageNet weights (vgg16-397923af.pth) "
+                    "for the perceptual loss; without it a documented substitute is used")
+    tt.add_argument("--seed", type=int, default=0)
+    tt.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)))
+    tt.add_argument("--save-every", type=int, default=500)
+    tt.add_argument("--log-every", type=int, default=50)
+    tt.add_argument("--restart", action="store_true", help="ignore an existing --output")
+    tt.set_defaults(func=cmd_train_texture)
     ts = tsub.add_parser("speech", help="the default speech model: synthesize a corpus with "
                          "flite / espeak-ng / festival, augment it, train with CTC")
     ts.add_argument("-o", "--output", required=True, help="model checkpoint to write (.pt)")

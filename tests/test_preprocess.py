@@ -177,3 +177,47 @@ def test_texture_training_and_one_shot(fake_mead, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable VGG16"):
         Vgg16Features.from_file(tmp_path / "junk.pth")
+
+
+def test_render_with_neural_engines(fake_mead, tmp_path, capsys):
+    import av
+
+    from server.cli import main
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    speech = _speech_model(weights / "speech.pt")
+    out = tmp_path / "pre"
+    assert main(["preprocess", str(fake_mead), "-o", str(out), "--workers", "1",
+                 "--speech-weights", speech, "-q"]) == 0
+    assert main(["train", "landmarks", "--data", str(out), "-o",
+                 str(weights / "landmarks.pt"), "--steps", "20", "--threads", "1"]) == 0
+    assert main(["train", "texture", "--data", str(out), "-o", str(weights / "texture.pt"),
+                 "--steps", "2", "--batch", "1", "--channels", "tiny", "--threads", "1"]) == 0
+    said = capsys.readouterr().out
+    assert "perceptual loss: discriminator feature matching" in said
+
+    wav = tmp_path / "say.wav"
+    from engines.audio_io import save_wav
+
+    save_wav(wav, np.zeros(16000, np.float32), 16000)
+    video = tmp_path / "neural.mp4"
+    assert main(["render", "--audio", str(wav), "--landmarks", "gcn", "--texture", "flow",
+                 "--weights", str(weights), "--adapt", "2", "--emotion", "happy", "-q",
+                 "-o", str(video)]) == 0
+    assert "one-shot adaptation: 2 iterations" in capsys.readouterr().out
+    with av.open(str(video)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 25 and frames[0].shape == (512, 512, 3)
+    # G_L with the mesh warp, too
+    assert main(["render", "--audio", str(wav), "--landmarks", "gcn", "--weights",
+                 str(weights), "-q", "-o", str(tmp_path / "gcn_warp.mp4")]) == 0
+
+    capsys.readouterr()
+    assert main(["render", "--landmarks", "gcn", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "needs trained weights" in capsys.readouterr().err
+    assert main(["render", "--texture", "flow", "--weights", str(tmp_path),
+                 "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "texture.pt does not exist" in capsys.readouterr().err
+    assert main(["render", "--adapt", "3", "-o", str(tmp_path / "x.mp4")]) == 2
+    assert "needs --texture flow" in capsys.readouterr().err

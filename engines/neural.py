@@ -1,0 +1,218 @@
+"""The paper's networks as engines: G_L (LandmarkEngine) and G_T (TextureEngine).
+
+- ``GCNLandmarkEngine``: windows [B,6,29], emotion [B,7], intensity [B], neutral landmarks
+  [B,68,2] -> landmarks [B,68,2] (canonical). The identity-only part (the graph encoder of
+  the neutral landmarks) runs once per identity and is cached.
+- ``FlowTextureEngine``: ``prepare(identity, adapt_iterations)`` encodes the identity's
+  canonical crop once (optionally after one-shot adaptation, up to 5 iterations, on a copy
+  of the network); ``render(state, landmarks [B,68,2], emotion [B,7])`` -> frames
+  [B,256,256,3] uint8.
+- ``NeuralAnimator``: offline rendering with either landmark engine (the default
+  phone-driven one, or G_L on DeepSpeech windows) and either texture engine (the mesh
+  warp, or G_T), eye blinks added to the landmarks before the texture, pasted back into the
+  full photo.
+
+Weights live in one folder: ``landmarks.pt`` (``etf train landmarks``), ``texture.pt``
+(``etf train texture``) and optionally ``speech.pt`` (else the shipped speech model).
+PyTorch is imported here, never by the default engines.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engines.identity import Identity
+
+LANDMARKS_FILE = "landmarks.pt"
+TEXTURE_FILE = "texture.pt"
+SPEECH_FILE = "speech.pt"
+
+
+class NeuralWeightsError(ValueError):
+    """Neural engines asked for without usable trained weights."""
+
+
+def weights_file(folder: str | os.PathLike | None, name: str, what: str, how: str) -> Path:
+    if folder is None:
+        raise NeuralWeightsError(f"{what} needs trained weights: pass --weights DIR holding "
+                                 f"{name} (train it with '{how}')")
+    path = Path(folder) / name
+    if not path.is_file():
+        raise NeuralWeightsError(f"{what}: {path} does not exist (train it with '{how}')")
+    return path
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise NeuralWeightsError("the neural engines need PyTorch: pip install "
+                                 "'etf-avatar[train]' (CPU: torch==2.13.0)") from None
+    return torch
+
+
+class GCNLandmarkEngine:
+    """The LandmarkEngine contract over a trained G_L."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from etf_models.checkpoint import CheckpointError
+        from etf_models.landmark_train import load_landmark_model
+
+        self.torch = _torch()
+        try:
+            self.model = load_landmark_model(path)
+        except (CheckpointError, TypeError, RuntimeError, KeyError) as e:
+            raise NeuralWeightsError(f"cannot use landmark model {path}: {e}") from None
+        self._key: bytes | None = None
+        self._codes = None
+
+    def __call__(self, windows: np.ndarray, emotion: np.ndarray, intensity: np.ndarray,
+                 neutral: np.ndarray) -> np.ndarray:
+        t = self.torch
+        neutral = np.asarray(neutral, np.float32)
+        with t.inference_mode():
+            key = neutral.tobytes()
+            if key != self._key:  # a new identity (or batch of them): encode once
+                self._codes = self.model.encode_identity(t.from_numpy(neutral))
+                self._key = key
+            out = self.model.step(t.from_numpy(np.asarray(windows, np.float32)),
+                                  t.from_numpy(np.asarray(emotion, np.float32)),
+                                  t.from_numpy(np.asarray(intensity, np.float32)),
+                                  t.from_numpy(neutral), *self._codes)
+        return out.numpy()
+
+
+@dataclass
+class FlowState:
+    model: object  # the (possibly adapted) TextureFlow
+    tensors: tuple
+    adaptation: dict = field(default_factory=dict)
+
+
+class FlowTextureEngine:
+    """The TextureEngine contract over a trained G_T."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from etf_models.checkpoint import CheckpointError
+        from etf_models.texture_train import load_texture_model
+
+        self.torch = _torch()
+        try:
+            self.model = load_texture_model(path)
+        except (CheckpointError, TypeError, RuntimeError, KeyError) as e:
+            raise NeuralWeightsError(f"cannot use texture model {path}: {e}") from None
+
+    def prepare(self, identity: Identity, adapt_iterations: int = 0) -> FlowState:
+        from etf_models.texture_train import adapt
+
+        t = self.torch
+        model, report = self.model, {}
+        if adapt_iterations:
+            model = copy.deepcopy(self.model)  # adaptation is per identity
+            report = adapt(model, identity.crop, identity.neutral, adapt_iterations)
+        src = t.from_numpy(identity.crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        with t.inference_mode():
+            tensors = model.prepare(src, t.from_numpy(identity.neutral.astype(np.float32))[None])
+        return FlowState(model, tensors, report)
+
+    def render(self, state: FlowState, landmarks: np.ndarray,
+               emotion: np.ndarray | None = None) -> np.ndarray:
+        t = self.torch
+        lm = t.from_numpy(np.asarray(landmarks, np.float32).reshape(-1, 68, 2))
+        b = lm.shape[0]
+        emo = (t.eye(7)[[0] * b] if emotion is None else
+               t.from_numpy(np.asarray(emotion, np.float32).reshape(b, 7)))
+        tensors = tuple(x.expand(b, *x.shape[1:]) for x in state.tensors)
+        with t.inference_mode():
+            img, _, _ = state.model.render(lm, emo, t.ones(b), *tensors)
+        return ((img.permute(0, 2, 3, 1).numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+class NeuralAnimator:
+    """Offline rendering with the neural engines (see module docstring)."""
+
+    def __init__(self, identity: Identity, fps: float, emotion, landmarks: str = "default",
+                 texture: str = "warp", weights: str | os.PathLike | None = None,
+                 seed: int = 0, adapt_iterations: int = 0) -> None:
+        from engines import texture_warp
+        from engines.face_motion import build_fields
+        from engines.landmark_default import Blinker
+
+        self.identity, self.fps, self.emotion = identity, fps, emotion
+        self.gcn = self.speech = None
+        if landmarks == "gcn":
+            from engines.speech_frontend import DeepSpeechFrontend
+
+            self.gcn = GCNLandmarkEngine(weights_file(weights, LANDMARKS_FILE,
+                                                      "--landmarks gcn",
+                                                      "etf train landmarks"))
+            speech = Path(weights) / SPEECH_FILE
+            self.speech = (DeepSpeechFrontend.from_checkpoint(speech) if speech.is_file()
+                           else DeepSpeechFrontend.default())
+        elif landmarks != "default":
+            raise ValueError(f"unknown landmark engine {landmarks!r}: default or gcn")
+        self.flow = self.flow_state = self.warp = None
+        if texture == "flow":
+            self.flow = FlowTextureEngine(weights_file(weights, TEXTURE_FILE, "--texture flow",
+                                                       "etf train texture"))
+            self.flow_state = self.flow.prepare(identity, adapt_iterations)
+        elif texture == "warp":
+            self.warp = texture_warp.prepare(identity)
+        else:
+            raise ValueError(f"unknown texture engine {texture!r}: warp or flow")
+        self.blinker = Blinker(np.random.default_rng(seed))
+        self.fields = build_fields(identity.neutral)
+        self.seed = seed
+
+    @property
+    def adaptation(self) -> dict:
+        return self.flow_state.adaptation if self.flow_state else {}
+
+    def _landmarks(self, audio: np.ndarray) -> Iterator[np.ndarray]:
+        from engines.face_motion import P, apply
+        from engines.pipeline import FaceAnimator
+        from engines.speech_frontend import audio_to_windows
+
+        if self.gcn is None:  # the default engine, emotion included, blinks included
+            anim = FaceAnimator(self.identity, fps=self.fps, emotion=self.emotion,
+                                seed=self.seed)
+            for i in range(0, len(audio), 320):
+                anim.push_audio(audio[i : i + 320])
+                while anim.frames_ready():
+                    yield anim.engine.next_frame(anim.emotion.params_at(
+                        anim.engine.frame_index / self.fps))[0]
+            anim.flush()
+            while anim.frames_ready():
+                yield anim.engine.next_frame(anim.emotion.params_at(
+                    anim.engine.frame_index / self.fps))[0]
+            return
+        windows = audio_to_windows(self.speech, audio, self.fps)
+        neutral = self.identity.neutral.astype(np.float32)[None]
+        blink = np.zeros(len(P), np.float32)
+        for k, win in enumerate(windows):
+            t = k / self.fps
+            vec = self.emotion.vector_at(t)[None]
+            lm = self.gcn(win[None], vec, np.ones(1, np.float32), neutral)[0]
+            blink[P["blink"]] = self.blinker.at(t)
+            # eye blinks are added to the landmarks before the texture (as in the paper)
+            yield apply(lm, self.fields, blink)
+
+    def render_all(self, audio: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(full photo frame [H,W,3] uint8, landmarks [68,2]) per video frame."""
+        from engines import texture_warp
+        from engines.compositor import paste_crop, paste_roi
+
+        for k, lm in enumerate(self._landmarks(audio)):
+            if self.flow is not None:
+                vec = self.emotion.vector_at(k / self.fps)[None]
+                crop = self.flow.render(self.flow_state, lm[None], vec)[0]
+                yield paste_crop(self.identity, crop), lm
+            else:
+                roi = texture_warp.render_roi(self.warp, lm)
+                yield paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather), lm
