@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 import pytest
 
@@ -146,34 +143,20 @@ def test_checkpoint_round_trip(cfg, tmp_path):
     assert g2.config == cfg
 
 
-def test_onnx_per_frame_graph_matches_pytorch(cfg):
-    ort = pytest.importorskip("onnxruntime")
+def test_onnx_per_frame_graph_matches_pytorch(cfg, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from etf_models.export import check_onnx, export_gl, gl_example
+
     torch.manual_seed(0)
     g = LandmarkGCN(cfg).eval()
     _perturb(g, 0.3)
-    pf = PerFrameGL(g).eval()
-    windows, emotion, intensity, neutral = _batch(1)
+    model = export_gl(g, tmp_path / "gl.onnx")
+    assert (tmp_path / "gl.onnx").read_bytes() == model
+    inputs = gl_example(g, batch=4, seed=9)  # another batch size than the export's
     with torch.no_grad():
-        ident = g.encode_identity(neutral)
-    names = ["windows", "emotion", "intensity", "neutral", "code", "vert", "reg"]
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(pf, (windows, emotion, intensity, neutral, *ident), buf,
-                          input_names=names, output_names=["landmarks"], dynamo=False,
-                          opset_version=17,
-                          dynamic_axes={n: {0: "batch"} for n in [*names, "landmarks"]})
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    windows, emotion, intensity, neutral = _batch(4, seed=9)
-    with torch.no_grad():
-        ident = g.encode_identity(neutral)
-        want = pf(windows, emotion, intensity, neutral, *ident)
-    feed = dict(zip(names, [t.numpy() for t in (windows, emotion, intensity, neutral,
-                                                 *ident)], strict=True))
-    got = sess.run(None, feed)[0]
-    moved = (want - neutral).abs().max()
+        moved = (PerFrameGL(g)(*inputs.values()) - inputs["neutral"]).abs().max()
     assert moved > 1.0  # the comparison is about real displacements
-    assert np.abs(got - want.numpy()).max() <= 1e-3
+    assert check_onnx(model, PerFrameGL(g), inputs) <= 1e-3
 
 
 def test_trainer_learns_and_resumes(cfg, tmp_path):
