@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from etf_models import distributed as dist
 from etf_models.checkpoint import load_checkpoint, save_checkpoint
 from etf_models.landmark_gcn import (
     GraphDiscriminator,
@@ -44,8 +45,9 @@ class LandmarkFrames:
     def __len__(self) -> int:
         return len(self.windows)
 
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(np.ascontiguousarray(a[idx], np.float32))
+    def batch(self, idx: np.ndarray, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(np.ascontiguousarray(a[idx], np.float32)).to(device)
                      for a in (self.windows, self.emotion, self.intensity, self.neutral,
                                self.target))
 
@@ -70,27 +72,33 @@ class LandmarkTrainConfig:
 
 
 class LandmarkTrainer:
-    """G_L and its discriminator with their optimisers; ``step`` is one G and one D update."""
+    """G_L and its discriminator with their optimisers; ``step`` is one G and one D update.
 
-    def __init__(self, model_cfg: LandmarkGCNConfig, cfg: LandmarkTrainConfig) -> None:
+    Under torchrun both networks are wrapped in DistributedDataParallel (see
+    ``etf_models/distributed.py``); each rank draws its own batches."""
+
+    def __init__(self, model_cfg: LandmarkGCNConfig, cfg: LandmarkTrainConfig,
+                 device: torch.device | str = "cpu") -> None:
         torch.manual_seed(cfg.seed)
-        self.model_cfg, self.cfg = model_cfg, cfg
-        self.g = LandmarkGCN(model_cfg)
-        self.d = GraphDiscriminator(model_cfg)
+        self.model_cfg, self.cfg, self.device = model_cfg, cfg, torch.device(device)
+        self.g = LandmarkGCN(model_cfg).to(self.device)
+        self.d = GraphDiscriminator(model_cfg).to(self.device)
+        self.g_par, self.d_par = dist.wrap(self.g, self.device), dist.wrap(self.d, self.device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.steps = 0
         self.history: list[dict] = []
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng([cfg.seed, dist.rank()])
 
     def step(self, data: LandmarkFrames) -> dict[str, float]:
         idx = self.rng.integers(0, len(data), self.cfg.batch)
-        windows, emotion, intensity, neutral, target = data.batch(idx)
+        windows, emotion, intensity, neutral, target = data.batch(idx, self.device)
         if self.cfg.window_noise:
             windows = windows + self.cfg.window_noise * torch.randn_like(windows)
         self.g.train()
-        pred = self.g(windows, emotion, intensity, neutral)
+        pred = self.g_par(windows, emotion, intensity, neutral)
         adv = self.steps >= self.cfg.adv_start and self.cfg.adv_weight > 0
+        # the critic's view of the fake for G's loss: its own weights do not step here
         losses = landmark_losses(pred, target,
                                  self.d(pred, emotion, intensity) if adv else None,
                                  self.cfg.adv_weight)
@@ -98,9 +106,11 @@ class LandmarkTrainer:
         losses["total"].backward()
         self.opt_g.step()
         out = {k: v.item() for k, v in losses.items()}
-        if adv:
-            d_loss = discriminator_loss(self.d(target, emotion, intensity),
-                                        self.d(pred.detach(), emotion, intensity))
+        if adv:  # one critic pass over real and fake together (one DDP forward per step)
+            n = len(target)
+            scores = self.d_par(torch.cat([target, pred.detach()]), emotion.repeat(2, 1),
+                                intensity.repeat(2))
+            d_loss = discriminator_loss(scores[:n], scores[n:])
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
@@ -125,7 +135,8 @@ class LandmarkTrainer:
                     with torch.no_grad():
                         entry.update(evaluate(self.g))
                 self.history.append(entry)
-                log(str(entry))
+                if dist.is_main():
+                    log(str(entry))
                 acc.clear()
         self.g.eval()
         return self.history
@@ -135,14 +146,18 @@ class LandmarkTrainer:
         out = []
         with torch.no_grad():
             for s in range(0, len(data), batch):
-                w, e, i, n, _ = data.batch(np.arange(s, min(len(data), s + batch)))
-                out.append(self.g(w, e, i, n).numpy())
+                w, e, i, n, _ = data.batch(np.arange(s, min(len(data), s + batch)),
+                                           self.device)
+                out.append(self.g(w, e, i, n).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 68, 2), np.float32)
 
     # -- checkpoints
 
-    def save(self, path: str | Path) -> str:
-        """Resumable training state (G, D, optimisers) next to the G-only model file."""
+    def save(self, path: str | Path) -> str | None:
+        """Resumable training state (G, D, optimisers) next to the G-only model file
+        (rank 0 only under torchrun)."""
+        if not dist.is_main():
+            return None
         path = Path(path)
         torch.save({"d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
                     "opt_d": self.opt_d.state_dict(), "rng": self.rng.bit_generator.state},
@@ -158,7 +173,8 @@ class LandmarkTrainer:
         self.g.load_state_dict(blob["state_dict"])
         self.steps = int(blob["meta"]["steps"])
         self.history = list(blob["meta"]["history"])
-        state = torch.load(path.with_suffix(".train.pt"), weights_only=False)
+        state = torch.load(path.with_suffix(".train.pt"), weights_only=False,
+                           map_location=self.device)
         self.d.load_state_dict(state["d"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from etf_models import distributed as dist
 from etf_models.checkpoint import load_checkpoint, save_checkpoint
 from etf_models.texture_flow import FrameDiscriminator, TextureFlow, TextureFlowConfig
 
@@ -155,18 +156,21 @@ class TextureTrainer:
 
     def __init__(self, model_cfg: TextureFlowConfig, cfg: TextureTrainConfig,
                  vgg: Vgg16Features | None = None,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, device: torch.device | str = "cpu") -> None:
         torch.manual_seed(cfg.seed)
-        self.model_cfg, self.cfg, self.vgg = model_cfg, cfg, vgg
-        self.g = TextureFlow(model_cfg)
-        self.d = FrameDiscriminator(model_cfg)
+        self.device = torch.device(device)
+        self.model_cfg, self.cfg = model_cfg, cfg
+        self.vgg = vgg.to(self.device) if vgg is not None else None
+        self.g = TextureFlow(model_cfg).to(self.device)
+        self.d = FrameDiscriminator(model_cfg).to(self.device)
+        self.g_par, self.d_par = dist.wrap(self.g, self.device), dist.wrap(self.d, self.device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=cfg.betas)
         self.steps = 0
         self.history: list[dict] = []
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = np.random.default_rng([cfg.seed, dist.rank()])
         self.perceptual = "vgg16" if vgg is not None else "discriminator feature matching"
-        if vgg is None:
+        if vgg is None and dist.is_main():
             log("perceptual loss: no VGG16 weights given (--vgg16), so the substitute is "
                 "used: L1 feature matching on the frame discriminator's layers (pix2pixHD)")
 
@@ -178,10 +182,10 @@ class TextureTrainer:
         return _feature_l1(f_fake, f_real)
 
     def step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
-        src, src_lm, tgt, tgt_lm, emo, inten = batch
+        src, src_lm, tgt, tgt_lm, emo, inten = (t.to(self.device) for t in batch)
         self.g.train()
-        fake = self.g(src, src_lm, tgt_lm, emo, inten)
-        score_fake, f_fake = self.d(fake, tgt_lm)
+        fake = self.g_par(src, src_lm, tgt_lm, emo, inten)
+        score_fake, f_fake = self.d(fake, tgt_lm)  # D's weights do not step here
         with torch.no_grad():
             _, f_real = self.d(tgt, tgt_lm)
         l1 = F.l1_loss(fake, tgt)
@@ -191,9 +195,9 @@ class TextureTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         total.backward()
         self.opt_g.step()
-        s_real, _ = self.d(tgt, tgt_lm)
-        s_fake, _ = self.d(fake.detach(), tgt_lm)
-        d_loss = 0.5 * ((s_real - 1).pow(2).mean() + s_fake.pow(2).mean())
+        n = len(tgt)  # one critic pass over real and fake (one DDP forward per step)
+        scores, _ = self.d_par(torch.cat([tgt, fake.detach()]), tgt_lm.repeat(2, 1, 1))
+        d_loss = 0.5 * ((scores[:n] - 1).pow(2).mean() + scores[n:].pow(2).mean())
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
@@ -213,11 +217,15 @@ class TextureTrainer:
                                                 for k, v in acc.items()},
                          "seconds": round(time.time() - t0, 1)}
                 self.history.append(entry)
-                log(str(entry))
+                if dist.is_main():
+                    log(str(entry))
                 acc.clear()
         return self.history
 
-    def save(self, path: str | Path) -> str:
+    def save(self, path: str | Path) -> str | None:
+        """Resumable training state next to the G-only model file (rank 0 only)."""
+        if not dist.is_main():
+            return None
         path = Path(path)
         torch.save({"d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
                     "opt_d": self.opt_d.state_dict(), "rng": self.rng.bit_generator.state},
@@ -233,7 +241,8 @@ class TextureTrainer:
         self.g.load_state_dict(blob["state_dict"])
         self.steps = int(blob["meta"]["steps"])
         self.history = list(blob["meta"]["history"])
-        state = torch.load(path.with_suffix(".train.pt"), weights_only=False)
+        state = torch.load(path.with_suffix(".train.pt"), weights_only=False,
+                           map_location=self.device)
         self.d.load_state_dict(state["d"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])

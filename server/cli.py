@@ -305,27 +305,41 @@ def cmd_train_landmarks(args) -> int:
     _need_torch()
     import torch
 
+    from etf_models import distributed as dist
     from etf_models.landmark_gcn import face_graph
     from etf_models.landmark_train import LandmarkTrainConfig, LandmarkTrainer
     from etf_models.preprocess import load_landmark_frames
 
     torch.set_num_threads(args.threads)
+    device = dist.setup(args.device)
     data = load_landmark_frames(args.data)
     graph = face_graph(np.median(data.neutral, axis=0))
     trainer = LandmarkTrainer(graph, LandmarkTrainConfig(batch=args.batch, lr=args.lr,
-                                                         seed=args.seed))
+                                                         seed=args.seed), device=device)
+    _train_loop(trainer, data, args, f"{len(data)} frames; G_L")
+    return 0
+
+
+def _train_loop(trainer, data, args, what: str) -> None:
+    """Resume, train with periodic saves, report (rank 0 speaks under torchrun)."""
+    from etf_models import distributed as dist
+
+    say = print if dist.is_main() else (lambda *a, **k: None)
     if os.path.exists(args.output) and not args.restart:
         trainer.resume(args.output)
-        print(f"resumed {args.output} at step {trainer.steps}")
-    print(f"{len(data)} frames; G_L {sum(p.numel() for p in trainer.g.parameters())} "
-          "parameters")
+        say(f"resumed {args.output} at step {trainer.steps}")
+    say(f"{what} {sum(p.numel() for p in trainer.g.parameters())} parameters on "
+        f"{trainer.device}, {dist.world_size()} process(es)")
     step = trainer.steps
     while step < args.steps:
         step = min(args.steps, step + args.save_every)
         trainer.fit(data, step, log_every=args.log_every)
         trainer.save(args.output)
-    print(f"etf train landmarks: {trainer.steps} steps -> {args.output}")
-    return 0
+    if dist.world_size() > 1:
+        synced = dist.in_sync(trainer.g)
+        say(f"ddp: {dist.world_size()} ranks, parameters {'in sync' if synced else 'DIFFER'}")
+        dist.teardown()
+    say(f"etf train {args.train_command}: {trainer.steps} steps -> {args.output}")
 
 
 #: G_T channel widths for ``etf train texture --channels``: the paper's, and narrower ones
@@ -341,6 +355,7 @@ def cmd_train_texture(args) -> int:
     _need_torch()
     import torch
 
+    from etf_models import distributed as dist
     from etf_models.texture_flow import TextureFlowConfig
     from etf_models.texture_train import (
         TextureFrames,
@@ -350,22 +365,14 @@ def cmd_train_texture(args) -> int:
     )
 
     torch.set_num_threads(args.threads)
+    device = dist.setup(args.device)
     data = TextureFrames(args.data)
     vgg = Vgg16Features.from_file(args.vgg16) if args.vgg16 else None
     trainer = TextureTrainer(TextureFlowConfig(**TEXTURE_WIDTHS[args.channels]),
                              TextureTrainConfig(batch=args.batch, lr=args.lr, seed=args.seed),
-                             vgg=vgg)
-    if os.path.exists(args.output) and not args.restart:
-        trainer.resume(args.output)
-        print(f"resumed {args.output} at step {trainer.steps}")
-    print(f"{len(data.shards)} clips; G_T {sum(p.numel() for p in trainer.g.parameters())} "
-          f"parameters; perceptual loss: {trainer.perceptual}")
-    step = trainer.steps
-    while step < args.steps:
-        step = min(args.steps, step + args.save_every)
-        trainer.fit(data, step, log_every=args.log_every)
-        trainer.save(args.output)
-    print(f"etf train texture: {trainer.steps} steps -> {args.output}")
+                             vgg=vgg, device=device)
+    _train_loop(trainer, data, args, f"{len(data.shards)} clips; perceptual loss: "
+                f"{trainer.perceptual}; G_T")
     return 0
 
 
@@ -502,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--save-every", type=int, default=1000)
     tl.add_argument("--log-every", type=int, default=100)
     tl.add_argument("--restart", action="store_true", help="ignore an existing --output")
+    tl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto: CUDA when present (one GPU per torchrun process)")
     tl.set_defaults(func=cmd_train_landmarks)
     tt = tsub.add_parser("texture", help="G_T, the flow texture generator, on 'etf preprocess' "
                          "output (resumes from --output if it exists)")
@@ -519,6 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--save-every", type=int, default=500)
     tt.add_argument("--log-every", type=int, default=50)
     tt.add_argument("--restart", action="store_true", help="ignore an existing --output")
+    tt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto: CUDA when present (one GPU per torchrun process)")
     tt.set_defaults(func=cmd_train_texture)
     ts = tsub.add_parser("speech", help="the default speech model: synthesize a corpus with "
                          "flite / espeak-ng / festival, augment it, train with CTC")
