@@ -69,5 +69,8 @@ def in_sync(module: nn.Module) -> bool:
 
 
 def teardown() -> None:
+    """Leave the group together: a rank that closes its gloo pairs while another is still
+    using them aborts the other process on exit."""
     if torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
