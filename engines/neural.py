@@ -95,11 +95,17 @@ class FlowState:
     adaptation: dict = field(default_factory=dict)
 
 
+def adapted_path(identity_file: str | os.PathLike) -> Path:
+    """Where the one-shot adaptation of an identity file is stored: next to it."""
+    p = Path(identity_file)
+    return p.with_name(p.stem + ".texture.pt")
+
+
 class FlowTextureEngine:
     """The TextureEngine contract over a trained G_T."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from etf_models.checkpoint import CheckpointError
+        from etf_models.checkpoint import CheckpointError, sha256_of
         from etf_models.texture_train import load_texture_model
 
         self.torch = _torch()
@@ -107,15 +113,46 @@ class FlowTextureEngine:
             self.model = load_texture_model(path)
         except (CheckpointError, TypeError, RuntimeError, KeyError) as e:
             raise NeuralWeightsError(f"cannot use texture model {path}: {e}") from None
+        self.sha256 = sha256_of(path)
 
-    def prepare(self, identity: Identity, adapt_iterations: int = 0) -> FlowState:
+    def adapt(self, identity: Identity, iterations: int = 5):
+        """(adapted copy of G_T, report): one-shot adaptation to this identity."""
         from etf_models.texture_train import adapt
 
+        model = copy.deepcopy(self.model)  # adaptation is per identity
+        return model, adapt(model, identity.crop, identity.neutral, iterations)
+
+    def save_adapted(self, model, report: dict, identity: Identity, path: str | os.PathLike
+                     ) -> str:
+        """Store the adapted encoder and decoder (the only weights adaptation changes)."""
+        from etf_models.checkpoint import save_checkpoint
+
+        state = {k: v for k, v in model.state_dict().items()
+                 if k.startswith(("encoder.", "decoder."))}
+        return save_checkpoint(path, "texture_flow_adapted", model.config.to_dict(), state,
+                               {"base_sha256": self.sha256, "identity": identity.source,
+                                **report})
+
+    def load_adapted(self, path: str | os.PathLike):
+        """G_T with the adapted weights from ``save_adapted`` (for this base model only)."""
+        from etf_models.checkpoint import load_checkpoint
+
+        blob = load_checkpoint(path, model="texture_flow_adapted")
+        if blob["meta"].get("base_sha256") != self.sha256:
+            raise NeuralWeightsError(f"{path} adapts another texture model; run etf adapt "
+                                     "again for this one")
+        model = copy.deepcopy(self.model)
+        model.load_state_dict({**model.state_dict(), **blob["state_dict"]})
+        return model.eval(), dict(blob["meta"], loaded_from=str(path))
+
+    def prepare(self, identity: Identity, adapt_iterations: int = 0,
+                adapted: str | os.PathLike | None = None) -> FlowState:
         t = self.torch
         model, report = self.model, {}
-        if adapt_iterations:
-            model = copy.deepcopy(self.model)  # adaptation is per identity
-            report = adapt(model, identity.crop, identity.neutral, adapt_iterations)
+        if adapted is not None:
+            model, report = self.load_adapted(adapted)
+        elif adapt_iterations:
+            model, report = self.adapt(identity, adapt_iterations)
         src = t.from_numpy(identity.crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with t.inference_mode():
             tensors = model.prepare(src, t.from_numpy(identity.neutral.astype(np.float32))[None])
@@ -139,7 +176,8 @@ class NeuralAnimator:
 
     def __init__(self, identity: Identity, fps: float, emotion, landmarks: str = "default",
                  texture: str = "warp", weights: str | os.PathLike | None = None,
-                 seed: int = 0, adapt_iterations: int = 0) -> None:
+                 seed: int = 0, adapt_iterations: int = 0,
+                 adapted: str | os.PathLike | None = None) -> None:
         from engines import texture_warp
         from engines.face_motion import build_fields
         from engines.landmark_default import Blinker
@@ -161,7 +199,7 @@ class NeuralAnimator:
         if texture == "flow":
             self.flow = FlowTextureEngine(weights_file(weights, TEXTURE_FILE, "--texture flow",
                                                        "etf train texture"))
-            self.flow_state = self.flow.prepare(identity, adapt_iterations)
+            self.flow_state = self.flow.prepare(identity, adapt_iterations, adapted)
         elif texture == "warp":
             self.warp = texture_warp.prepare(identity)
         else:

@@ -86,12 +86,17 @@ def cmd_render(args) -> int:
         animator = FaceAnimator(identity, fps=args.fps, emotion=emotion, seed=args.seed)
         images = (frame.image for frame in animator.render_all(audio))
     else:
-        from engines.neural import NeuralAnimator
+        from engines.neural import NeuralAnimator, adapted_path
 
+        stored = adapted_path(args.identity) if args.identity else None
+        stored = stored if stored is not None and stored.is_file() and not args.adapt else None
         neural = NeuralAnimator(identity, args.fps, emotion, landmarks=args.landmarks,
                                 texture=args.texture, weights=args.weights, seed=args.seed,
-                                adapt_iterations=args.adapt)
-        if neural.adaptation:
+                                adapt_iterations=args.adapt,
+                                adapted=stored if args.texture == "flow" else None)
+        if stored is not None and args.texture == "flow":
+            print(f"using the one-shot adaptation stored in {stored}")
+        elif neural.adaptation:
             print(f"one-shot adaptation: {neural.adaptation['iterations']} iterations in "
                   f"{neural.adaptation['seconds']:.2f} s (L1 {neural.adaptation['l1_before']:.4f}"
                   f" -> {neural.adaptation['l1_after']:.4f})")
@@ -108,6 +113,24 @@ def cmd_render(args) -> int:
     dt = time.perf_counter() - t0
     print(f"wrote {args.output}: {n_frames} frames ({n_frames / args.fps:.2f} s) "
           f"in {dt:.1f} s ({n_frames / max(dt, 1e-9):.0f} fps)")
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    from engines.identity import Identity
+    from engines.neural import TEXTURE_FILE, FlowTextureEngine, adapted_path, weights_file
+
+    if not 1 <= args.iterations <= 5:
+        return _fail("--iterations must be 1 to 5 (the paper's one-shot adaptation)")
+    identity = Identity.load(args.identity)
+    engine = FlowTextureEngine(weights_file(args.weights, TEXTURE_FILE, "etf adapt",
+                                            "etf train texture"))
+    model, report = engine.adapt(identity, args.iterations)
+    out = args.output or str(adapted_path(args.identity))
+    engine.save_adapted(model, report, identity, out)
+    print(f"adapted G_T to {args.identity} in {report['seconds']:.2f} s "
+          f"({args.iterations} iterations, L1 {report['l1_before']:.4f} -> "
+          f"{report['l1_after']:.4f}) -> {out}")
     return 0
 
 
@@ -431,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adapt", type=int, default=0, metavar="N",
                    help="one-shot adaptation of G_T to the photo: N iterations (1-5)")
     r.set_defaults(func=cmd_render)
+
+    ad = sub.add_parser("adapt", help="one-shot adaptation of G_T to an enrolled identity, "
+                        "stored next to the identity file (used by render --texture flow)")
+    ad.add_argument("--identity", required=True, help="identity file from etf enroll")
+    ad.add_argument("--weights", required=True, help="folder holding texture.pt")
+    ad.add_argument("--iterations", type=int, default=5, help="1 to 5")
+    ad.add_argument("-o", "--output", help="default: IDENTITY.texture.pt beside it")
+    ad.set_defaults(func=cmd_adapt)
 
     s = sub.add_parser("serve", help="the live WebRTC avatar server and its web page")
     _add_identity_args(s)

@@ -213,6 +213,32 @@ def test_render_with_neural_engines(fake_mead, tmp_path, capsys):
     assert main(["render", "--audio", str(wav), "--landmarks", "gcn", "--weights",
                  str(weights), "-q", "-o", str(tmp_path / "gcn_warp.mp4")]) == 0
 
+    # one-shot adaptation stored next to the identity file, then used by render
+    import cv2
+
+    from engines.default_face import default_photo
+
+    photo = tmp_path / "me.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(default_photo(), cv2.COLOR_RGB2BGR))
+    ident = tmp_path / "me.npz"
+    assert main(["enroll", str(photo), "-o", str(ident)]) == 0
+    assert main(["adapt", "--identity", str(ident), "--weights", str(weights),
+                 "--iterations", "2"]) == 0
+    assert (tmp_path / "me.texture.pt").is_file()
+    capsys.readouterr()
+    assert main(["render", "--identity", str(ident), "--audio", str(wav), "--texture", "flow",
+                 "--weights", str(weights), "-q", "-o", str(tmp_path / "adapted.mp4")]) == 0
+    assert "using the one-shot adaptation stored in" in capsys.readouterr().out
+    assert main(["adapt", "--identity", str(ident), "--weights", str(weights),
+                 "--iterations", "9"]) == 2
+    # an adaptation of another G_T is refused
+    assert main(["train", "texture", "--data", str(out), "-o", str(weights / "texture.pt"),
+                 "--steps", "3", "--batch", "1", "--channels", "tiny", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["render", "--identity", str(ident), "--audio", str(wav), "--texture", "flow",
+                 "--weights", str(weights), "-q", "-o", str(tmp_path / "adapted.mp4")]) == 2
+    assert "adapts another texture model" in capsys.readouterr().err
+
     capsys.readouterr()
     assert main(["render", "--landmarks", "gcn", "-o", str(tmp_path / "x.mp4")]) == 2
     assert "needs trained weights" in capsys.readouterr().err
