@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,15 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from benchmarks.machine import machine_info  # noqa: E402
 
 
 def _times(fn, runs: int, warmup: int = 3) -> dict:
@@ -114,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                measure("G_T", gt, PerFrameGT(gt).eval(), gt_in, gt_prepare,
                        max(5, args.runs // 3), export_gt(gt))]
     out = {"benchmark": "bench_networks", "date": time.strftime("%Y-%m-%d"),
-           "machine": {"cpu": _cpu(), "threads": args.threads, "torch": torch.__version__,
-                       "onnxruntime": onnxruntime.__version__},
+           "machine": machine_info(threads=args.threads, torch=torch.__version__,
+                                   onnxruntime=onnxruntime.__version__),
            "input": "256x256 crop, paper channel widths, batch 1, random weights",
            "results": results}
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -10,11 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.machine import machine_info  # noqa: E402
 
 
 def speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
@@ -25,17 +29,6 @@ def speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
     f0 = 140 + 20 * np.sin(2 * np.pi * 0.5 * t)
     voice = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / sr) / k for k in range(1, 8))
     return (0.2 * env * voice + 0.002 * rng.standard_normal(len(t))).astype(np.float32)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (platform.processor() is empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -97,8 +90,7 @@ def main() -> None:
         "stages": summary,
         "enroll_s": t_enroll,
         "prepare_s": t_prepare,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "numpy": np.__version__},
+        "machine": machine_info(numpy=np.__version__),
         "threads": {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
     }
     os.makedirs(args.out, exist_ok=True)

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -35,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_info  # noqa: E402
 from engines.audio_io import load_audio  # noqa: E402
 from server.cli import builtin_sentence  # noqa: E402
 
@@ -270,18 +270,9 @@ def capacity(args) -> dict:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import aiortc
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "aiortc": aiortc.__version__, "platform": platform.platform()}
+    return machine_info(aiortc=aiortc.__version__)
 
 
 def main() -> None:

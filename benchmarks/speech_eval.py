@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import textwrap
 import time
@@ -53,6 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import machine_info  # noqa: E402
 from etf_models.speech_evalsets import (  # noqa: E402
     CHUNK,
     DEFAULT_CACHE,
@@ -106,17 +105,7 @@ def model_facts(path: Path, frontend) -> dict:
 def machine(threads: int) -> dict:
     import torch
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "torch_threads": threads}
+    return machine_info(torch=torch.__version__, numpy=np.__version__, torch_threads=threads)
 
 
 def _ms(xs: list[float], q: float) -> float:

@@ -4,21 +4,19 @@
 devset benchmark produce): speech windows ``[N,6,29]``, emotion ``[N,7]``, intensity
 ``[N]``, the speaker's neutral landmarks ``[N,68,2]`` and the true landmarks ``[N,68,2]``,
 all canonical. ``LandmarkTrainer`` runs the paper's alternating generator/discriminator
-steps on random minibatches and saves self-describing, resumable checkpoints.
+steps on random minibatches (checkpoints and logging: ``etf_models/gan_train.py``).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from etf_models import distributed as dist
-from etf_models.checkpoint import load_checkpoint, save_checkpoint
+from etf_models.checkpoint import load_checkpoint
+from etf_models.gan_train import GanTrainer
 from etf_models.landmark_gcn import (
     GraphDiscriminator,
     LandmarkGCN,
@@ -71,24 +69,17 @@ class LandmarkTrainConfig:
         return asdict(self)
 
 
-class LandmarkTrainer:
-    """G_L and its discriminator with their optimisers; ``step`` is one G and one D update.
+class LandmarkTrainer(GanTrainer):
+    """G_L and its graph discriminator (``step``: one G and one D update). Under torchrun
+    both are wrapped in DistributedDataParallel (``etf_models/distributed.py``)."""
 
-    Under torchrun both networks are wrapped in DistributedDataParallel (see
-    ``etf_models/distributed.py``); each rank draws its own batches."""
+    model_name = "landmark_gcn"
 
     def __init__(self, model_cfg: LandmarkGCNConfig, cfg: LandmarkTrainConfig,
                  device: torch.device | str = "cpu") -> None:
         torch.manual_seed(cfg.seed)
-        self.model_cfg, self.cfg, self.device = model_cfg, cfg, torch.device(device)
-        self.g = LandmarkGCN(model_cfg).to(self.device)
-        self.d = GraphDiscriminator(model_cfg).to(self.device)
-        self.g_par, self.d_par = dist.wrap(self.g, self.device), dist.wrap(self.d, self.device)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.steps = 0
-        self.history: list[dict] = []
-        self.rng = np.random.default_rng([cfg.seed, dist.rank()])
+        super().__init__(LandmarkGCN(model_cfg), GraphDiscriminator(model_cfg), model_cfg, cfg,
+                         device)
 
     def step(self, data: LandmarkFrames) -> dict[str, float]:
         idx = self.rng.integers(0, len(data), self.cfg.batch)
@@ -118,29 +109,6 @@ class LandmarkTrainer:
         self.steps += 1
         return out
 
-    def fit(self, data: LandmarkFrames, steps: int, log_every: int = 100,
-            log: Callable[[str], None] = print,
-            evaluate: Callable[[LandmarkGCN], dict] | None = None) -> list[dict]:
-        acc: dict[str, list[float]] = {}
-        t0 = time.time()
-        while self.steps < steps:
-            for k, v in self.step(data).items():
-                acc.setdefault(k, []).append(v)
-            if self.steps % log_every == 0 or self.steps == steps:
-                entry = {"step": self.steps, **{k: round(float(np.mean(v)), 5)
-                                                for k, v in acc.items()},
-                         "seconds": round(time.time() - t0, 1)}
-                if evaluate is not None:
-                    self.g.eval()
-                    with torch.no_grad():
-                        entry.update(evaluate(self.g))
-                self.history.append(entry)
-                if dist.is_main():
-                    log(str(entry))
-                acc.clear()
-        self.g.eval()
-        return self.history
-
     def predict(self, data: LandmarkFrames, batch: int = 256) -> np.ndarray:
         self.g.eval()
         out = []
@@ -150,35 +118,6 @@ class LandmarkTrainer:
                                            self.device)
                 out.append(self.g(w, e, i, n).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 68, 2), np.float32)
-
-    # -- checkpoints
-
-    def save(self, path: str | Path) -> str | None:
-        """Resumable training state (G, D, optimisers) next to the G-only model file
-        (rank 0 only under torchrun)."""
-        if not dist.is_main():
-            return None
-        path = Path(path)
-        torch.save({"d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
-                    "opt_d": self.opt_d.state_dict(), "rng": self.rng.bit_generator.state},
-                   path.with_suffix(".train.pt"))
-        return save_checkpoint(path, "landmark_gcn", self.model_cfg.to_dict(),
-                               self.g.state_dict(),
-                               {"steps": self.steps, "train_config": self.cfg.to_dict(),
-                                "history": self.history})
-
-    def resume(self, path: str | Path) -> None:
-        path = Path(path)
-        blob = load_checkpoint(path, model="landmark_gcn")
-        self.g.load_state_dict(blob["state_dict"])
-        self.steps = int(blob["meta"]["steps"])
-        self.history = list(blob["meta"]["history"])
-        state = torch.load(path.with_suffix(".train.pt"), weights_only=False,
-                           map_location=self.device)
-        self.d.load_state_dict(state["d"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.rng.bit_generator.state = state["rng"]
 
 
 def load_landmark_model(path: str | Path) -> LandmarkGCN:

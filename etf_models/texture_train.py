@@ -28,7 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from etf_models import distributed as dist
-from etf_models.checkpoint import load_checkpoint, save_checkpoint
+from etf_models.checkpoint import load_checkpoint
+from etf_models.gan_train import GanTrainer
 from etf_models.texture_flow import FrameDiscriminator, TextureFlow, TextureFlowConfig
 
 # torchvision's VGG16 "features": conv widths, "M" = max pool
@@ -151,28 +152,25 @@ def _feature_l1(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     return sum(F.l1_loss(x, y.detach()) for x, y in zip(a, b, strict=True)) / len(a)
 
 
-class TextureTrainer:
-    """G_T + frame discriminator + optimisers; ``step`` is one G and one D update."""
+class TextureTrainer(GanTrainer):
+    """G_T + frame discriminator (``step``: one G and one D update on a sampled batch)."""
+
+    model_name = "texture_flow"
 
     def __init__(self, model_cfg: TextureFlowConfig, cfg: TextureTrainConfig,
                  vgg: Vgg16Features | None = None,
                  log: Callable[[str], None] = print, device: torch.device | str = "cpu") -> None:
         torch.manual_seed(cfg.seed)
-        self.device = torch.device(device)
-        self.model_cfg, self.cfg = model_cfg, cfg
+        super().__init__(TextureFlow(model_cfg), FrameDiscriminator(model_cfg), model_cfg, cfg,
+                         device)
         self.vgg = vgg.to(self.device) if vgg is not None else None
-        self.g = TextureFlow(model_cfg).to(self.device)
-        self.d = FrameDiscriminator(model_cfg).to(self.device)
-        self.g_par, self.d_par = dist.wrap(self.g, self.device), dist.wrap(self.d, self.device)
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr, betas=cfg.betas)
-        self.steps = 0
-        self.history: list[dict] = []
-        self.rng = np.random.default_rng([cfg.seed, dist.rank()])
         self.perceptual = "vgg16" if vgg is not None else "discriminator feature matching"
         if vgg is None and dist.is_main():
             log("perceptual loss: no VGG16 weights given (--vgg16), so the substitute is "
                 "used: L1 feature matching on the frame discriminator's layers (pix2pixHD)")
+
+    def extra_meta(self) -> dict:
+        return {"perceptual": self.perceptual}
 
     def perceptual_loss(self, fake: torch.Tensor, real: torch.Tensor,
                         f_fake: list[torch.Tensor], f_real: list[torch.Tensor]
@@ -181,7 +179,8 @@ class TextureTrainer:
             return _feature_l1(self.vgg(fake), self.vgg(real))
         return _feature_l1(f_fake, f_real)
 
-    def step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, float]:
+    def step(self, data: TextureFrames) -> dict[str, float]:
+        batch = data.sample(self.cfg.batch, self.rng)
         src, src_lm, tgt, tgt_lm, emo, inten = (t.to(self.device) for t in batch)
         self.g.train()
         fake = self.g_par(src, src_lm, tgt_lm, emo, inten)
@@ -204,49 +203,6 @@ class TextureTrainer:
         self.steps += 1
         return {"l1": l1.item(), "perceptual": perc.item(), "adv": adv.item(),
                 "total": total.item(), "d": d_loss.item()}
-
-    def fit(self, data: TextureFrames, steps: int, log_every: int = 50,
-            log: Callable[[str], None] = print) -> list[dict]:
-        acc: dict[str, list[float]] = {}
-        t0 = time.time()
-        while self.steps < steps:
-            for k, v in self.step(data.sample(self.cfg.batch, self.rng)).items():
-                acc.setdefault(k, []).append(v)
-            if self.steps % log_every == 0 or self.steps == steps:
-                entry = {"step": self.steps, **{k: round(float(np.mean(v)), 5)
-                                                for k, v in acc.items()},
-                         "seconds": round(time.time() - t0, 1)}
-                self.history.append(entry)
-                if dist.is_main():
-                    log(str(entry))
-                acc.clear()
-        return self.history
-
-    def save(self, path: str | Path) -> str | None:
-        """Resumable training state next to the G-only model file (rank 0 only)."""
-        if not dist.is_main():
-            return None
-        path = Path(path)
-        torch.save({"d": self.d.state_dict(), "opt_g": self.opt_g.state_dict(),
-                    "opt_d": self.opt_d.state_dict(), "rng": self.rng.bit_generator.state},
-                   path.with_suffix(".train.pt"))
-        return save_checkpoint(path, "texture_flow", self.model_cfg.to_dict(),
-                               self.g.state_dict(),
-                               {"steps": self.steps, "train_config": self.cfg.to_dict(),
-                                "perceptual": self.perceptual, "history": self.history})
-
-    def resume(self, path: str | Path) -> None:
-        path = Path(path)
-        blob = load_checkpoint(path, model="texture_flow")
-        self.g.load_state_dict(blob["state_dict"])
-        self.steps = int(blob["meta"]["steps"])
-        self.history = list(blob["meta"]["history"])
-        state = torch.load(path.with_suffix(".train.pt"), weights_only=False,
-                           map_location=self.device)
-        self.d.load_state_dict(state["d"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.rng.bit_generator.state = state["rng"]
 
 
 def load_texture_model(path: str | Path) -> TextureFlow:

@@ -423,6 +423,22 @@ def _add_identity_args(p: argparse.ArgumentParser) -> None:
                    help="refuse a photo with several faces instead of taking the largest")
 
 
+def _add_gan_train_args(p: argparse.ArgumentParser, what: str, steps: int, batch: int,
+                        save_every: int, log_every: int) -> None:
+    p.add_argument("--data", required=True, help="an 'etf preprocess' output folder")
+    p.add_argument("-o", "--output", required=True, help=f"{what} checkpoint (.pt)")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam (the paper's 2e-4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)))
+    p.add_argument("--save-every", type=int, default=save_every)
+    p.add_argument("--log-every", type=int, default=log_every)
+    p.add_argument("--restart", action="store_true", help="ignore an existing --output")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: CUDA when present (one GPU per torchrun process)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="etf", description="Emotional talking face from one photo.")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -530,37 +546,15 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = tr.add_subparsers(dest="train_command", required=True)
     tl = tsub.add_parser("landmarks", help="G_L, the graph landmark generator, on "
                          "'etf preprocess' output (resumes from --output if it exists)")
-    tl.add_argument("--data", required=True, help="an 'etf preprocess' output folder")
-    tl.add_argument("-o", "--output", required=True, help="G_L checkpoint (.pt)")
-    tl.add_argument("--steps", type=int, default=20000)
-    tl.add_argument("--batch", type=int, default=32)
-    tl.add_argument("--lr", type=float, default=2e-4)
-    tl.add_argument("--seed", type=int, default=0)
-    tl.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)))
-    tl.add_argument("--save-every", type=int, default=1000)
-    tl.add_argument("--log-every", type=int, default=100)
-    tl.add_argument("--restart", action="store_true", help="ignore an existing --output")
-    tl.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                    help="auto: CUDA when present (one GPU per torchrun process)")
+    _add_gan_train_args(tl, "G_L", steps=20000, batch=32, save_every=1000, log_every=100)
     tl.set_defaults(func=cmd_train_landmarks)
     tt = tsub.add_parser("texture", help="G_T, the flow texture generator, on 'etf preprocess' "
                          "output (resumes from --output if it exists)")
-    tt.add_argument("--data", required=True, help="an 'etf preprocess' output folder")
-    tt.add_argument("-o", "--output", required=True, help="G_T checkpoint (.pt)")
-    tt.add_argument("--steps", type=int, default=100000)
-    tt.add_argument("--batch", type=int, default=4)
-    tt.add_argument("--lr", type=float, default=2e-4)
+    _add_gan_train_args(tt, "G_T", steps=100000, batch=4, save_every=500, log_every=50)
     tt.add_argument("--channels", default="paper", choices=sorted(TEXTURE_WIDTHS),
                     help="paper widths (GPU), or narrower ones for a CPU")
     tt.add_argument("--vgg16", help="torchvision VGG16 ImageNet weights (vgg16-397923af.pth) "
                     "for the perceptual loss; without it a documented substitute is used")
-    tt.add_argument("--seed", type=int, default=0)
-    tt.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)))
-    tt.add_argument("--save-every", type=int, default=500)
-    tt.add_argument("--log-every", type=int, default=50)
-    tt.add_argument("--restart", action="store_true", help="ignore an existing --output")
-    tt.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                    help="auto: CUDA when present (one GPU per torchrun process)")
     tt.set_defaults(func=cmd_train_texture)
     ts = tsub.add_parser("speech", help="the default speech model: synthesize a corpus with "
                          "flite / espeak-ng / festival, augment it, train with CTC")
