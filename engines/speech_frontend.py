@@ -31,7 +31,7 @@ FRAME_ROWS = 6
 #: The shipped default speech model (``etf train speech``; see README "Speech features"),
 #: pinned by SHA-256: a file that does not match is refused, never silently used.
 DEFAULT_SPEECH_MODEL = "speech_default.pt"
-DEFAULT_SPEECH_SHA256 = ""
+DEFAULT_SPEECH_SHA256 = "43652a9aa59a227819430da01067d66eb69ec358411fcaa1cc3f1fb9b5aa3f94"
 
 
 class SpeechModelError(ValueError):

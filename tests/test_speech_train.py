@@ -1,0 +1,221 @@
+"""The default speech model: synthetic corpus, augmentation, training, export, shipped file."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engines.speech_frontend import (  # noqa: E402
+    DeepSpeechFrontend,
+    SpeechModelError,
+    default_speech_model_path,
+)
+from etf_models import speech_corpus as sc  # noqa: E402
+from etf_models.deepspeech import DeepSpeechConfig, greedy_decode  # noqa: E402
+from etf_models.speech_features import SAMPLE_RATE, context_windows  # noqa: E402
+from etf_models.speech_metrics import cer  # noqa: E402
+from etf_models.speech_train import (  # noqa: E402
+    CorpusData,
+    SpeechTrainConfig,
+    TrainNet,
+    encode_label,
+    train_speech,
+)
+
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="needs Debian flite")
+
+
+def test_number_words():
+    assert sc.number_words(0) == "zero"
+    assert sc.number_words(15) == "fifteen"
+    assert sc.number_words(40) == "forty"
+    assert sc.number_words(123) == "one hundred twenty three"
+    assert sc.number_words(2_000_017) == "two million seventeen"
+
+
+@pytest.mark.parametrize("text, label", [
+    ("Mr. Smith paid 12 dollars.", "mister smith paid twelve dollars"),
+    ("It's 3.5 miles & more!", "it's three point five miles and more"),
+    ("In 1984, they won't.", "in nineteen eighty four they won't"),
+    ("cold-hearted  and\tselfish?", "cold hearted and selfish"),
+    ("'Quoted' words, here.", "quoted words here"),
+])
+def test_normalise_sentence(text, label):
+    tts, got = sc.normalise_sentence(text)
+    assert got == label
+    # the voice reads the label's words (plus punctuation for prosody), nothing else
+    assert [w.strip("'") for w in re.sub(r"[.,;:?!]", " ", tts).split()] == label.split()
+    assert sc.LABEL_RE.match(got)
+
+
+@pytest.mark.parametrize("text", ["The NASA launch.", "Costs $5.", "a", "x" * 300,
+                                  "Call 555-1234 <now>"])
+def test_normalise_sentence_drops_what_a_voice_would_misread(text):
+    assert sc.normalise_sentence(text) is None
+
+
+def test_fortune_sentences(tmp_path):
+    d = tmp_path / "fortunes"
+    d.mkdir()
+    (d / "misc").write_text("Hello there, my friend. It is 5 o'clock.\n\t\t-- Someone\n%\n"
+                            "Hello there, my friend.\n%\nSee the USA.\n")
+    (d / "misc.dat").write_bytes(b"\0\1")
+    got = [label for _, label in sc.fortune_sentences(d)]
+    assert got == ["hello there my friend", "it is five o'clock"]
+    with pytest.raises(FileNotFoundError, match="fortunes"):
+        sc.fortune_sentences(tmp_path / "none")
+
+
+def test_augmenter_conditions():
+    rng = np.random.default_rng(1)
+    t = np.arange(SAMPLE_RATE * 2) / SAMPLE_RATE
+    clean = (0.3 * np.sin(2 * np.pi * 220 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(
+        np.float32)
+    aug = sc.Augmenter(rng, opus=False)
+    aug.remember(clean)
+    kinds = set()
+    for _ in range(40):
+        y, info = aug(clean)
+        assert y.dtype == np.float32 and np.all(np.isfinite(y)) and np.abs(y).max() <= 1.0
+        assert 0.8 * len(clean) < len(y) < 1.4 * len(clean) + 1.2 * SAMPLE_RATE
+        kinds |= set(info)
+        rms = np.sqrt(np.mean(y**2))
+        assert 10 ** (-60 / 20) < rms < 10 ** (-3 / 20)
+    assert {"speed", "rt60", "band", "snr", "level_db"} <= kinds
+
+
+def test_opus_round_trip_keeps_speech_aligned():
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    x = (0.3 * np.sin(2 * np.pi * 300 * t) * np.hanning(len(t))).astype(np.float32)
+    y = sc.opus_round_trip(x, 24000)
+    assert len(y) == len(x)
+    lags = range(-40, 41)
+    corr = [np.dot(x[40:-40], np.roll(y, -k)[40:-40]) for k in lags]
+    assert abs(list(lags)[int(np.argmax(corr))]) <= 2  # encoder delay removed
+    assert np.corrcoef(x, y)[0, 1] > 0.9
+
+
+def test_room_impulse_and_noise():
+    rng = np.random.default_rng(0)
+    h = sc.room_impulse(0.4, rng)
+    assert h[0] == 1.0 and len(h) == int(0.4 * SAMPLE_RATE)
+    n = sc.coloured_noise(32000, 1.0, rng)
+    spec = np.abs(np.fft.rfft(n)) ** 2
+    f = np.fft.rfftfreq(len(n), 1 / SAMPLE_RATE)
+    low = spec[(f > 100) & (f < 200)].mean()
+    high = spec[(f > 3200) & (f < 6400)].mean()
+    assert low / high > 10  # pink: power falls with frequency
+
+
+@needs_flite
+def test_synthesize_flite_and_espeak(tmp_path):
+    rng = np.random.default_rng(0)
+    for voice in sc.voice_catalogue():
+        if voice.engine == "festival":
+            continue  # optional engine; covered when installed by the corpus test
+        x = sc.synthesize(voice, "hello world, this is a test.", rng, str(tmp_path))
+        assert 0.5 * SAMPLE_RATE < len(x) < 5 * SAMPLE_RATE, voice
+        assert np.abs(x).max() > 0.05, voice
+        if voice.engine == "espeak":
+            break  # hundreds of variants: one is enough here
+
+
+def _export_matches(net: TrainNet) -> float:
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(2, 30, 26, generator=g) * net.std + net.mean
+    net.eval()
+    with torch.inference_mode():
+        a = net(net.windows(feats))
+        model = net.export()
+        w = np.stack([context_windows(f.numpy(), net.config.n_context) for f in feats])
+        b = model(torch.from_numpy(w))
+    return float((a - b).abs().max())
+
+
+def test_export_folds_into_deepspeech_layout():
+    cfg = DeepSpeechConfig(n_hidden=24, n_cell=24, n_context=3)
+    rng = np.random.default_rng(0)
+    net = TrainNet(cfg, rng.normal(0, 5, 26).astype(np.float32),
+                   rng.uniform(0.5, 3, 26).astype(np.float32))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    assert _export_matches(net) < 1e-4
+
+
+@needs_flite
+def test_tiny_corpus_and_training_round_trip(tmp_path):
+    voices = [v for v in sc.voice_catalogue() if v.engine == "flite"][:2]
+    sentences = [sc.normalise_sentence(s) for s in (
+        "The cat sat on the mat.", "A dog ran home.", "We like red apples.",
+        "She sells sea shells.", "Open the door now.", "It is a sunny day.")]
+    corpus = tmp_path / "corpus"
+    summary = sc.build_corpus(corpus, hours=60 / 3600, seed=1, workers=2, shard_seconds=30,
+                              sentences=sentences, voices=voices)
+    assert summary["utterances"] >= 10 and (corpus / "shard_00001.npz").exists()
+    data = CorpusData(corpus)
+    assert data.feats.dtype == np.float16 and data.feats.shape[1] == 26
+    assert set(data.labels) <= {s[1] for s in sentences}
+    # a second call keeps the shards (resumable), it does not regenerate them
+    before = (corpus / "shard_00000.npz").stat().st_mtime_ns
+    sc.build_corpus(corpus, hours=60 / 3600, seed=1, workers=1, shard_seconds=30,
+                    sentences=sentences, voices=voices)
+    assert (corpus / "shard_00000.npz").stat().st_mtime_ns == before
+
+    cfg = SpeechTrainConfig(n_hidden=48, n_context=4, epochs=40, batch_frames=3000,
+                            warmup_steps=5, lr=3e-3, threads=1, val_fraction=0.1)
+    out = tmp_path / "speech.pt"
+    logs: list[str] = []
+    meta = train_speech(corpus, tmp_path / "work", out, cfg, log=logs.append, log_every=5)
+    hist = meta["history"]
+    assert hist and hist[-1]["loss"] < 0.6 * hist[0]["loss"], hist
+    frontend = DeepSpeechFrontend.from_checkpoint(out)
+    assert frontend.model.config.n_hidden == 48
+    assert frontend.lookahead_ms == 4 * 20 + 16
+    # resuming a finished run trains no further and keeps the same result
+    meta2 = train_speech(corpus, tmp_path / "work", tmp_path / "again.pt", cfg,
+                         log=logs.append)
+    assert meta2["steps"] == meta["steps"] and any("resumed" in m for m in logs)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_speech(corpus, tmp_path / "work", tmp_path / "x.pt",
+                     SpeechTrainConfig(n_hidden=32, epochs=1, threads=1), log=logs.append)
+
+
+def test_encode_label():
+    assert encode_label("ab c'") == [1, 2, 0, 3, 27]
+
+
+# --------------------------------------------------------------------------- shipped model
+
+def test_shipped_model_is_pinned(monkeypatch):
+    path = default_speech_model_path()
+    frontend = DeepSpeechFrontend.default()
+    cfg = frontend.model.config
+    assert cfg.n_output == 29 and cfg.n_input == 26
+    import engines.speech_frontend as sf
+
+    monkeypatch.setattr(sf, "DEFAULT_SPEECH_SHA256", "0" * 64)
+    with pytest.raises(SpeechModelError, match="SHA-256"):
+        sf.default_speech_model_path()
+    assert path
+
+
+@needs_flite
+@pytest.mark.parametrize("voice, text", [
+    ("slt", "the weather is nice today and we will walk to the river"),
+    ("rms", "please open the window before the meeting starts"),
+])
+def test_shipped_model_transcribes_synthetic_speech(tmp_path, voice, text):
+    rng = np.random.default_rng(5)
+    audio = sc.synthesize(sc.Voice("flite", voice), text, rng, str(tmp_path))
+    audio = np.concatenate([np.zeros(4000, np.float32), audio * 0.5,
+                            np.zeros(4000, np.float32)])
+    frontend = DeepSpeechFrontend.default()
+    rows = [frontend.push(audio[i : i + 320]) for i in range(0, len(audio), 320)]
+    hyp = greedy_decode(torch.from_numpy(np.concatenate(rows + [frontend.flush()])))
+    assert cer(text, hyp) < 0.35, hyp
