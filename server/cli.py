@@ -134,6 +134,37 @@ def cmd_adapt(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    _need_torch()
+    from engines.neural import LANDMARKS_FILE, TEXTURE_FILE
+    from etf_models.export import check_onnx, export_gl, export_gt, gl_example, gt_example
+    from etf_models.landmark_gcn import PerFrameGL
+    from etf_models.landmark_train import load_landmark_model
+    from etf_models.texture_flow import PerFrameGT
+    from etf_models.texture_train import load_texture_model
+
+    os.makedirs(args.output, exist_ok=True)
+    jobs = [(LANDMARKS_FILE, load_landmark_model, export_gl, gl_example, PerFrameGL),
+            (TEXTURE_FILE, load_texture_model, export_gt, gt_example, PerFrameGT)]
+    done = 0
+    for name, load, export, example, per_frame in jobs:
+        src = os.path.join(args.weights, name)
+        if not os.path.isfile(src):
+            continue
+        model = load(src)
+        dst = os.path.join(args.output, name.replace(".pt", ".onnx"))
+        data = export(model, dst)
+        err = check_onnx(data, per_frame(model), example(model, batch=2, seed=1))
+        if err > 1e-3:
+            return _fail(f"{dst}: ONNX Runtime differs from PyTorch by {err:.2e} (> 1e-3)")
+        print(f"wrote {dst} ({len(data) / 1e6:.1f} MB); ONNX Runtime vs PyTorch max "
+              f"|diff| {err:.1e}")
+        done += 1
+    if not done:
+        return _fail(f"{args.weights}: no {LANDMARKS_FILE} or {TEXTURE_FILE} to export")
+    return 0
+
+
 def cmd_serve(args) -> int:
     import asyncio
 
@@ -478,6 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     ad.add_argument("--iterations", type=int, default=5, help="1 to 5")
     ad.add_argument("-o", "--output", help="default: IDENTITY.texture.pt beside it")
     ad.set_defaults(func=cmd_adapt)
+
+    ex = sub.add_parser("export", help="ONNX files of the per-frame graphs of G_L and G_T, "
+                        "checked against PyTorch with ONNX Runtime")
+    ex.add_argument("--weights", required=True, help="folder with landmarks.pt / texture.pt")
+    ex.add_argument("-o", "--output", required=True, help="folder for the .onnx files")
+    ex.set_defaults(func=cmd_export)
 
     s = sub.add_parser("serve", help="the live WebRTC avatar server and its web page")
     _add_identity_args(s)
