@@ -57,18 +57,24 @@ def _torch():
     return torch
 
 
+def _load(loader, path: str | os.PathLike, what: str):
+    """A trained network, or NeuralWeightsError naming the file and the reason."""
+    from etf_models.checkpoint import CheckpointError
+
+    try:
+        return loader(path)
+    except (CheckpointError, TypeError, RuntimeError, KeyError) as e:
+        raise NeuralWeightsError(f"cannot use {what} model {path}: {e}") from None
+
+
 class GCNLandmarkEngine:
     """The LandmarkEngine contract over a trained G_L."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from etf_models.checkpoint import CheckpointError
         from etf_models.landmark_train import load_landmark_model
 
         self.torch = _torch()
-        try:
-            self.model = load_landmark_model(path)
-        except (CheckpointError, TypeError, RuntimeError, KeyError) as e:
-            raise NeuralWeightsError(f"cannot use landmark model {path}: {e}") from None
+        self.model = _load(load_landmark_model, path, "landmark")
         self._key: bytes | None = None
         self._codes = None
 
@@ -105,14 +111,11 @@ class FlowTextureEngine:
     """The TextureEngine contract over a trained G_T."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from etf_models.checkpoint import CheckpointError, sha256_of
+        from etf_models.checkpoint import sha256_of
         from etf_models.texture_train import load_texture_model
 
         self.torch = _torch()
-        try:
-            self.model = load_texture_model(path)
-        except (CheckpointError, TypeError, RuntimeError, KeyError) as e:
-            raise NeuralWeightsError(f"cannot use texture model {path}: {e}") from None
+        self.model = _load(load_texture_model, path, "texture")
         self.sha256 = sha256_of(path)
 
     def adapt(self, identity: Identity, iterations: int = 5):

@@ -282,3 +282,14 @@ def test_torchrun_ddp_on_two_cpu_processes(fake_mead, tmp_path):
         assert "ddp: 2 ranks, parameters in sync" in r.stdout
         assert r.stdout.count(f"etf train {kind}: 4 steps") == 1  # rank 0 speaks and saves
         assert torch.load(ckpt, weights_only=True)["meta"]["steps"] == 4
+
+
+def test_neural_engines_refuse_foreign_files(tmp_path):
+    from engines.neural import FlowTextureEngine, GCNLandmarkEngine, NeuralWeightsError
+
+    junk = tmp_path / "landmarks.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(NeuralWeightsError, match="cannot use landmark model"):
+        GCNLandmarkEngine(junk)
+    with pytest.raises(NeuralWeightsError, match="cannot use texture model"):
+        FlowTextureEngine(_speech_model(tmp_path / "speech.pt"))  # a speech model, not G_T
