@@ -1,8 +1,8 @@
 """A session's emotion: target emotion and intensity with smooth transitions.
 
-Switching emotion never jumps: the displayed AU parameters blend linearly from where they
-are to the new target over ``transition_s`` (default 0.25 s), measured on the caller's clock
-(video time for rendering, so results are reproducible).
+Switching emotion never jumps: the emotion (and so the displayed AU parameters) blends
+from where it is to the new target over ``transition_s`` (default 0.25 s), measured on the
+caller's clock (video time for rendering, so results are reproducible).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from engines.face_motion import EMOTIONS, emotion_one_hot, emotion_params
+from engines.face_motion import EMOTION_MATRIX, EMOTIONS, emotion_one_hot
 
 INTENSITY_ALIASES = {"low": 0.5, "high": 1.0}
 DEFAULT_TRANSITION_S = 0.25
@@ -37,17 +37,18 @@ def parse_intensity(value: str | float) -> float:
 
 
 class EmotionState:
-    """Current emotion of one session, sampled per frame with :meth:`params_at`."""
+    """Current emotion of one session, sampled per frame with :meth:`params_at` (the AU
+    parameters of the default engines) or :meth:`vector_at` (the networks' emotion input).
+
+    The state is the blended emotion vector; AU parameters are linear in it (neutral has
+    none), so both views move together through a transition."""
 
     def __init__(self, emotion: str = "neutral", intensity: float = 1.0) -> None:
         self.emotion = emotion
         self.intensity = parse_intensity(intensity)
-        target = emotion_params(emotion_one_hot(emotion), self.intensity)
-        self._from = target
-        self._to = target
         vec = emotion_vector(emotion, self.intensity)
-        self._vfrom = vec
-        self._vto = vec
+        self._from = vec
+        self._to = vec
         self._t0 = 0.0
         self._dur = 0.0
         self._last_t = 0.0
@@ -68,42 +69,31 @@ class EmotionState:
             raise ValueError(f"transition {transition_s} s is outside 0..10 s")
         new_intensity = self.intensity if intensity is None else parse_intensity(intensity)
         new_emotion = self.emotion if emotion is None else emotion
-        target = emotion_params(emotion_one_hot(new_emotion), new_intensity)
+        target = emotion_vector(new_emotion, new_intensity)
         t = self._last_t if at is None else at
         with self._lock:
-            self._from = self._params_at(t)
-            self._vfrom = self._vector_at(t)
+            self._from = self._vector_at(t)
             self.emotion, self.intensity = new_emotion, new_intensity
             self._to = target
-            self._vto = emotion_vector(new_emotion, new_intensity)
             self._t0, self._dur = t, transition_s
 
     def params_at(self, t: float) -> np.ndarray:
         """AU parameters [N_PARAMS] at time ``t`` (seconds, caller's clock)."""
-        with self._lock:
-            return self._params_at(t)
+        return self.vector_at(t) @ EMOTION_MATRIX
 
     def vector_at(self, t: float) -> np.ndarray:
-        """The blended emotion vector [7] at time ``t`` for the neural engines:
-        ``intensity * one_hot + (1 - intensity) * neutral``, moving like ``params_at``."""
+        """The blended emotion vector [7] at time ``t``:
+        ``intensity * one_hot + (1 - intensity) * neutral``, smoothly between targets."""
         with self._lock:
             return self._vector_at(t)
 
-    def _weight(self, t: float) -> float:
-        """How far the current transition has gone at ``t`` (0..1, smoothstep)."""
+    def _vector_at(self, t: float) -> np.ndarray:
         self._last_t = max(self._last_t, t)
         if self._dur <= 0 or t >= self._t0 + self._dur:
-            return 1.0
+            return self._to
         a = max(0.0, (t - self._t0) / self._dur)
-        return a * a * (3 - 2 * a)  # smoothstep: no velocity jump at either end
-
-    def _params_at(self, t: float) -> np.ndarray:
-        a = self._weight(t)
-        return self._to if a >= 1.0 else self._from + a * (self._to - self._from)
-
-    def _vector_at(self, t: float) -> np.ndarray:
-        a = self._weight(t)
-        return self._vto if a >= 1.0 else self._vfrom + a * (self._vto - self._vfrom)
+        a = a * a * (3 - 2 * a)  # smoothstep: no velocity jump at either end
+        return self._from + a * (self._to - self._from)
 
 
 def emotion_vector(emotion: str, intensity: float) -> np.ndarray:
