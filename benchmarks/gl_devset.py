@@ -36,24 +36,20 @@ FPS = 25.0
 
 def clip_frames(path: Path, frontend) -> dict:
     """Real canonical landmarks, the neutral (enrolled) landmarks and speech windows."""
-    import av
-
+    from benchmarks.lipsync_devset import closed_mouth_frame, frames_of
     from engines.audio_io import load_audio
     from engines.enrollment import enroll_image
     from engines.face_geometry import apply_affine, mouth_opening, similarity_to_canonical
     from engines.face_metrics import frame_landmarks
     from engines.speech_frontend import audio_to_windows
 
-    with av.open(str(path)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    frames = frames_of(path)
     photo = frame_landmarks(frames)
     ok = np.isfinite(photo).all(axis=(1, 2))
     canon = np.full_like(photo, np.nan)
     for i in np.flatnonzero(ok):
         canon[i] = apply_affine(similarity_to_canonical(photo[i]), photo[i])
-    opening = mouth_opening(canon)
-    head = np.where(np.isfinite(opening[:50]), opening[:50], np.inf)
-    ref = int(np.argmin(head))  # the most closed mouth in the first 2 s: the "photo"
+    ref = closed_mouth_frame(mouth_opening(canon))  # the "photo", as lipsync_devset picks it
     identity = enroll_image(frames[ref], source=f"{path.name}#{ref}")
     windows = audio_to_windows(frontend, load_audio(path, 16000), FPS)
     n = min(len(frames), len(windows))

@@ -29,6 +29,12 @@ def frames_of(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
+def closed_mouth_frame(opening: np.ndarray, first: int = 50) -> int:
+    """The identity's frame: the most closed mouth in the first 2 s (neutral, closed)."""
+    head = np.where(np.isfinite(opening[:first]), opening[:first], np.inf)
+    return int(np.argmin(head))
+
+
 def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
     from engines.audio_io import load_audio
     from engines.enrollment import enroll_image
@@ -38,9 +44,7 @@ def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
     real_frames = frames_of(clip)
     fps = 25.0
     real = mouth_openings(real_frames)
-    # The identity: the most closed mouth in the first 2 s (a neutral, closed frame).
-    head = np.where(np.isfinite(real[:50]), real[:50], np.inf)
-    ref = int(np.argmin(head))
+    ref = closed_mouth_frame(real)
     identity = enroll_image(real_frames[ref], source=f"{clip.name}#{ref}")
     audio = load_audio(clip, 16000)
     animator = FaceAnimator(identity, fps=fps)

@@ -217,21 +217,22 @@ class NeuralAnimator:
 
     def _landmarks(self, audio: np.ndarray) -> Iterator[np.ndarray]:
         from engines.face_motion import P, apply
-        from engines.pipeline import FaceAnimator
+        from engines.landmark_default import SpeechLandmarkEngine
         from engines.speech_frontend import audio_to_windows
 
-        if self.gcn is None:  # the default engine, emotion included, blinks included
-            anim = FaceAnimator(self.identity, fps=self.fps, emotion=self.emotion,
-                                seed=self.seed)
+        if self.gcn is None:  # the default engine: emotion, blinks and idle motion included
+            engine = SpeechLandmarkEngine(self.identity.neutral, fps=self.fps, seed=self.seed)
+
+            def ready() -> Iterator[np.ndarray]:
+                while engine.frames_ready() > 0:
+                    t = engine.frame_index / self.fps
+                    yield engine.next_frame(self.emotion.params_at(t))[0]
+
             for i in range(0, len(audio), 320):
-                anim.push_audio(audio[i : i + 320])
-                while anim.frames_ready():
-                    yield anim.engine.next_frame(anim.emotion.params_at(
-                        anim.engine.frame_index / self.fps))[0]
-            anim.flush()
-            while anim.frames_ready():
-                yield anim.engine.next_frame(anim.emotion.params_at(
-                    anim.engine.frame_index / self.fps))[0]
+                engine.push_audio(audio[i : i + 320])
+                yield from ready()
+            engine.flush()
+            yield from ready()
             return
         windows = audio_to_windows(self.speech, audio, self.fps)
         neutral = self.identity.neutral.astype(np.float32)[None]

@@ -415,19 +415,14 @@ _WORKER: dict = {}
 def _init_worker(sentences: list[tuple[str, str]], voices: list[Voice], opus: bool) -> None:
     _WORKER["sentences"] = sentences
     _WORKER["voices"] = voices
-    _WORKER["opus"] = opus
     _WORKER["tmp"] = tempfile.mkdtemp(prefix="etf-tts-")
-    _WORKER["aug"] = {}
+    _WORKER["aug"] = Augmenter(np.random.default_rng(0), opus)  # one per process
 
 
 def _make_utterance(seed: int) -> dict | None:
     rng = np.random.default_rng(seed)
-    sentences, voices = _WORKER["sentences"], _WORKER["voices"]
-    aug = _WORKER["aug"].get(os.getpid())
-    if aug is None:
-        aug = _WORKER["aug"][os.getpid()] = Augmenter(np.random.default_rng(seed + 1),
-                                                       _WORKER["opus"])
-    aug.rng = np.random.default_rng([seed, 7])
+    sentences, voices, aug = _WORKER["sentences"], _WORKER["voices"], _WORKER["aug"]
+    aug.rng = np.random.default_rng([seed, 7])  # the utterance's seed fixes its conditions
     tts, label = sentences[int(rng.integers(len(sentences)))]
     voice = pick_voice(voices, rng)
     try:

@@ -104,8 +104,6 @@ class TextureFrames:
     """Training pairs from ``etf preprocess`` shards (kept as JPEG until sampled)."""
 
     def __init__(self, out_dir: str | Path) -> None:
-        from engines.face_motion import EMOTIONS  # noqa: F401 - emotion indices follow it
-
         self.shards = []
         for path in sorted((Path(out_dir) / "shards").glob("*.npz")):
             with np.load(path) as z:
