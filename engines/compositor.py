@@ -38,6 +38,6 @@ def paste_crop(identity: Identity, crop: np.ndarray) -> np.ndarray:
     h, w = photo.shape[:2]
     inv = identity.from_canonical
     face = cv2.warpAffine(crop, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    mask = cv2.warpAffine(identity.face_mask, inv, (w, h), flags=cv2.INTER_LINEAR)[..., None]
+    mask = identity.photo_face_mask[..., None]
     out = photo.astype(np.float32) + mask * (face.astype(np.float32) - photo)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)

@@ -98,6 +98,15 @@ class Identity:
         k = int(0.25 * IOD) | 1
         return cv2.GaussianBlur(m.astype(np.float32) / 255.0, (k, k), 0)
 
+    @cached_property
+    def photo_face_mask(self) -> np.ndarray:
+        """The face mask warped into the photo [H,W] float32 in 0..1, for paste-back.
+
+        Constant per identity, so it is warped once here rather than on every frame.
+        """
+        h, w = self.photo.shape[:2]
+        return cv2.warpAffine(self.face_mask, self.from_canonical, (w, h), flags=cv2.INTER_LINEAR)
+
     @property
     def edges(self) -> np.ndarray:
         """Unique undirected graph edges [E,2] of the Delaunay triangulation."""

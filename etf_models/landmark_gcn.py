@@ -229,13 +229,23 @@ class LandmarkGCN(nn.Module):
 
 
 class PerFrameGL(nn.Module):
-    """G_L's per-frame graph with the identity's encoder outputs as inputs (for export)."""
+    """G_L's per-frame graph with the identity's encoder outputs as inputs (for export).
 
-    def __init__(self, gl: LandmarkGCN) -> None:
+    With ``shared_identity`` the identity inputs (neutral, code, vert, reg) have batch 1 and
+    are broadcast to the frames' batch inside the graph: one identity serves every session
+    of a server, so it is bound once instead of copied per frame.
+    """
+
+    def __init__(self, gl: LandmarkGCN, shared_identity: bool = False) -> None:
         super().__init__()
         self.gl = gl
+        self.shared_identity = shared_identity
 
     def forward(self, windows, emotion, intensity, neutral, code, vert, reg):
+        if self.shared_identity:
+            b = windows.shape[0]
+            neutral, code = neutral.expand(b, -1, -1), code.expand(b, -1)
+            vert, reg = vert.expand(b, -1, -1), reg.expand(b, -1, -1)
         return self.gl.step(windows, emotion, intensity, neutral, code, vert, reg)
 
 

@@ -217,13 +217,23 @@ class TextureFlow(nn.Module):
 
 
 class PerFrameGT(nn.Module):
-    """G_T's per-frame graph (identity tensors as inputs) returning the image only."""
+    """G_T's per-frame graph (identity tensors as inputs) returning the image only.
 
-    def __init__(self, gt: TextureFlow) -> None:
+    With ``shared_identity`` the identity tensors (s1, s2, s3, source_heat, style) have
+    batch 1 and are broadcast to the landmarks' batch inside the graph (see PerFrameGL).
+    """
+
+    def __init__(self, gt: TextureFlow, shared_identity: bool = False) -> None:
         super().__init__()
         self.gt = gt
+        self.shared_identity = shared_identity
 
     def forward(self, landmarks, emotion, intensity, s1, s2, s3, source_heat, style):
+        if self.shared_identity:
+            b = landmarks.shape[0]
+            s1, s2, s3 = s1.expand(b, -1, -1, -1), s2.expand(b, -1, -1, -1), s3.expand(
+                b, -1, -1, -1)
+            source_heat, style = source_heat.expand(b, -1, -1, -1), style.expand(b, -1)
         return self.gt.render(landmarks, emotion, intensity, s1, s2, s3, source_heat,
                               style)[0]
 

@@ -38,8 +38,8 @@ from engines.audio_ingest import NET_RATE, AudioIngest, SampleFifo
 from engines.emotion_state import EmotionState
 from engines.face_motion import EMOTIONS
 from engines.identity import Identity
+from engines.latency import LatencyRing
 from engines.pipeline import FaceAnimator
-from server.stats import LatencyRing
 
 log = logging.getLogger("etf.session")
 
