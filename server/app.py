@@ -55,13 +55,14 @@ class AvatarServer:
     """Owns the engines' shared state, the sessions, the peers and both listeners."""
 
     def __init__(self, identity: Identity, config: ServerConfig, session: SessionConfig,
-                 warp=None) -> None:
+                 warp=None, neural=None) -> None:
         self.config = config
         self.session_config = session
         workers = config.workers or max(2, os.cpu_count() or 2)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="etf-engine")
+        # neural: engines.neural_live.NeuralEngines (owned by the caller), else the default
         self.registry = SessionRegistry(identity, session, self.executor, config.max_sessions,
-                                        warp=warp)
+                                        warp=warp, neural=neural)
         self.identity = identity
         self.peers: dict[str, object] = {}
         self.control: ControlServer | None = None
@@ -282,11 +283,11 @@ def _packets_received(pc) -> int:
 
 
 async def serve_forever(identity: Identity, config: ServerConfig, session: SessionConfig,
-                        ready: asyncio.Event | None = None) -> None:
+                        ready: asyncio.Event | None = None, neural=None) -> None:
     """Run ``etf serve`` until cancelled (Ctrl-C)."""
     import signal
 
-    server = AvatarServer(identity, config, session)
+    server = AvatarServer(identity, config, session, neural=neural)
     await server.start()
     plural = "s" if config.max_sessions != 1 else ""
     print(f"etf serve: open http://{config.host}:{server.http_port}/ "
@@ -318,10 +319,10 @@ class BackgroundServer:
     """
 
     def __init__(self, identity: Identity, config: ServerConfig, session: SessionConfig,
-                 warp=None) -> None:
+                 warp=None, neural=None) -> None:
         import threading
 
-        self.server = AvatarServer(identity, config, session, warp=warp)
+        self.server = AvatarServer(identity, config, session, warp=warp, neural=neural)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="etf-server",
                                         daemon=True)

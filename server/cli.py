@@ -190,11 +190,52 @@ def cmd_serve(args) -> int:
                           token=token, max_sessions=args.max_sessions, workers=args.workers,
                           public_control_url=args.public_control_url,
                           allowed_origins=tuple(args.allow_origin or ()))
+    neural = None
+    if args.engine == "neural":
+        neural = _neural_engines(args, identity)
+        if isinstance(neural, int):
+            return neural
+    elif args.engine != "default":
+        return _fail(f"--engine must be default or neural, got {args.engine!r}")
     try:
-        asyncio.run(serve_forever(identity, config, session))
+        asyncio.run(serve_forever(identity, config, session, neural=neural))
     except OSError as e:
         return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
+    finally:
+        if neural is not None:
+            neural.close()
     return 0
+
+
+def _neural_engines(args, identity):
+    """The live neural engines for ``etf serve --engine neural``, or an exit status."""
+    from engines.backends import BackendSpec, BackendUnavailable
+    from engines.neural import NeuralWeightsError
+    from engines.neural_live import NeuralConfig, NeuralEngines
+
+    if args.weights is None:
+        return _fail("--engine neural needs --weights DIR (landmarks.pt and texture.pt from "
+                     "'etf train landmarks' and 'etf train texture')")
+    try:
+        BackendSpec.parse(args.backend)
+    except ValueError as e:
+        return _fail(str(e))
+    if not 1 <= args.max_batch <= 256:
+        return _fail(f"--max-batch {args.max_batch} is outside 1..256")
+    if not 0.0 <= args.batch_wait_ms <= 20.0:
+        return _fail(f"--batch-wait-ms {args.batch_wait_ms} is outside 0..20")
+    config = NeuralConfig(weights=args.weights, backend=args.backend,
+                          max_batch=min(args.max_batch, args.max_sessions),
+                          max_wait_ms=args.batch_wait_ms, capacity=args.max_sessions)
+    t = time.perf_counter()
+    try:
+        engines = NeuralEngines(identity, config, identity_file=args.identity)
+    except (NeuralWeightsError, BackendUnavailable) as e:
+        return _fail(str(e))
+    print(f"etf serve: neural engines ready on {args.backend} in "
+          f"{time.perf_counter() - t:.1f} s (G_L {engines.gl.build_s:.2f} s, "
+          f"G_T {engines.gt.build_s:.2f} s to build)", file=sys.stderr)
+    return engines
 
 
 def cmd_live(args) -> int:
@@ -526,6 +567,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="concurrent peers; more are refused with 503")
     s.add_argument("--workers", type=int, default=0,
                    help="engine threads (default: one per CPU core)")
+    s.add_argument("--engine", default="default",
+                   help="default (geometric, no weights) or neural (the paper's G_L and G_T "
+                   "from --weights, batched across sessions on one device worker)")
+    s.add_argument("--weights", default=None,
+                   help="neural: folder with landmarks.pt, texture.pt (and speech.pt)")
+    s.add_argument("--backend", default="torch",
+                   help="neural: torch, ort, cuda, cuda-fp16[+graphs][+compile], tensorrt")
+    s.add_argument("--max-batch", type=int, default=32,
+                   help="neural: frames per engine call at most")
+    s.add_argument("--batch-wait-ms", type=float, default=4.0,
+                   help="neural: longest a frame waits for its batch to fill")
     s.add_argument("--public-control-url", default=None,
                    help="behind a reverse proxy: the control channel's public base URL "
                    "(e.g. wss://host/etf-control) given to clients")

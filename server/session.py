@@ -17,6 +17,12 @@ Timing (P = 1/fps, t0 = the session clock's origin, set when media starts flowin
   counted as dropped), so latency stays bounded.
 - Emotion changes are sampled at compute time on the session clock, so a change shows in
   the next frame computed (released one period later), blended over its transition.
+
+Two kinds of engines: the default one renders each session's frames on the engine thread
+pool (``FaceAnimator``); the neural one (``engines.neural_live``) prepares each session's
+frame inputs on that pool and renders the frames of all sessions together on the device
+worker (``BatchWorker``). Neural sessions start on a shared tick grid
+(``aligned_start``) so their frames are due at the same instants and batch together.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 
 from engines import texture_warp
 from engines.audio_ingest import NET_RATE, AudioIngest, SampleFifo
+from engines.batching import CapacityError, aligned_start
 from engines.emotion_state import EmotionState
 from engines.face_motion import EMOTIONS
 from engines.identity import Identity
@@ -90,16 +97,13 @@ class VideoOut:
     skipped: int = 0  # frames advanced without rendering to catch up
 
 
-def measure_ready_lag(identity: Identity, warp: texture_warp.WarpState,
-                      config: SessionConfig, ticks: int = 60) -> int:
+def measure_ready_lag(animator, config: SessionConfig, ticks: int = 60) -> int:
     """Ticks between a chunk's arrival and its frame being ready (``r``), measured.
 
-    Runs the real ingest + landmark path on synthetic speech-like noise bursts and silence,
-    taking the largest lag seen, so release times never wait on a frame that is not there.
+    Runs the real ingest path and ``animator`` (a fresh per-session stream: ``push_audio``,
+    ``frames_ready``, ``skip``) on synthetic speech-like noise bursts and silence, taking
+    the largest lag seen, so release times never wait on a frame that is not there.
     """
-    animator = FaceAnimator(identity, config.fps, warp=warp,
-                            phone_lookahead_ms=config.phone_lookahead_ms,
-                            coart_future_ms=config.coart_future_ms)
     ingest = AudioIngest(target_ms=0.0, max_ms=config.max_buffer_ms, use_vad=config.use_vad)
     n48 = int(round(NET_RATE / config.fps))
     rng = np.random.default_rng(0)
@@ -131,6 +135,7 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
         session_id: str | None = None,
+        neural=None,
     ) -> None:
         # The id is a capability: it grants control of the session, so it is unguessable
         # unless the caller names it (etf live's single local session).
@@ -146,6 +151,7 @@ class Session:
         self.samples_per_tick = int(round(NET_RATE / config.fps))
         self.delay_ticks = ready_lag + 2
         self.emotion = EmotionState(config.emotion, config.intensity)
+        self.neural = neural  # engines.neural_live.NeuralEngines, or None: the default engine
         self.ingest = AudioIngest(config.jitter_ms, config.max_buffer_ms, use_vad=config.use_vad)
         self.animator: FaceAnimator | None = None
         self.created = clock()
@@ -167,6 +173,13 @@ class Session:
     async def prepare(self) -> None:
         """Build the per-session engines off the event loop."""
         loop = asyncio.get_running_loop()
+        if self.neural is not None:
+            self.neural.worker.open(self.id)  # CapacityError when the device is full
+            self.on_close.append(lambda s: s.neural.worker.close(s.id))
+            self.animator = await loop.run_in_executor(
+                self.executor,
+                lambda: self.neural.stream(self.config.fps, self.emotion, self.seed))
+            return
         self.animator = await loop.run_in_executor(
             self.executor,
             lambda: FaceAnimator(self.identity, self.config.fps, emotion=self.emotion,
@@ -178,7 +191,8 @@ class Session:
     def ensure_started(self) -> None:
         """Start the clock and the tick loop (first media pull from either track)."""
         if self._task is None and not self.closed:
-            self.t0 = self.clock()
+            now = self.clock()
+            self.t0 = now if self.neural is None else aligned_start(now, self.period)
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self, reason: str = "closed") -> None:
@@ -272,9 +286,7 @@ class Session:
                     chunk48, chunk16 = self.ingest.take(self.samples_per_tick)
                     self._queue_output_audio(chunk48)
                     speech.append(chunk16)
-                frames = await loop.run_in_executor(
-                    self.executor, self._compute, speech, self.now()
-                )
+                frames = await self._frames(speech)
                 n += due
                 for frame in frames:
                     self._publish(frame)
@@ -290,6 +302,52 @@ class Session:
         if len(self._audio_out) > limit:
             self._audio_out.pop(len(self._audio_out) - limit)
 
+    async def _frames(self, speech: list[np.ndarray]) -> list[VideoOut]:
+        """This tick's frames: rendered on the engine pool (default engine), or inputs
+        prepared on the pool and rendered in a batch on the device worker (neural)."""
+        loop = asyncio.get_running_loop()
+        if self.neural is None:
+            return await loop.run_in_executor(self.executor, self._compute, speech,
+                                              self.now())
+        t_start = time.perf_counter()
+        jobs = await loop.run_in_executor(self.executor, self._compute_inputs, speech,
+                                          self.now())
+        futures = [asyncio.wrap_future(self.neural.worker.submit(self.id, inputs))
+                   for _, inputs, _ in jobs]
+        t0 = time.perf_counter()
+        images = await asyncio.gather(*futures)
+        out = []
+        for (index, _, skipped), yuv in zip(jobs, images, strict=True):
+            self.latency["frame"].add(time.perf_counter() - t0)
+            release = self.t0 + (index + self.delay_ticks) * self.period
+            out.append(VideoOut(index, yuv, release, skipped=skipped))
+        if out:
+            self.latency["tick"].add(time.perf_counter() - t_start)
+        return out
+
+    def _ready_frames(self, speech: list[np.ndarray]) -> tuple[int, int]:
+        """Feed the audio of due ticks; (frames to render, frames skipped to catch up)."""
+        t_start = time.perf_counter()
+        animator = self.animator
+        for chunk in speech:
+            animator.push_audio(chunk)
+        self.latency["speech"].add(time.perf_counter() - t_start)
+        ready = animator.frames_ready()
+        skipped = max(0, ready - MAX_RENDER_PER_TICK)
+        for _ in range(skipped):
+            animator.skip()
+        return ready - skipped, skipped
+
+    def _compute_inputs(self, speech: list[np.ndarray], emotion_at: float) -> list[tuple]:
+        """Worker thread (neural): [(frame index, FrameInputs, skipped before it)]."""
+        n, skipped = self._ready_frames(speech)
+        jobs = []
+        for _ in range(n):
+            index = self.animator.frame_index
+            jobs.append((index, self.animator.next_inputs(emotion_at), skipped))
+            skipped = 0
+        return jobs
+
     def _compute(self, speech: list[np.ndarray], emotion_at: float) -> list[VideoOut]:
         """Worker thread: feed the audio of due ticks, render the frames that became ready.
 
@@ -298,19 +356,11 @@ class Session:
         released at its own time; beyond that the oldest are skipped (counted as dropped).
         """
         t_start = time.perf_counter()
-        animator = self.animator
-        for chunk in speech:
-            animator.push_audio(chunk)
-        t_speech = time.perf_counter()
-        self.latency["speech"].add(t_speech - t_start)
-        ready = animator.frames_ready()
-        skipped = max(0, ready - MAX_RENDER_PER_TICK)
-        for _ in range(skipped):
-            animator.skip()
+        n, skipped = self._ready_frames(speech)
         out = []
-        for _ in range(ready - skipped):
+        for _ in range(n):
             t0 = time.perf_counter()
-            frame = animator.step(copy=False, emotion_at=emotion_at)
+            frame = self.animator.step(copy=False, emotion_at=emotion_at)
             t1 = time.perf_counter()
             yuv = cv2.cvtColor(frame.image, cv2.COLOR_RGB2YUV_I420)
             t2 = time.perf_counter()
@@ -391,21 +441,26 @@ class Session:
         }
 
 
-class CapacityError(RuntimeError):
-    """All session slots are taken."""
-
-
 class SessionRegistry:
     """All live sessions of one server; they share only the identity and its warp state."""
 
     def __init__(self, identity: Identity, config: SessionConfig, executor: Executor,
-                 max_sessions: int, warp: texture_warp.WarpState | None = None) -> None:
+                 max_sessions: int, warp: texture_warp.WarpState | None = None,
+                 neural=None) -> None:
         self.identity = identity
         self.config = config
         self.executor = executor
         self.max_sessions = max_sessions
-        self.warp = warp or texture_warp.prepare(identity)
-        self.ready_lag = measure_ready_lag(identity, self.warp, config)
+        self.neural = neural
+        if neural is not None:
+            self.warp = None
+            probe = neural.stream(config.fps, EmotionState(), 0)
+        else:
+            self.warp = warp or texture_warp.prepare(identity)
+            probe = FaceAnimator(identity, config.fps, warp=self.warp,
+                                 phone_lookahead_ms=config.phone_lookahead_ms,
+                                 coart_future_ms=config.coart_future_ms)
+        self.ready_lag = measure_ready_lag(probe, config)
         self.sessions: dict[str, Session] = {}
         self.started = time.monotonic()
         self.counters = collections.Counter()
@@ -425,7 +480,7 @@ class SessionRegistry:
     async def create(self, session_id: str | None = None) -> Session:
         self.check_capacity()
         session = Session(self.identity, self.warp, self.config, self.executor, self.ready_lag,
-                          session_id=session_id)
+                          session_id=session_id, neural=self.neural)
         session.label = f"s{self.counters['created'] + 1}"
         self.counters["created"] += 1
         self.sessions[session.id] = session  # reserve the slot before awaiting
@@ -445,6 +500,10 @@ class SessionRegistry:
         the machine is already at its limit: better to refuse a newcomer clearly than to
         slow everyone down.
         """
+        if self.neural is not None:
+            why = self.neural.worker.overloaded(1.0 / self.config.fps)
+            if why:
+                return why
         for s in self.sessions.values():
             st = s.stats(public=True)
             if st["media_s"] > 3.0 and st["fps"] < 0.9 * self.config.fps:
@@ -462,5 +521,6 @@ class SessionRegistry:
             "sessions_started": self.counters["started"],
             "refused": dict(self.refused) or {"capacity": 0},
             "uptime_s": time.monotonic() - self.started,
+            **({"device_worker": self.neural.worker.stats()} if self.neural else {}),
         }
 

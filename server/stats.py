@@ -40,6 +40,15 @@ def prometheus_text(server: dict, sessions: list[dict]) -> str:
     )
     metric("etf_uptime_seconds", "gauge", "Seconds since the server started.",
            [({}, round(server["uptime_s"], 3))])
+    dev = server.get("device_worker")
+    if dev:  # the neural engines' batching worker
+        metric("etf_device_batches_total", "counter", "Engine calls of the device worker.",
+               [({}, dev["batches"])])
+        metric("etf_device_batch_mean", "gauge", "Mean frames per engine call.",
+               [({}, dev["mean_batch"])])
+        metric("etf_device_frame_ms", "gauge",
+               "Per-frame latency on the device worker (wait for the batch + compute).",
+               [({"quantile": q}, dev["latency_ms"]["total"][q]) for q in ("p50", "p99")])
     per = [(s["session"], s) for s in sessions]
     metric("etf_frames_total", "counter", "Video frames sent.",
            [({"session": sid}, s["frames_sent"]) for sid, s in per])

@@ -96,3 +96,17 @@ def test_enroll_then_render_identity(tmp_path, capsys):
     assert main(["render", "--identity", str(ident), "--audio", str(silent), "-q",
                  "-o", str(out)]) == 0
     assert probe_media(out)["n_frames"] == 13
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--engine", "neural"], "needs --weights DIR"),
+    (["--engine", "neural", "--weights", "WEIGHTS", "--backend", "cuda+turbo"],
+     "unknown backend option"),
+    (["--engine", "neural", "--weights", "WEIGHTS", "--max-batch", "0"], "--max-batch 0"),
+    (["--engine", "neural", "--weights", "WEIGHTS"], "landmarks.pt does not exist"),
+    (["--engine", "magic"], "--engine must be default or neural"),
+])
+def test_serve_neural_engine_bad_options(tmp_path, capsys, args, words):
+    args = [str(tmp_path) if a == "WEIGHTS" else a for a in args]
+    assert main(["serve", "--port", "0", *args]) == 2
+    assert words in capsys.readouterr().err

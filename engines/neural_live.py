@@ -1,0 +1,210 @@
+"""Live serving with the paper's networks: many sessions, one face, one device worker.
+
+- :class:`NeuralStream` is one session's CPU side: the streaming speech front end, the
+  per-frame DeepSpeech windows, the emotion state and eye blinks sampled per frame. It
+  yields :class:`FrameInputs`, a few hundred bytes per frame.
+- :class:`NeuralFrameStep` is the device side, run by the ``BatchWorker`` on a batch of
+  frames from all sessions: G_L (one backend call) -> blinks added to the landmarks (as in
+  the paper, before the texture) -> G_T (one backend call) -> paste-back into the photo ->
+  RGB to I420, all on the backend's device; only the I420 bytes come back to the host.
+- :class:`NeuralEngines` loads the weights once, prepares the identity once (G_L's graph
+  code, G_T's encoder features, one-shot adaptation if stored) and owns the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engines.batching import BatchWorker
+from engines.emotion_state import EmotionState
+from engines.identity import Identity
+from engines.latency import LatencyRing
+
+#: Per-frame stages of the device step, in order (timed per batch).
+STEP_STAGES = ("upload", "landmarks", "texture", "paste", "yuv", "download")
+
+
+@dataclass
+class FrameInputs:
+    """What one frame of one session needs from the device."""
+
+    window: np.ndarray  # [6,29] DeepSpeech logits centred on the frame
+    emotion: np.ndarray  # [7] blended emotion vector (intensity folded in)
+    blink: float  # eyelid closure 0..1
+
+
+class NeuralStream:
+    """One session's streaming inputs to the neural engines (CPU; see module docstring)."""
+
+    def __init__(self, speech_model, fps: float, emotion: EmotionState | None = None,
+                 seed: int = 0) -> None:
+        from engines.landmark_default import Blinker
+        from engines.speech_frontend import DeepSpeechFrontend, VideoWindows
+
+        self.fps = fps
+        self.emotion = emotion or EmotionState()
+        self.frontend = DeepSpeechFrontend(speech_model)  # shared weights, own state
+        self.windows = VideoWindows(fps)
+        self.blinker = Blinker(np.random.default_rng(seed))
+        self._pending: deque[np.ndarray] = deque()
+        self.frame_index = 0
+
+    @property
+    def lookahead_ms(self) -> float:
+        return self.frontend.lookahead_ms + self.windows.lookahead_ms
+
+    def push_audio(self, pcm16k: np.ndarray) -> None:
+        """16 kHz mono float32 audio, any chunk size."""
+        self._pending.extend(self.windows.push(self.frontend.push(pcm16k)))
+
+    def frames_ready(self) -> int:
+        return len(self._pending)
+
+    def skip(self) -> None:
+        """Advance one frame without rendering it (a session catching up)."""
+        self._pending.popleft()
+        self.frame_index += 1
+
+    def next_inputs(self, emotion_at: float | None = None) -> FrameInputs:
+        """The next frame's inputs (requires ``frames_ready() > 0``); the emotion is
+        sampled at ``emotion_at`` on the emotion state's clock, else at the frame's time."""
+        t = self.frame_index / self.fps
+        self.frame_index += 1
+        vec = self.emotion.vector_at(t if emotion_at is None else emotion_at)
+        return FrameInputs(self._pending.popleft(), vec.astype(np.float32),
+                           self.blinker.at(t))
+
+
+class NeuralFrameStep:
+    """The device side of a batch (see module docstring): ``step(list[FrameInputs])`` ->
+    list of I420 frames [H*3/2, W] uint8 (numpy, on the host)."""
+
+    def __init__(self, gl_backend, gt_backend, identity: Identity, blink_field: np.ndarray
+                 ) -> None:
+        import torch
+
+        from engines.gpu_compositor import TorchPasteBack
+
+        self.torch = torch
+        self.gl, self.gt = gl_backend, gt_backend
+        self.device = gt_backend.device
+        self.paste = TorchPasteBack(identity, self.device)
+        self.blink_field = torch.from_numpy(blink_field.astype(np.float32)).to(self.device)
+        self.latency = {s: LatencyRing() for s in STEP_STAGES}
+        self._cuda = self.device.type == "cuda"
+
+    def _mark(self, stage: str, t0: float) -> float:
+        if self._cuda:  # per-stage host timing needs the stream drained (benchmarks only)
+            self.torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        self.latency[stage].add(t1 - t0)
+        return t1
+
+    def __call__(self, frames: list[FrameInputs], timed: bool = False) -> list[np.ndarray]:
+        from engines.gpu_compositor import rgb_to_i420
+
+        torch = self.torch
+        t = time.perf_counter()
+        b = len(frames)
+        windows = torch.from_numpy(np.stack([f.window for f in frames]))
+        emotion = torch.from_numpy(np.stack([f.emotion for f in frames]))
+        blink = torch.tensor([f.blink for f in frames], dtype=torch.float32)
+        if self._cuda:
+            windows, emotion, blink = (x.pin_memory().to(self.device, non_blocking=True)
+                                       for x in (windows, emotion, blink))
+        ones = torch.ones(b, device=self.device)
+        t = self._mark("upload", t) if timed else t
+        lm = self.gl.infer({"windows": windows, "emotion": emotion, "intensity": ones}
+                           )["landmarks"].to(self.device, torch.float32)
+        # Eye blinks are added to the landmarks before the texture (as in the paper).
+        lm = lm + blink[:, None, None].to(lm.device) * self.blink_field
+        t = self._mark("landmarks", t) if timed else t
+        crops = self.gt.infer({"landmarks": lm, "emotion": emotion.to(lm.device),
+                               "intensity": ones.to(lm.device)})["image"]
+        t = self._mark("texture", t) if timed else t
+        full = self.paste(crops.to(self.device))
+        t = self._mark("paste", t) if timed else t
+        yuv = rgb_to_i420(full)
+        t = self._mark("yuv", t) if timed else t
+        host = yuv.cpu().numpy()  # the one device -> host copy of the frame
+        if timed:
+            self._mark("download", t)
+        return list(host)
+
+
+@dataclass(frozen=True)
+class NeuralConfig:
+    """The live neural engines (filled by ``etf serve``)."""
+
+    weights: str
+    backend: str = "torch"  # see engines/backends.py
+    max_batch: int = 16
+    max_wait_ms: float = 4.0
+    capacity: int = 16
+
+
+class NeuralEngines:
+    """Weights, identity preparation and the device worker, shared by all sessions."""
+
+    def __init__(self, identity: Identity, config: NeuralConfig,
+                 identity_file: str | os.PathLike | None = None) -> None:
+        import torch
+
+        from engines.backends import gl_graph, gt_graph, make_backend
+        from engines.face_motion import P, build_fields
+        from engines.neural import (
+            LANDMARKS_FILE,
+            SPEECH_FILE,
+            TEXTURE_FILE,
+            FlowTextureEngine,
+            GCNLandmarkEngine,
+            adapted_path,
+            weights_file,
+        )
+        from engines.speech_frontend import DeepSpeechFrontend
+
+        self.identity, self.config = identity, config
+        gl = GCNLandmarkEngine(weights_file(config.weights, LANDMARKS_FILE, "neural serving",
+                                            "etf train landmarks")).model
+        flow = FlowTextureEngine(weights_file(config.weights, TEXTURE_FILE, "neural serving",
+                                              "etf train texture"))
+        adapted = adapted_path(identity_file) if identity_file else None
+        state = flow.prepare(identity, adapted=adapted if adapted and adapted.is_file()
+                             else None)
+        self.adaptation = state.adaptation
+        speech = Path(config.weights) / SPEECH_FILE
+        self.speech_model = (DeepSpeechFrontend.from_checkpoint(speech) if speech.is_file()
+                             else DeepSpeechFrontend.default()).model
+        self.speech_lookahead_ms = DeepSpeechFrontend(self.speech_model).lookahead_ms
+
+        neutral = torch.from_numpy(identity.neutral.astype(np.float32))[None]
+        with torch.no_grad():
+            code, vert, reg = gl.encode_identity(neutral)
+        s1, s2, s3, heat, style = state.tensors
+        self.gl = make_backend(gl_graph(gl), config.backend, max_batch=config.max_batch)
+        self.gt = make_backend(gt_graph(state.model), config.backend,
+                               max_batch=config.max_batch)
+        for backend, tensors in ((self.gl, {"neutral": neutral, "code": code, "vert": vert,
+                                            "reg": reg}),
+                                 (self.gt, {"s1": s1, "s2": s2, "s3": s3, "source_heat": heat,
+                                            "style": style})):
+            backend.activate()
+            backend.bind(tensors)
+        blink = build_fields(identity.neutral)[P["blink"]]
+        self.step = NeuralFrameStep(self.gl, self.gt, identity, blink)
+        self.worker = BatchWorker(self.step, config.max_batch, config.capacity,
+                                  config.max_wait_ms / 1e3)
+
+    def stream(self, fps: float, emotion: EmotionState, seed: int) -> NeuralStream:
+        return NeuralStream(self.speech_model, fps, emotion, seed)
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.gl.deactivate()
+        self.gt.deactivate()
