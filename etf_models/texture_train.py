@@ -219,10 +219,11 @@ def adapt(g: TextureFlow, photo: np.ndarray, landmarks: np.ndarray, iterations: 
     """
     if not 1 <= iterations <= 5:
         raise ValueError("one-shot adaptation takes 1 to 5 iterations")
-    src = _to_tensor(np.asarray(photo, np.uint8)[None])
-    lm = torch.as_tensor(np.asarray(landmarks, np.float32))[None]
-    emo = torch.eye(7)[[0]]
-    inten = torch.zeros(1)
+    dev = next(g.parameters()).device  # adapt where the model lives (CPU or GPU)
+    src = _to_tensor(np.asarray(photo, np.uint8)[None]).to(dev)
+    lm = torch.as_tensor(np.asarray(landmarks, np.float32))[None].to(dev)
+    emo = torch.eye(7, device=dev)[[0]]
+    inten = torch.zeros(1, device=dev)
     params = g.identity_parameters()
     opt = torch.optim.Adam(params, lr=lr)
     frozen = [p for p in g.parameters() if all(p is not q for q in params)]
