@@ -141,21 +141,27 @@ class PerFrameGraph:
         return hashlib.sha256(self.onnx()).hexdigest()
 
 
+def _shared_graph(name: str, wrapped, net, make_example, frame_inputs: tuple[str, ...],
+                  identity_inputs: tuple[str, ...], output: str) -> PerFrameGraph:
+    def example(b: int) -> dict:
+        ex = make_example(net, b, shared_identity=True)
+        return {k: ex[k] for k in frame_inputs}
+
+    def identity() -> dict:
+        ex = make_example(net, 1, shared_identity=True)
+        return {k: ex[k] for k in identity_inputs}
+
+    return PerFrameGraph(name, wrapped.eval(), frame_inputs, identity_inputs, output, example,
+                         identity)
+
+
 def gl_graph(gl) -> PerFrameGraph:
     """G_L's per-frame graph (``LandmarkGCN``) with a shared identity."""
     from etf_models.export import GL_FRAME_INPUTS, GL_IDENTITY_INPUTS, gl_example
     from etf_models.landmark_gcn import PerFrameGL
 
-    def example(b: int) -> dict:
-        ex = gl_example(gl, b, shared_identity=True)
-        return {k: ex[k] for k in GL_FRAME_INPUTS}
-
-    def identity() -> dict:
-        ex = gl_example(gl, 1, shared_identity=True)
-        return {k: ex[k] for k in GL_IDENTITY_INPUTS}
-
-    return PerFrameGraph("gl", PerFrameGL(gl, shared_identity=True).eval(), GL_FRAME_INPUTS,
-                         GL_IDENTITY_INPUTS, "landmarks", example, identity)
+    return _shared_graph("gl", PerFrameGL(gl, shared_identity=True), gl, gl_example,
+                         GL_FRAME_INPUTS, GL_IDENTITY_INPUTS, "landmarks")
 
 
 def gt_graph(gt) -> PerFrameGraph:
@@ -163,16 +169,8 @@ def gt_graph(gt) -> PerFrameGraph:
     from etf_models.export import GT_FRAME_INPUTS, GT_IDENTITY_INPUTS, gt_example
     from etf_models.texture_flow import PerFrameGT
 
-    def example(b: int) -> dict:
-        ex = gt_example(gt, b, shared_identity=True)
-        return {k: ex[k] for k in GT_FRAME_INPUTS}
-
-    def identity() -> dict:
-        ex = gt_example(gt, 1, shared_identity=True)
-        return {k: ex[k] for k in GT_IDENTITY_INPUTS}
-
-    return PerFrameGraph("gt", PerFrameGT(gt, shared_identity=True).eval(), GT_FRAME_INPUTS,
-                         GT_IDENTITY_INPUTS, "image", example, identity)
+    return _shared_graph("gt", PerFrameGT(gt, shared_identity=True), gt, gt_example,
+                         GT_FRAME_INPUTS, GT_IDENTITY_INPUTS, "image")
 
 
 class Backend(Protocol):
