@@ -131,6 +131,7 @@ class PerFrameGraph:
         if self._onnx is None:
             from etf_models.export import export_module
 
+            # traced at batch 2 so the identity's broadcast is recorded, not folded away
             inputs = {**self.example(2), **self.identity_example()}
             inputs = {k: inputs[k] for k in self.input_order}
             self._onnx = export_module(self.module, inputs, self.output,

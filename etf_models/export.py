@@ -7,10 +7,10 @@ The per-frame graphs take what changes every frame plus the identity's cached te
 - G_T: ``landmarks [B,68,2], emotion [B,7], intensity [B], s1, s2, s3, source_heat, style
   -> image [B,3,256,256]`` (-1..1).
 
-The batch axis is dynamic, so one engine serves any number of sessions per call. With
-``shared_identity=True`` only the per-frame inputs have the batch axis; the identity tensors
-have batch 1 and are broadcast inside the graph (one face per server: bound once, never
-copied per frame). That is the form the live engines use (``engines/backends.py``).
+The batch axis is dynamic, so one engine serves any number of sessions per call. The live
+engines export the shared-identity form instead (``engines/backends.PerFrameGraph.onnx``):
+only the per-frame inputs have the batch axis, the identity tensors have batch 1 and are
+broadcast inside the graph (one face per server: bound once, never copied per frame).
 ``check_onnx`` runs the file in ONNX Runtime against PyTorch and returns the largest
 absolute difference (the tests and ``etf export`` require <= 1e-3 in fp32).
 """
@@ -29,10 +29,8 @@ from etf_models.texture_flow import PerFrameGT, TextureFlow
 
 GL_FRAME_INPUTS = ("windows", "emotion", "intensity")
 GL_IDENTITY_INPUTS = ("neutral", "code", "vert", "reg")
-GL_INPUTS = GL_FRAME_INPUTS + GL_IDENTITY_INPUTS
 GT_FRAME_INPUTS = ("landmarks", "emotion", "intensity")
 GT_IDENTITY_INPUTS = ("s1", "s2", "s3", "source_heat", "style")
-GT_INPUTS = GT_FRAME_INPUTS + GT_IDENTITY_INPUTS
 OPSET = 17
 
 
@@ -90,19 +88,11 @@ def export_module(module: torch.nn.Module, inputs: dict[str, torch.Tensor], outp
     return data
 
 
-def export_gl(gl: LandmarkGCN, path: str | os.PathLike | None = None,
-              shared_identity: bool = False) -> bytes:
-    if shared_identity:  # traced at batch 2 so the broadcast is recorded, not folded away
-        return export_module(PerFrameGL(gl, True), gl_example(gl, 2, shared_identity=True),
-                             "landmarks", path, GL_FRAME_INPUTS)
+def export_gl(gl: LandmarkGCN, path: str | os.PathLike | None = None) -> bytes:
     return export_module(PerFrameGL(gl), gl_example(gl), "landmarks", path)
 
 
-def export_gt(gt: TextureFlow, path: str | os.PathLike | None = None,
-              shared_identity: bool = False) -> bytes:
-    if shared_identity:
-        return export_module(PerFrameGT(gt, True), gt_example(gt, 2, shared_identity=True),
-                             "image", path, GT_FRAME_INPUTS)
+def export_gt(gt: TextureFlow, path: str | os.PathLike | None = None) -> bytes:
     return export_module(PerFrameGT(gt), gt_example(gt), "image", path)
 
 

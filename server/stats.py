@@ -6,9 +6,6 @@ behaviour and memory stays constant however long a session runs.
 
 from __future__ import annotations
 
-#: Stages timed per frame, in pipeline order.
-STAGES = ("audio", "landmarks", "render", "tick")
-
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
