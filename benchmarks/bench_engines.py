@@ -59,10 +59,9 @@ def log(msg: str) -> None:
 
 
 def _q(times_s: list[float]) -> dict:
-    a = np.asarray(times_s) * 1e3
-    return {"p50": round(float(np.percentile(a, 50)), 3),
-            "p99": round(float(np.percentile(a, 99)), 3),
-            "max": round(float(a.max()), 3), "n": int(a.size)}
+    from engines.latency import quantiles_ms
+
+    return {**quantiles_ms(times_s), "n": len(times_s)}
 
 
 # ----- setup -----------------------------------------------------------------------------
@@ -99,23 +98,14 @@ class Setup:
     """The served identity, its tensors for both networks, and random frame inputs."""
 
     def __init__(self, gl, gt, pool: int = 64, seed: int = 0) -> None:
-        import torch
-
         from engines.default_face import default_identity
-        from engines.face_motion import P, build_fields
+        from engines.neural import gl_identity_inputs, gt_identity_inputs
         from engines.neural_live import FrameInputs
 
         self.gl, self.gt = gl, gt
         self.identity = default_identity().for_video(PHOTO_SIDE)
-        neutral = torch.from_numpy(self.identity.neutral.astype(np.float32))[None]
-        src = torch.from_numpy(self.identity.crop).permute(2, 0, 1)[None].float() / 127.5 - 1
-        with torch.no_grad():
-            code, vert, reg = gl.encode_identity(neutral)
-            s1, s2, s3, heat, style = gt.prepare(src, neutral)
-        self.gl_identity = {"neutral": neutral, "code": code, "vert": vert, "reg": reg}
-        self.gt_identity = {"s1": s1, "s2": s2, "s3": s3, "source_heat": heat,
-                            "style": style}
-        self.blink = build_fields(self.identity.neutral)[P["blink"]]
+        self.gl_identity = gl_identity_inputs(gl, self.identity)
+        self.gt_identity = gt_identity_inputs(gt, self.identity)
         rng = np.random.default_rng(seed)
         self.frames = [FrameInputs(rng.standard_normal((6, 29)).astype(np.float32),
                                    rng.dirichlet(np.ones(7)).astype(np.float32),
@@ -149,7 +139,7 @@ class Engine:
         except BaseException:
             self.close()
             raise
-        self.step = NeuralFrameStep(self.gl, self.gt, setup.identity, setup.blink)
+        self.step = NeuralFrameStep(self.gl, self.gt, setup.identity)
         self.cuda = self.step.device.type == "cuda"
 
     def close(self) -> None:

@@ -11,6 +11,19 @@ import threading
 import numpy as np
 
 
+def quantiles_ms(seconds) -> dict[str, float]:
+    """``{"p50": ms, "p99": ms, "max": ms}`` of durations in seconds (zeros when empty)."""
+    data = np.asarray(seconds, np.float64)
+    if data.size == 0:
+        return {"p50": 0.0, "p99": 0.0, "max": 0.0}
+    p50, p99 = np.percentile(data, [50, 99])
+    return {
+        "p50": round(float(p50) * 1e3, 3),
+        "p99": round(float(p99) * 1e3, 3),
+        "max": round(float(data.max()) * 1e3, 3),
+    }
+
+
 class LatencyRing:
     """The last ``window`` durations (seconds) of one stage; thread-safe."""
 
@@ -32,11 +45,4 @@ class LatencyRing:
         """``{"p50": ms, "p99": ms, "max": ms}`` over the window (zeros when empty)."""
         with self._lock:
             data = self._buf[: min(self._n, len(self._buf))].copy()
-        if data.size == 0:
-            return {"p50": 0.0, "p99": 0.0, "max": 0.0}
-        p50, p99 = np.percentile(data, [50, 99])
-        return {
-            "p50": round(float(p50) * 1e3, 3),
-            "p99": round(float(p99) * 1e3, 3),
-            "max": round(float(data.max()) * 1e3, 3),
-        }
+        return quantiles_ms(data)

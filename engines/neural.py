@@ -57,6 +57,27 @@ def _torch():
     return torch
 
 
+def gl_identity_inputs(gl, identity: Identity) -> dict:
+    """G_L's identity inputs for its per-frame graph (batch 1, computed once): the neutral
+    landmarks and their graph encoding."""
+    t = _torch()
+    neutral = t.from_numpy(identity.neutral.astype(np.float32))[None]
+    with t.no_grad():
+        code, vert, reg = gl.encode_identity(neutral)
+    return {"neutral": neutral, "code": code, "vert": vert, "reg": reg}
+
+
+def gt_identity_inputs(gt, identity: Identity) -> dict:
+    """G_T's identity inputs for its per-frame graph (batch 1, computed once): the image
+    encoder's features of the canonical crop, its landmark heatmaps and AdaIN parameters."""
+    t = _torch()
+    src = t.from_numpy(identity.crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+    with t.no_grad():
+        s1, s2, s3, heat, style = gt.prepare(
+            src, t.from_numpy(identity.neutral.astype(np.float32))[None])
+    return {"s1": s1, "s2": s2, "s3": s3, "source_heat": heat, "style": style}
+
+
 def _load(loader, path: str | os.PathLike, what: str):
     """A trained network, or NeuralWeightsError naming the file and the reason."""
     from etf_models.checkpoint import CheckpointError
@@ -150,16 +171,12 @@ class FlowTextureEngine:
 
     def prepare(self, identity: Identity, adapt_iterations: int = 0,
                 adapted: str | os.PathLike | None = None) -> FlowState:
-        t = self.torch
         model, report = self.model, {}
         if adapted is not None:
             model, report = self.load_adapted(adapted)
         elif adapt_iterations:
             model, report = self.adapt(identity, adapt_iterations)
-        src = t.from_numpy(identity.crop).permute(2, 0, 1)[None].float() / 127.5 - 1.0
-        with t.inference_mode():
-            tensors = model.prepare(src, t.from_numpy(identity.neutral.astype(np.float32))[None])
-        return FlowState(model, tensors, report)
+        return FlowState(model, tuple(gt_identity_inputs(model, identity).values()), report)
 
     def render(self, state: FlowState, landmarks: np.ndarray,
                emotion: np.ndarray | None = None) -> np.ndarray:

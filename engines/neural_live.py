@@ -85,17 +85,18 @@ class NeuralFrameStep:
     """The device side of a batch (see module docstring): ``step(list[FrameInputs])`` ->
     list of I420 frames [H*3/2, W] uint8 (numpy, on the host)."""
 
-    def __init__(self, gl_backend, gt_backend, identity: Identity, blink_field: np.ndarray
-                 ) -> None:
+    def __init__(self, gl_backend, gt_backend, identity: Identity) -> None:
         import torch
 
+        from engines.face_motion import P, build_fields
         from engines.gpu_compositor import TorchPasteBack
 
         self.torch = torch
         self.gl, self.gt = gl_backend, gt_backend
         self.device = gt_backend.device
         self.paste = TorchPasteBack(identity, self.device)
-        self.blink_field = torch.from_numpy(blink_field.astype(np.float32)).to(self.device)
+        blink = build_fields(identity.neutral)[P["blink"]]  # [68,2] px per unit closure
+        self.blink_field = torch.from_numpy(blink.astype(np.float32)).to(self.device)
         self.latency = {s: LatencyRing() for s in STEP_STAGES}
         self._cuda = self.device.type == "cuda"
 
@@ -121,14 +122,14 @@ class NeuralFrameStep:
         ones = torch.ones(b, device=self.device)
         t = self._mark("upload", t) if timed else t
         lm = self.gl.infer({"windows": windows, "emotion": emotion, "intensity": ones}
-                           )["landmarks"].to(self.device, torch.float32)
+                           )["landmarks"].float()
         # Eye blinks are added to the landmarks before the texture (as in the paper).
-        lm = lm + blink[:, None, None].to(lm.device) * self.blink_field
+        lm = lm + blink[:, None, None] * self.blink_field
         t = self._mark("landmarks", t) if timed else t
-        crops = self.gt.infer({"landmarks": lm, "emotion": emotion.to(lm.device),
-                               "intensity": ones.to(lm.device)})["image"]
+        crops = self.gt.infer({"landmarks": lm, "emotion": emotion, "intensity": ones}
+                              )["image"]
         t = self._mark("texture", t) if timed else t
-        full = self.paste(crops.to(self.device))
+        full = self.paste(crops)
         t = self._mark("paste", t) if timed else t
         yuv = rgb_to_i420(full)
         t = self._mark("yuv", t) if timed else t
@@ -154,10 +155,7 @@ class NeuralEngines:
 
     def __init__(self, identity: Identity, config: NeuralConfig,
                  identity_file: str | os.PathLike | None = None) -> None:
-        import torch
-
         from engines.backends import gl_graph, gt_graph, make_backend
-        from engines.face_motion import P, build_fields
         from engines.neural import (
             LANDMARKS_FILE,
             SPEECH_FILE,
@@ -165,6 +163,7 @@ class NeuralEngines:
             FlowTextureEngine,
             GCNLandmarkEngine,
             adapted_path,
+            gl_identity_inputs,
             weights_file,
         )
         from engines.speech_frontend import DeepSpeechFrontend
@@ -183,21 +182,15 @@ class NeuralEngines:
                              else DeepSpeechFrontend.default()).model
         self.speech_lookahead_ms = DeepSpeechFrontend(self.speech_model).lookahead_ms
 
-        neutral = torch.from_numpy(identity.neutral.astype(np.float32))[None]
-        with torch.no_grad():
-            code, vert, reg = gl.encode_identity(neutral)
-        s1, s2, s3, heat, style = state.tensors
         self.gl = make_backend(gl_graph(gl), config.backend, max_batch=config.max_batch)
         self.gt = make_backend(gt_graph(state.model), config.backend,
                                max_batch=config.max_batch)
-        for backend, tensors in ((self.gl, {"neutral": neutral, "code": code, "vert": vert,
-                                            "reg": reg}),
-                                 (self.gt, {"s1": s1, "s2": s2, "s3": s3, "source_heat": heat,
-                                            "style": style})):
+        gt_inputs = dict(zip(self.gt.graph.identity_inputs, state.tensors, strict=True))
+        for backend, tensors in ((self.gl, gl_identity_inputs(gl, identity)),
+                                 (self.gt, gt_inputs)):
             backend.activate()
             backend.bind(tensors)
-        blink = build_fields(identity.neutral)[P["blink"]]
-        self.step = NeuralFrameStep(self.gl, self.gt, identity, blink)
+        self.step = NeuralFrameStep(self.gl, self.gt, identity)
         self.worker = BatchWorker(self.step, config.max_batch, config.capacity,
                                   config.max_wait_ms / 1e3)
 
