@@ -80,21 +80,57 @@ def _hann(n: int = WINDOW) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)  # periodic
 
 
-def mfcc_frames(frames: np.ndarray) -> np.ndarray:
-    """MFCC rows [N, 26] for audio frames [N, 512] (float, -1..1 scaled like int16/32768)."""
+@lru_cache(maxsize=64)
+def vtlp_matrix(alpha: float, n_bins: int = WINDOW // 2 + 1, boundary_hz: float = 4800.0,
+                sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """[n_bins, n_bins] linear map that warps a spectrum's frequency axis by ``alpha``
+    (vocal-tract-length perturbation, Jaitly & Hinton 2013), for training data only.
+
+    A component at ``f`` moves to ``alpha * f`` below the boundary ``boundary_hz *
+    min(alpha, 1) / alpha``; above it the warp is the straight line that keeps the Nyquist
+    frequency fixed. ``spectrum @ vtlp_matrix(alpha)`` reads each output bin from the
+    source frequency that the warp sends there, interpolating linearly between bins.
+    """
+    nyq = sample_rate / 2.0
+    knee = boundary_hz * min(alpha, 1.0) / alpha
+    out_hz = np.linspace(0.0, nyq, n_bins)
+    # inverse warp: output frequency -> source frequency
+    hi = knee * alpha  # where the knee lands after warping
+    src = np.where(out_hz <= hi, out_hz / alpha,
+                   knee + (out_hz - hi) * (nyq - knee) / (nyq - hi))
+    pos = np.clip(src / nyq * (n_bins - 1), 0, n_bins - 1)
+    lo = np.floor(pos).astype(int)
+    up = np.minimum(lo + 1, n_bins - 1)
+    frac = pos - lo
+    m = np.zeros((n_bins, n_bins), np.float64)
+    cols = np.arange(n_bins)
+    np.add.at(m, (lo, cols), 1.0 - frac)
+    np.add.at(m, (up, cols), frac)
+    return m
+
+
+def mfcc_frames(frames: np.ndarray, warp: float | None = None) -> np.ndarray:
+    """MFCC rows [N, 26] for audio frames [N, 512] (float, -1..1 scaled like int16/32768).
+
+    ``warp`` (training data only) applies ``vtlp_matrix(warp)`` to the magnitude spectrum
+    before the mel filterbank; None is DeepSpeech's feature exactly."""
     spec = np.abs(np.fft.rfft(frames.astype(np.float64) * _hann(), n=WINDOW, axis=-1)) ** 2
-    mel = np.sqrt(spec) @ mel_weights()
+    weights = mel_weights()
+    if warp is not None and warp != 1.0:
+        weights = vtlp_matrix(round(float(warp), 4)) @ weights
+    mel = np.sqrt(spec) @ weights
     return (np.log(np.maximum(mel, LOG_FLOOR)) @ dct_matrix()).astype(np.float32)
 
 
-def mfcc(audio: np.ndarray) -> np.ndarray:
-    """MFCC rows [N, 26] of 16 kHz mono audio: one per complete 512-sample window, 20 ms apart."""
+def mfcc(audio: np.ndarray, warp: float | None = None) -> np.ndarray:
+    """MFCC rows [N, 26] of 16 kHz mono audio: one per complete 512-sample window, 20 ms apart
+    (``warp``: see ``mfcc_frames``)."""
     audio = np.asarray(audio, np.float32).ravel()
     n = 0 if audio.size < WINDOW else 1 + (audio.size - WINDOW) // STEP
     if n == 0:
         return np.zeros((0, N_MFCC), np.float32)
     idx = np.arange(n)[:, None] * STEP + np.arange(WINDOW)[None, :]
-    return mfcc_frames(audio[idx])
+    return mfcc_frames(audio[idx], warp)
 
 
 class StreamingMfcc:
