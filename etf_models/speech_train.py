@@ -61,6 +61,8 @@ class SpeechTrainConfig:
     val_fraction: float = 0.02
     seed: int = 0
     threads: int = 2
+    init: str = ""  # warm start from this DeepSpeech checkpoint (``init_from``)
+    extra_corpora: list[str] = field(default_factory=list)  # trained on with the main one
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -115,6 +117,36 @@ class TrainNet(nn.Module):
         x = self.drop(torch.clamp(self.layer_5(x), 0, clip))
         return self.layer_6(x)
 
+    def init_from(self, model: DeepSpeech) -> None:
+        """Load a ``DeepSpeech`` (trained here or imported): the inverse of ``export``,
+        with this net's standardisation unfolded from ``layer_1`` and the LSTM's gates and
+        forget bias moved back into ``torch.nn.LSTM``'s layout."""
+        cfg, mc = self.config, model.config
+        if (mc.n_input, mc.n_context, mc.n_hidden, mc.n_cell, mc.n_output) != (
+                cfg.n_input, cfg.n_context, cfg.n_hidden, cfg.n_cell, cfg.n_output):
+            raise ValueError(f"cannot start from a model of another shape ({mc.to_dict()}; "
+                             f"training {cfg.to_dict()})")
+        sd = {k: v.detach().float() for k, v in model.state_dict().items()}
+        mean = self.mean.repeat(cfg.window)
+        std = self.std.repeat(cfg.window)
+        n = cfg.n_cell
+        order = torch.cat([torch.arange(0, n), torch.arange(2 * n, 3 * n),
+                           torch.arange(n, 2 * n), torch.arange(3 * n, 4 * n)])
+        kernel = torch.empty_like(sd["lstm.kernel"].T)
+        kernel[order] = sd["lstm.kernel"].T  # rows back in torch's i, f, g, o order
+        bias = torch.empty_like(sd["lstm.bias"])
+        bias[order] = sd["lstm.bias"]
+        bias[n : 2 * n] += mc.forget_bias
+        new = {"layer_1.weight": sd["layer_1.weight"] * std,
+               "layer_1.bias": sd["layer_1.bias"] + sd["layer_1.weight"] @ mean,
+               "lstm.weight_ih_l0": kernel[:, : cfg.n_hidden].contiguous(),
+               "lstm.weight_hh_l0": kernel[:, cfg.n_hidden :].contiguous(),
+               "lstm.bias_ih_l0": bias, "lstm.bias_hh_l0": torch.zeros_like(bias),
+               "mean": self.mean, "std": self.std}
+        for k in ("layer_2", "layer_3", "layer_5", "layer_6"):
+            new[f"{k}.weight"], new[f"{k}.bias"] = sd[f"{k}.weight"], sd[f"{k}.bias"]
+        self.load_state_dict(new)
+
     def export(self) -> DeepSpeech:
         """The equivalent ``DeepSpeech`` (TF LSTM layout, standardisation folded in)."""
         cfg = self.config
@@ -144,18 +176,20 @@ class TrainNet(nn.Module):
 class CorpusData:
     """The corpus in memory: one float16 matrix of MFCC rows plus per-utterance spans."""
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, *more: str | os.PathLike) -> None:
         feats, spans, labels = [], [], []
         start = 0
-        for path in sorted(Path(folder).glob("shard_*.npz")):
+        paths = [p for f in (folder, *more) for p in sorted(Path(f).glob("shard_*.npz"))]
+        for path in paths:
             with np.load(path) as z:
                 f, off, lab = z["feats"], z["offsets"], z["labels"]
             feats.append(f)
             spans += [(start + int(a), int(b - a)) for a, b in zip(off[:-1], off[1:], strict=True)]
             labels += [str(s) for s in lab]
             start += len(f)
-        if not spans:
-            raise FileNotFoundError(f"{folder}: no corpus shards (shard_*.npz)")
+        if not spans or any(not any(Path(f).glob("shard_*.npz")) for f in more):
+            raise FileNotFoundError(f"{folder} {' '.join(map(str, more))}: a folder without "
+                                    "corpus shards (shard_*.npz)")
         self.feats = np.concatenate(feats)
         self.spans = spans
         self.labels = labels
@@ -254,7 +288,7 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
     torch.set_num_threads(cfg.threads)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    data = CorpusData(corpus_dir)
+    data = CorpusData(corpus_dir, *cfg.extra_corpora)
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(data))
     n_val = max(1, int(len(data) * cfg.val_fraction)) if len(data) > 20 else 1
@@ -279,6 +313,12 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
         opt.load_state_dict(torch.load(work / "optimizer.pt", weights_only=True))
         step, history = blob["meta"]["step"], blob["meta"]["history"]
         log(f"resumed at step {step}/{total}")
+    elif cfg.init:
+        init_blob = load_checkpoint(cfg.init, model="deepspeech")
+        init_model = DeepSpeech(DeepSpeechConfig(**init_blob["config"]))
+        init_model.load_state_dict({k: v.float() for k, v in init_blob["state_dict"].items()})
+        net.init_from(init_model)
+        log(f"starting from {cfg.init}")
     val_feats = [data.feats[data.spans[i][0] : sum(data.spans[i])] for i in val_idx[:200]]
     val_labels = [data.labels[i] for i in val_idx[:200]]
     log(f"corpus {len(data)} utterances ({len(data.feats) / 180000:.2f} h), "
@@ -348,11 +388,12 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
     model = net.export()
     _check_export(net, model)
     val = evaluate(model, val_feats, val_labels)
-    meta = {"trained_by": "etf train speech", "train_config": cfg.to_dict(), "steps": step,
+    meta = {"trained_by": "etf train speech", "train_config": cfg.to_dict(),
+            "init_sha256": _sha256(cfg.init) if cfg.init else None, "steps": step,
             "total_steps": total, "stopped_early": stopped_early,
             "synthetic_val_cer": val["cer"], "history": history,
-            "corpus": json.loads((Path(corpus_dir) / "corpus.json").read_text())
-            if (Path(corpus_dir) / "corpus.json").exists() else {}}
+            "corpus": _corpus_summary(corpus_dir),
+            "extra_corpora": [_corpus_summary(f) for f in cfg.extra_corpora]}
     if real_eval is not None:
         meta["real_eval"] = real_eval(model)
     sha = save_checkpoint(out_path, "deepspeech", ds_cfg.to_dict(),
@@ -361,6 +402,17 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
     meta["sha256"] = sha
     log(f"wrote {out_path} (sha256 {sha}); synthetic validation CER {val['cer']:.3f}")
     return meta
+
+
+def _corpus_summary(folder: str | os.PathLike) -> dict:
+    f = Path(folder) / "corpus.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _check_export(net: TrainNet, model: DeepSpeech) -> None:

