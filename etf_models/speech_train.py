@@ -61,6 +61,9 @@ class SpeechTrainConfig:
     val_fraction: float = 0.02
     seed: int = 0
     threads: int = 2
+    #: "bf16": autocast matrix products to bfloat16 (CTC, softmax and the weights stay
+    #: fp32). 1.65x faster per step on this AVX512-BF16 CPU; the usual choice on a GPU.
+    precision: str = "fp32"
     init: str = ""  # warm start from this DeepSpeech checkpoint (``init_from``)
     extra_corpora: list[str] = field(default_factory=list)  # trained on with the main one
     extra: dict = field(default_factory=dict)
@@ -263,6 +266,8 @@ def evaluate(model: DeepSpeech | TrainNet, feats: list[np.ndarray],
         for f in feats:
             x = torch.from_numpy(np.asarray(f, np.float32))[None]
             if isinstance(model, TrainNet):
+                x = x.to(model.mean.device)
+            if isinstance(model, TrainNet):
                 logits = model(model.windows(x))[0]
             else:
                 from etf_models.speech_features import context_windows
@@ -279,12 +284,15 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
                  out_path: str | os.PathLike, cfg: SpeechTrainConfig,
                  real_eval: Callable[[DeepSpeech], dict] | None = None,
                  minutes: float | None = None, log: Callable[[str], None] = print,
-                 log_every: int = 100) -> dict:
+                 log_every: int = 100, device: str = "cpu") -> dict:
     """Train on the corpus in ``corpus_dir``; resumable from ``work_dir/last.pt``.
 
     Writes the exported model to ``out_path`` and returns a summary. ``minutes`` stops
     early (the schedule still follows ``cfg.epochs``; the summary says it stopped).
     """
+    if cfg.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision {cfg.precision!r}: fp32 or bf16")
+    dev = resolve_device(device)
     torch.set_num_threads(cfg.threads)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -297,7 +305,7 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
     ds_cfg = DeepSpeechConfig(n_hidden=cfg.n_hidden, n_cell=cfg.n_hidden,
                               n_context=cfg.n_context, forget_bias=0.0)
     torch.manual_seed(cfg.seed)
-    net = TrainNet(ds_cfg, mean, std, cfg.dropout)
+    net = TrainNet(ds_cfg, mean, std, cfg.dropout).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     ctc = nn.CTCLoss(blank=BLANK, zero_infinity=True)
     steps_per_epoch = len(data.batches(train_idx, cfg.batch_frames, np.random.default_rng(0)))
@@ -310,14 +318,15 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
             raise ValueError(f"{last} was trained with another configuration; "
                              "use a new work directory")
         net.load_state_dict(blob["state_dict"])
-        opt.load_state_dict(torch.load(work / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(work / "optimizer.pt", weights_only=True,
+                                       map_location=dev))
         step, history = blob["meta"]["step"], blob["meta"]["history"]
         log(f"resumed at step {step}/{total}")
     elif cfg.init:
         init_blob = load_checkpoint(cfg.init, model="deepspeech")
         init_model = DeepSpeech(DeepSpeechConfig(**init_blob["config"]))
         init_model.load_state_dict({k: v.float() for k, v in init_blob["state_dict"].items()})
-        net.init_from(init_model)
+        net.init_from(init_model.to(dev))
         log(f"starting from {cfg.init}")
     val_feats = [data.feats[data.spans[i][0] : sum(data.spans[i])] for i in val_idx[:200]]
     val_labels = [data.labels[i] for i in val_idx[:200]]
@@ -345,14 +354,16 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
             if step >= total:
                 break
             net.train()
-            x, lens, flat, tlens = data.collate(ids)
+            x, lens, flat, tlens = (t.to(dev) for t in data.collate(ids))
             wins = net.windows(x)
             brng = np.random.default_rng([cfg.seed, step])
             if cfg.feature_noise:
                 wins = wins + cfg.feature_noise * torch.randn_like(wins)
             wins = _time_mask(wins, lens, cfg.time_masks, cfg.time_mask_frames, brng)
-            logits = net(wins)
-            lp = logits.log_softmax(-1).transpose(0, 1)
+            with torch.autocast(dev.type, dtype=torch.bfloat16,
+                                enabled=cfg.precision == "bf16"):
+                logits = net(wins)
+            lp = logits.float().log_softmax(-1).transpose(0, 1)
             loss = ctc(lp, flat, lens, tlens)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total, cfg)
@@ -384,7 +395,7 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
             break
         epoch += 1
     save()
-    net.eval()
+    net.eval().cpu()
     model = net.export()
     _check_export(net, model)
     val = evaluate(model, val_feats, val_labels)
@@ -402,6 +413,18 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
     meta["sha256"] = sha
     log(f"wrote {out_path} (sha256 {sha}); synthetic validation CER {val['cer']:.3f}")
     return meta
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r}: cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name}: no CUDA GPU here")
+    return dev
 
 
 def _corpus_summary(folder: str | os.PathLike) -> dict:

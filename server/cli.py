@@ -327,8 +327,12 @@ def cmd_speech_import(args) -> int:
 def cmd_train_speech(args) -> int:
     _need_torch()
     from etf_models.speech_corpus import build_corpus, voice_catalogue
-    from etf_models.speech_train import SpeechTrainConfig, train_speech
+    from etf_models.speech_train import SpeechTrainConfig, resolve_device, train_speech
 
+    try:
+        resolve_device(args.device)
+    except ValueError as e:
+        return _fail(str(e))
     if args.init and not os.path.isfile(args.init):
         return _fail(f"--init {args.init}: no such speech model")
     missing = [d for d in args.extra_corpus if not os.path.isdir(os.path.expanduser(d))]
@@ -338,7 +342,7 @@ def cmd_train_speech(args) -> int:
                             n_hidden=args.hidden, n_context=args.context, epochs=args.epochs,
                             batch_frames=args.batch_frames, threads=args.threads,
                             seed=args.seed, lr=args.lr, warmup_steps=args.warmup_steps,
-                            init=args.init or "",
+                            init=args.init or "", precision=args.precision,
                             extra_corpora=[os.path.abspath(os.path.expanduser(d))
                                            for d in args.extra_corpus])
     corpus = args.corpus or os.path.join(
@@ -368,7 +372,7 @@ def cmd_train_speech(args) -> int:
         real_eval = _commands_eval(args.eval_pocketsphinx)
     try:
         meta = train_speech(corpus, work, args.output, cfg, real_eval=real_eval,
-                            minutes=args.minutes)
+                            minutes=args.minutes, device=args.device)
     except (ValueError, FileNotFoundError) as e:
         return _fail(str(e))
     print(f"etf train speech: {meta['steps']} steps, synthetic validation CER "
@@ -676,6 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="padded 20 ms frames per step")
     ts.add_argument("--engines", help="synthesizers to use, comma-separated, of flite, "
                     "espeak, festival, piper (default: every one installed)")
+    ts.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ts.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="bf16: autocast matrix products (faster on AVX512-BF16 CPUs and "
+                    "GPUs)")
     ts.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     ts.add_argument("--warmup-steps", type=int, default=300)
     ts.add_argument("--init", metavar="CHECKPOINT", help="start from this speech model "

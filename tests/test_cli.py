@@ -116,6 +116,7 @@ def test_serve_neural_engine_bad_options(tmp_path, capsys, args, words):
     (["--init", "MISSING"], "no such speech model"),
     (["--extra-corpus", "MISSING"], "no such folder"),
     (["--engines", "flite,mbrola"], "unknown ['mbrola']"),
+    (["--device", "tpu"], "cpu, cuda or cuda:N"),
 ])
 def test_train_speech_bad_options(tmp_path, capsys, args, words):
     pytest.importorskip("torch")

@@ -260,7 +260,7 @@ def test_tiny_corpus_and_training_round_trip(tmp_path):
         CorpusData(corpus, tmp_path / "nothing")
     tune = SpeechTrainConfig(n_hidden=48, n_context=4, epochs=1, batch_frames=3000,
                              warmup_steps=1, lr=1e-4, threads=1, val_fraction=0.1,
-                             init=str(out), extra_corpora=[str(more)])
+                             init=str(out), extra_corpora=[str(more)], precision="bf16")
     logs.clear()
     meta3 = train_speech(corpus, tmp_path / "tune", tmp_path / "tuned.pt", tune,
                          log=logs.append, log_every=1)
@@ -303,3 +303,36 @@ def test_shipped_model_transcribes_synthetic_speech(tmp_path, voice, text):
     rows = [frontend.push(audio[i : i + 320]) for i in range(0, len(audio), 320)]
     hyp = greedy_decode(torch.from_numpy(np.concatenate(rows + [frontend.flush()])))
     assert cer(text, hyp) < 0.35, hyp
+
+
+def _random_corpus(folder, n: int = 12, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    words = ["the cat", "a dog ran", "red apples", "open the door"]
+    items = []
+    for i in range(n):
+        label = words[i % len(words)]
+        feats = rng.normal(0, 3, (40 + 5 * i, 26)).astype(np.float16)
+        items.append({"feats": feats, "label": label, "voice": "test:x", "aug": {}})
+    folder.mkdir(parents=True, exist_ok=True)
+    sc.write_shard(folder / "shard_00000.npz", items)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_cuda_in_bf16(tmp_path):
+    _random_corpus(tmp_path / "c")
+    cfg = SpeechTrainConfig(n_hidden=32, n_context=2, epochs=3, batch_frames=800,
+                            warmup_steps=1, threads=1, precision="bf16")
+    meta = train_speech(tmp_path / "c", tmp_path / "w", tmp_path / "s.pt", cfg,
+                        log=lambda m: None, log_every=2, device="cuda")
+    assert meta["steps"] > 0 and np.isfinite(meta["history"][-1]["loss"])
+    assert DeepSpeechFrontend.from_checkpoint(tmp_path / "s.pt").model.config.n_hidden == 32
+
+
+def test_training_refuses_unknown_device_and_precision(tmp_path):
+    _random_corpus(tmp_path / "c")
+    with pytest.raises(ValueError, match="cpu, cuda or cuda:N"):
+        train_speech(tmp_path / "c", tmp_path / "w", tmp_path / "s.pt",
+                     SpeechTrainConfig(n_hidden=16), device="tpu")
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        train_speech(tmp_path / "c", tmp_path / "w", tmp_path / "s.pt",
+                     SpeechTrainConfig(n_hidden=16, precision="fp16"))
