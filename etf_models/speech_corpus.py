@@ -186,6 +186,9 @@ def _piper_voices() -> list[str]:
     return [m for m in PIPER_VOICE_PACKAGES if importlib.util.find_spec(m) is not None]
 
 
+ENGINES = ("flite", "espeak", "festival", "piper")
+
+
 @dataclass(frozen=True)
 class Voice:
     engine: str  # flite | espeak | festival | piper
@@ -539,9 +542,11 @@ def build_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, worker
                 continue
             items: list[dict] = []
             secs = 0.0
+            # the last shard holds only what is left of ``hours``
+            target = min(shard_seconds, hours * 3600 - s * shard_seconds)
             base = (seed * 1_000_003 + s) * 100_000
             batch = 0
-            while secs < shard_seconds:
+            while secs < target:
                 seeds = range(base + batch * batch_size, base + (batch + 1) * batch_size)
                 batch += 1
                 for it in pool.imap(_make_utterance, seeds):
@@ -552,7 +557,7 @@ def build_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, worker
                     secs += it["seconds"]
                     if progress:
                         progress(it["seconds"])
-                    if secs >= shard_seconds:
+                    if secs >= target:
                         break
             tmp = out / f".{path.name}"
             write_shard(tmp, items)

@@ -324,9 +324,44 @@ def cmd_speech_import(args) -> int:
     return 0
 
 
+def _build_speech_corpus(args, folder: str) -> dict | int:
+    """Build (or finish) the synthetic corpus ``folder`` for ``--hours`` / ``--seed`` /
+    ``--engines``; the summary, or an exit code after a message."""
+    from tqdm import tqdm
+
+    from etf_models.speech_corpus import ENGINES, build_corpus, voice_catalogue
+
+    voices = voice_catalogue()
+    if args.engines:
+        wanted = set(args.engines.split(","))
+        if wanted - set(ENGINES):
+            return _fail(f"--engines: unknown {sorted(wanted - set(ENGINES))} "
+                         f"({', '.join(ENGINES)})")
+        voices = [v for v in voices if v.engine in wanted]
+    print(f"corpus: {folder} ({args.hours:g} h of synthetic speech, resumable)")
+    try:
+        with tqdm(total=round(args.hours * 3600), unit="s audio", disable=args.quiet) as bar:
+            summary = build_corpus(folder, args.hours, seed=args.seed, workers=args.workers,
+                                   voices=voices, progress=lambda s: bar.update(round(s)))
+    except (FileNotFoundError, RuntimeError) as e:
+        return _fail(str(e))
+    print(f"corpus ready: {summary['hours']} h, {summary['utterances']} utterances, "
+          f"{len(summary['voices'])} voices")
+    return summary
+
+
+def _default_corpus(hours: float, seed: int) -> str:
+    return os.path.join(os.path.expanduser("~/.cache/etf"),
+                        f"speech-corpus-{hours:g}h-seed{seed}")
+
+
+def cmd_speech_corpus(args) -> int:
+    done = _build_speech_corpus(args, args.output or _default_corpus(args.hours, args.seed))
+    return done if isinstance(done, int) else 0
+
+
 def cmd_train_speech(args) -> int:
     _need_torch()
-    from etf_models.speech_corpus import build_corpus, voice_catalogue
     from etf_models.speech_train import SpeechTrainConfig, resolve_device, train_speech
 
     try:
@@ -345,28 +380,11 @@ def cmd_train_speech(args) -> int:
                             init=args.init or "", precision=args.precision,
                             extra_corpora=[os.path.abspath(os.path.expanduser(d))
                                            for d in args.extra_corpus])
-    corpus = args.corpus or os.path.join(
-        os.path.expanduser("~/.cache/etf"), f"speech-corpus-{args.hours:g}h-seed{args.seed}")
+    corpus = args.corpus or _default_corpus(args.hours, args.seed)
     work = args.work or args.output + ".work"
-    print(f"corpus: {corpus} ({args.hours:g} h of synthetic speech, resumable)")
-    from tqdm import tqdm
-
-    voices = voice_catalogue()
-    if args.engines:
-        wanted = set(args.engines.split(","))
-        unknown = wanted - {"flite", "espeak", "festival", "piper"}
-        if unknown:
-            return _fail(f"--engines: unknown {sorted(unknown)} (flite, espeak, festival, "
-                         "piper)")
-        voices = [v for v in voices if v.engine in wanted]
-    try:
-        with tqdm(total=round(args.hours * 3600), unit="s audio", disable=args.quiet) as bar:
-            summary = build_corpus(corpus, args.hours, seed=args.seed, workers=args.workers,
-                                   voices=voices, progress=lambda s: bar.update(round(s)))
-    except (FileNotFoundError, RuntimeError) as e:
-        return _fail(str(e))
-    print(f"corpus ready: {summary['hours']} h, {summary['utterances']} utterances, "
-          f"{len(summary['voices'])} voices")
+    done = _build_speech_corpus(args, corpus)
+    if isinstance(done, int):
+        return done
     real_eval = None
     if args.eval_pocketsphinx:
         real_eval = _commands_eval(args.eval_pocketsphinx)
@@ -518,6 +536,16 @@ def _add_identity_args(p: argparse.ArgumentParser) -> None:
                    help="refuse a photo with several faces instead of taking the largest")
 
 
+def _add_corpus_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hours", type=float, default=12.0, help="synthetic corpus size")
+    p.add_argument("--seed", type=int, default=0, help="fixes the corpus (and training)")
+    p.add_argument("--engines", help="synthesizers to use, comma-separated, of flite, "
+                   "espeak, festival, piper (default: every one installed)")
+    p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
+                   help="synthesis processes")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _add_gan_train_args(p: argparse.ArgumentParser, what: str, steps: int, batch: int,
                         save_every: int, log_every: int) -> None:
     p.add_argument("--data", required=True, help="an 'etf preprocess' output folder")
@@ -636,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--weights", help="speech model checkpoint from 'etf speech import' or "
                     "'etf train speech' (default: the shipped model)")
     sf.set_defaults(func=cmd_speech_features)
+    sc = ssub.add_parser("corpus", help="build the synthetic training corpus only (what "
+                         "'etf train speech' builds first), e.g. for --extra-corpus")
+    sc.add_argument("-o", "--output", help="corpus folder (default: "
+                    "~/.cache/etf/speech-corpus-<hours>h-seed<seed>)")
+    _add_corpus_args(sc)
+    sc.set_defaults(func=cmd_speech_corpus)
     st = ssub.add_parser("transcribe", help="greedy CTC text of an audio file (debugging)")
     st.add_argument("audio")
     st.add_argument("--weights", help="speech model checkpoint from 'etf speech import' or "
@@ -669,17 +703,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "for the perceptual loss; without it a documented substitute is used")
     tt.set_defaults(func=cmd_train_texture)
     ts = tsub.add_parser("speech", help="the default speech model: synthesize a corpus with "
-                         "flite / espeak-ng / festival, augment it, train with CTC")
+                         "flite / espeak-ng / festival / Piper, augment it, train with CTC")
     ts.add_argument("-o", "--output", required=True, help="model checkpoint to write (.pt)")
-    ts.add_argument("--hours", type=float, default=12.0, help="synthetic corpus size")
+    _add_corpus_args(ts)
     ts.add_argument("--hidden", type=int, default=512, help="width of every layer")
     ts.add_argument("--context", type=int, default=9, help="MFCC context frames each side "
                     "(lookahead = 20 * context + 16 ms)")
     ts.add_argument("--epochs", type=float, default=10.0)
     ts.add_argument("--batch-frames", type=int, default=12800,
                     help="padded 20 ms frames per step")
-    ts.add_argument("--engines", help="synthesizers to use, comma-separated, of flite, "
-                    "espeak, festival, piper (default: every one installed)")
     ts.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ts.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                     help="bf16: autocast matrix products (faster on AVX512-BF16 CPUs and "
@@ -692,16 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="another corpus folder to train on as well (repeatable), e.g. "
                     "the one an --init model was trained on")
     ts.add_argument("--minutes", type=float, help="stop training after this long")
-    ts.add_argument("--seed", type=int, default=0)
-    ts.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
-                    help="synthesis processes")
     ts.add_argument("--threads", type=int, default=max(1, min(8, os.cpu_count() or 1)),
                     help="PyTorch threads")
     ts.add_argument("--corpus", help="corpus folder (default: ~/.cache/etf/speech-corpus-*)")
     ts.add_argument("--work", help="resumable training state (default: OUTPUT.work)")
     ts.add_argument("--eval-pocketsphinx", metavar="DIR",
                     help="pocketsphinx source tree: validate on its real command clips")
-    ts.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     ts.set_defaults(func=cmd_train_speech)
     return p
 

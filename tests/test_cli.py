@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -126,3 +129,14 @@ def test_train_speech_bad_options(tmp_path, capsys, args, words):
     assert code == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "c").exists()  # refused before any synthesis
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="needs Debian flite")
+def test_speech_corpus_command(tmp_path, capsys):
+    out = tmp_path / "corpus"
+    assert main(["speech", "corpus", "--hours", str(12 / 3600), "--engines", "flite",
+                 "--workers", "1", "-q", "-o", str(out)]) == 0
+    summary = json.loads((out / "corpus.json").read_text())
+    assert all(v.startswith("flite:") for v in summary["voices"])
+    assert 12 <= summary["hours"] * 3600 < 40  # the one shard stops near --hours
+    assert "corpus ready" in capsys.readouterr().out
