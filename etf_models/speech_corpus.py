@@ -371,9 +371,11 @@ def opus_round_trip(x: np.ndarray, bitrate: int) -> np.ndarray:
 class Augmenter:
     """Random real-microphone conditions applied to clean 16 kHz speech."""
 
-    def __init__(self, rng: np.random.Generator, opus: bool = True) -> None:
+    def __init__(self, rng: np.random.Generator, opus: bool = True, vtlp: bool = True
+                 ) -> None:
         self.rng = rng
         self.opus = opus
+        self.vtlp = vtlp  # off: the draws (and corpora) of the version before VTLP
         self._babble: list[np.ndarray] = []
 
     def remember(self, clean: np.ndarray) -> None:
@@ -409,7 +411,7 @@ class Augmenter:
         if speed != 1.0:  # tempo and formants together, like another speaker's tract
             x = resample(x, SAMPLE_RATE * speed, SAMPLE_RATE)
             info["speed"] = round(speed, 3)
-        if r.random() < 0.7:  # another vocal tract length: applied to the features
+        if self.vtlp and r.random() < 0.7:  # another vocal tract: applied to the features
             info["vtlp"] = round(float(r.uniform(0.88, 1.12)), 3)
         lead, trail = (int(r.uniform(0.05, 0.6) * SAMPLE_RATE) for _ in range(2))
         x = np.concatenate([np.zeros(lead, np.float32), x, np.zeros(trail, np.float32)])
@@ -462,11 +464,12 @@ def _peaking(f0: float, gain_db: float, q: float) -> tuple[np.ndarray, np.ndarra
 _WORKER: dict = {}
 
 
-def _init_worker(sentences: list[tuple[str, str]], voices: list[Voice], opus: bool) -> None:
+def _init_worker(sentences: list[tuple[str, str]], voices: list[Voice], opus: bool,
+                 vtlp: bool) -> None:
     _WORKER["sentences"] = sentences
     _WORKER["voices"] = voices
     _WORKER["tmp"] = tempfile.mkdtemp(prefix="etf-tts-")
-    _WORKER["aug"] = Augmenter(np.random.default_rng(0), opus)  # one per process
+    _WORKER["aug"] = Augmenter(np.random.default_rng(0), opus, vtlp)  # one per process
 
 
 def _make_utterance(seed: int) -> dict | None:
@@ -509,7 +512,7 @@ def read_shards(folder: str | os.PathLike) -> Iterator[tuple[np.ndarray, str]]:
 
 
 def build_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, workers: int = 2,
-                 shard_seconds: float = 1800.0, opus: bool = True,
+                 shard_seconds: float = 1800.0, opus: bool = True, vtlp: bool = True,
                  sentences: list[tuple[str, str]] | None = None,
                  voices: list[Voice] | None = None, progress=None) -> dict:
     """Synthesize and augment about ``hours`` of speech into ``out_dir`` (resumable).
@@ -530,7 +533,7 @@ def build_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, worker
     n_shards = max(1, int(np.ceil(hours * 3600 / shard_seconds)))
     total = {"utterances": 0, "seconds": 0.0, "failed": 0}
     ctx = mp.get_context("fork")
-    with ctx.Pool(workers, _init_worker, (sentences, voices, opus)) as pool:
+    with ctx.Pool(workers, _init_worker, (sentences, voices, opus, vtlp)) as pool:
         for s in range(n_shards):
             path = out / f"shard_{s:05d}.npz"
             if path.exists():
@@ -566,6 +569,7 @@ def build_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, worker
             total["seconds"] += secs
     summary = {"hours": round(total["seconds"] / 3600, 3), "utterances": total["utterances"],
                "failed_syntheses": total["failed"], "sentences": len(sentences),
-               "voices": [v.key for v in voices], "seed": seed, "opus": opus}
+               "voices": [v.key for v in voices], "seed": seed, "opus": opus,
+               "vtlp": vtlp}
     (out / "corpus.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -342,7 +342,8 @@ def _build_speech_corpus(args, folder: str) -> dict | int:
     try:
         with tqdm(total=round(args.hours * 3600), unit="s audio", disable=args.quiet) as bar:
             summary = build_corpus(folder, args.hours, seed=args.seed, workers=args.workers,
-                                   voices=voices, progress=lambda s: bar.update(round(s)))
+                                   voices=voices, vtlp=not args.no_vtlp,
+                                   progress=lambda s: bar.update(round(s)))
     except (FileNotFoundError, RuntimeError) as e:
         return _fail(str(e))
     print(f"corpus ready: {summary['hours']} h, {summary['utterances']} utterances, "
@@ -541,6 +542,8 @@ def _add_corpus_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="fixes the corpus (and training)")
     p.add_argument("--engines", help="synthesizers to use, comma-separated, of flite, "
                    "espeak, festival, piper (default: every one installed)")
+    p.add_argument("--no-vtlp", action="store_true", help="no vocal-tract-length "
+                   "perturbation (as the first shipped model's corpus was built)")
     p.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1),
                    help="synthesis processes")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -87,7 +87,13 @@ def test_augmenter_conditions():
         kinds |= set(info)
         rms = np.sqrt(np.mean(y**2))
         assert 10 ** (-60 / 20) < rms < 10 ** (-3 / 20)
-    assert {"speed", "rt60", "band", "snr", "level_db"} <= kinds
+    assert {"speed", "rt60", "band", "snr", "level_db", "vtlp"} <= kinds
+    # without VTLP: no warp, and the other conditions are drawn exactly as before it existed
+    with_v, without = sc.Augmenter(np.random.default_rng(3)), sc.Augmenter(
+        np.random.default_rng(3), vtlp=False)
+    infos = [without(clean)[1] for _ in range(20)]
+    assert not any("vtlp" in i for i in infos)
+    assert any("vtlp" in with_v(clean)[1] for _ in range(20))
 
 
 def test_opus_round_trip_keeps_speech_aligned():
