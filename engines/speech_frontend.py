@@ -71,13 +71,11 @@ class DeepSpeechFrontend:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> DeepSpeechFrontend:
         """Load a model written by ``etf speech import`` / ``etf train speech``."""
-        from etf_models.checkpoint import CheckpointError, load_checkpoint
-        from etf_models.deepspeech import DeepSpeech, DeepSpeechConfig
+        from etf_models.checkpoint import CheckpointError
+        from etf_models.deepspeech import load_deepspeech
 
         try:
-            blob = load_checkpoint(path, model="deepspeech")
-            model = DeepSpeech(DeepSpeechConfig(**blob["config"]))
-            model.load_state_dict(blob["state_dict"])
+            model = load_deepspeech(path)
         except (CheckpointError, TypeError, RuntimeError) as e:
             raise SpeechModelError(f"cannot use speech model {os.fspath(path)}: {e}") from None
         return cls(model)

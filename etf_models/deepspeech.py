@@ -12,9 +12,10 @@ Architecture (Mozilla DeepSpeech 0.9.x, ``DeepSpeech.py: create_model``):
   characters of the English alphabet + the CTC blank = 29), before softmax.
 
 The MFCC front end and the context windows are in ``etf_models/speech_features.py``; this
-module is a pure ``nn.Module`` (no files, no devices). ``forward`` takes whole sequences;
-``step`` takes the next windows and the LSTM state and returns the state, which is how the
-streaming front end runs it (20 ms at a time, state carried across chunks).
+module is a pure ``nn.Module`` (no devices; files only through ``load_deepspeech``).
+``forward`` takes whole sequences; ``step`` takes the next windows and the LSTM state and
+returns the state, which is how the streaming front end runs it (20 ms at a time, state
+carried across chunks).
 """
 
 from __future__ import annotations
@@ -124,6 +125,18 @@ class DeepSpeech(nn.Module):
         """windows [B,T,window,n_input] -> logits [B,T,n_output], from a zero state."""
         logits, _ = self.step(windows, self.initial_state(windows.shape[0]))
         return logits
+
+
+def load_deepspeech(path) -> DeepSpeech:
+    """A model from a checkpoint written by ``etf speech import`` / ``etf train speech``
+    (fp32 on the CPU, in eval mode). Raises ``CheckpointError`` for a file that is not one,
+    ``TypeError`` / ``RuntimeError`` for one whose config or weights do not fit."""
+    from etf_models.checkpoint import load_checkpoint
+
+    blob = load_checkpoint(path, model="deepspeech")
+    model = DeepSpeech(DeepSpeechConfig(**blob["config"]))
+    model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    return model.eval()
 
 
 def greedy_decode(logits: torch.Tensor) -> str:

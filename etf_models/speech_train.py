@@ -15,6 +15,11 @@ training faster or better, and folds back exactly on export:
   as the exported model sees it);
 - dropout on the dense layers and time masking (SpecAugment-style) during training only.
 
+``cfg.init`` starts from a trained or imported model instead (``TrainNet.init_from``, the
+exact inverse of the export), for fine-tuning on new corpora (``cfg.extra_corpora`` adds
+folders to the main one). ``precision="bf16"`` autocasts the matrix products, on the CPU
+or on a GPU (``device``).
+
 The export is checked: the exported model's logits must equal the training net's on a
 random batch.
 """
@@ -34,7 +39,14 @@ import torch
 from torch import nn
 
 from etf_models.checkpoint import load_checkpoint, save_checkpoint
-from etf_models.deepspeech import ALPHABET, BLANK, DeepSpeech, DeepSpeechConfig, greedy_decode
+from etf_models.deepspeech import (
+    ALPHABET,
+    BLANK,
+    DeepSpeech,
+    DeepSpeechConfig,
+    greedy_decode,
+    load_deepspeech,
+)
 from etf_models.speech_metrics import cer
 
 _CHAR = {c: i for i, c in enumerate(ALPHABET)}
@@ -266,9 +278,7 @@ def evaluate(model: DeepSpeech | TrainNet, feats: list[np.ndarray],
         for f in feats:
             x = torch.from_numpy(np.asarray(f, np.float32))[None]
             if isinstance(model, TrainNet):
-                x = x.to(model.mean.device)
-            if isinstance(model, TrainNet):
-                logits = model(model.windows(x))[0]
+                logits = model(model.windows(x.to(model.mean.device)))[0]
             else:
                 from etf_models.speech_features import context_windows
 
@@ -323,10 +333,7 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
         step, history = blob["meta"]["step"], blob["meta"]["history"]
         log(f"resumed at step {step}/{total}")
     elif cfg.init:
-        init_blob = load_checkpoint(cfg.init, model="deepspeech")
-        init_model = DeepSpeech(DeepSpeechConfig(**init_blob["config"]))
-        init_model.load_state_dict({k: v.float() for k, v in init_blob["state_dict"].items()})
-        net.init_from(init_model.to(dev))
+        net.init_from(load_deepspeech(cfg.init).to(dev))
         log(f"starting from {cfg.init}")
     val_feats = [data.feats[data.spans[i][0] : sum(data.spans[i])] for i in val_idx[:200]]
     val_labels = [data.labels[i] for i in val_idx[:200]]
