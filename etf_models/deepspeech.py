@@ -139,6 +139,16 @@ def load_deepspeech(path) -> DeepSpeech:
     return model.eval()
 
 
+def save_deepspeech(path, model: DeepSpeech, meta: dict, half: bool = True) -> str:
+    """Write ``model`` as a checkpoint ``load_deepspeech`` reads (weights in fp16 unless
+    ``half`` is false); returns its SHA-256."""
+    from etf_models.checkpoint import save_checkpoint
+
+    sd = {k: v.half() if half and v.is_floating_point() else v
+          for k, v in model.state_dict().items()}
+    return save_checkpoint(path, "deepspeech", model.config.to_dict(), sd, meta)
+
+
 def greedy_decode(logits: torch.Tensor) -> str:
     """Best-path CTC decoding of logits [T,n_output]: collapse repeats, drop blanks."""
     best = logits.argmax(dim=-1).tolist()

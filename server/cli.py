@@ -399,6 +399,29 @@ def cmd_train_speech(args) -> int:
     return 0
 
 
+def cmd_speech_calibrate(args) -> int:
+    _need_torch()
+    from etf_models.checkpoint import CheckpointError, load_checkpoint, sha256_of
+    from etf_models.deepspeech import load_deepspeech, save_deepspeech
+    from etf_models.speech_evalsets import DatasetError
+    from etf_models.speech_train import calibrate_blank
+
+    try:
+        model = load_deepspeech(args.model)
+        meta = load_checkpoint(args.model, model="deepspeech")["meta"]
+        run = _commands_eval(args.pocketsphinx)
+    except (CheckpointError, TypeError, RuntimeError, DatasetError, OSError) as e:
+        return _fail(f"etf speech calibrate: {e}")
+    model, report = calibrate_blank(model, lambda m: run(m)["commands_cer"])
+    meta = {**meta, "blank_calibration": {**report, "on": "pocketsphinx command clips",
+                                          "from_sha256": sha256_of(args.model)}}
+    sha = save_deepspeech(args.output, model, meta)
+    print(f"blank offset {report['offset']:g}: command-clip CER "
+          f"{report['cer'][0]:.3f} -> {min(report['cer']):.3f}; wrote {args.output} "
+          f"(sha256 {sha})")
+    return 0
+
+
 def _commands_eval(src: str):
     """Validation on the real command clips of a pocketsphinx source tree (not LibriVox,
     which is kept for the final report)."""
@@ -673,6 +696,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "~/.cache/etf/speech-corpus-<hours>h-seed<seed>)")
     _add_corpus_args(sc)
     sc.set_defaults(func=cmd_speech_corpus)
+    sk = ssub.add_parser("calibrate", help="shift the CTC blank's logit to what real "
+                         "validation speech (pocketsphinx's command clips) prefers")
+    sk.add_argument("model", help="speech checkpoint (.pt)")
+    sk.add_argument("--pocketsphinx", required=True, metavar="DIR",
+                    help="pocketsphinx source tree (the one --eval-pocketsphinx takes)")
+    sk.add_argument("-o", "--output", required=True, help="calibrated checkpoint to write")
+    sk.set_defaults(func=cmd_speech_calibrate)
     st = ssub.add_parser("transcribe", help="greedy CTC text of an audio file (debugging)")
     st.add_argument("audio")
     st.add_argument("--weights", help="speech model checkpoint from 'etf speech import' or "

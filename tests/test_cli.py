@@ -140,3 +140,13 @@ def test_speech_corpus_command(tmp_path, capsys):
     assert all(v.startswith("flite:") for v in summary["voices"])
     assert 12 <= summary["hours"] * 3600 < 40  # the one shard stops near --hours
     assert "corpus ready" in capsys.readouterr().out
+
+
+def test_speech_calibrate_bad_inputs(tmp_path, capsys):
+    pytest.importorskip("torch")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["speech", "calibrate", str(junk), "--pocketsphinx", str(tmp_path),
+                 "-o", str(tmp_path / "out.pt")]) == 2
+    assert "etf speech calibrate" in capsys.readouterr().err
+    assert not (tmp_path / "out.pt").exists()

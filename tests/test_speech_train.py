@@ -342,3 +342,23 @@ def test_training_refuses_unknown_device_and_precision(tmp_path):
     with pytest.raises(ValueError, match="fp32 or bf16"):
         train_speech(tmp_path / "c", tmp_path / "w", tmp_path / "s.pt",
                      SpeechTrainConfig(n_hidden=16, precision="fp16"))
+
+
+def test_calibrate_blank_picks_the_best_offset_and_touches_only_the_blank():
+    from etf_models.deepspeech import BLANK, DeepSpeech
+    from etf_models.speech_train import BLANK_OFFSETS, calibrate_blank
+
+    model = DeepSpeech(DeepSpeechConfig(n_hidden=16, n_cell=16, n_context=2)).eval()
+    b0 = model.layer_6.bias.detach().clone()
+
+    def score(m):  # pretend real speech prefers a blank 0.75 lower
+        return abs(float(m.layer_6.bias.detach()[BLANK] - (b0[BLANK] - 0.75)))
+
+    tuned, report = calibrate_blank(model, score)
+    assert report["offset"] == -0.75 and report["tried"] == list(BLANK_OFFSETS)
+    assert min(report["cer"]) == pytest.approx(0.0, abs=1e-6)
+    diff = tuned.layer_6.bias.detach() - b0
+    assert diff[BLANK] == pytest.approx(-0.75) and torch.all(diff[:BLANK] == 0)
+    assert torch.equal(model.layer_6.bias.detach(), b0)  # the input model is left alone
+    flat, _ = calibrate_blank(model, lambda m: 1.0)  # no preference: no change
+    assert torch.equal(flat.layer_6.bias.detach(), b0)
