@@ -519,18 +519,25 @@ def build_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, worker
 
     Shards already present are kept (their seeds are fixed by their index), so an
     interrupted run continues where it stopped. Returns a summary (also written to
-    ``corpus.json``).
+    ``corpus.json``); a finished corpus returns its recorded summary untouched.
     """
     import multiprocessing as mp
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    n_shards = max(1, int(np.ceil(hours * 3600 / shard_seconds)))
+    record = out / "corpus.json"
+    if record.exists() and all((out / f"shard_{s:05d}.npz").exists() for s in range(n_shards)):
+        # finished: its record stands (no synthesizer or text needed, e.g. on a GPU box
+        # the corpus was copied to)
+        if progress:
+            progress(hours * 3600)
+        return json.loads(record.read_text())
     sentences = sentences if sentences is not None else fortune_sentences()
     voices = voices if voices is not None else voice_catalogue()
     if not voices:
         raise RuntimeError("no speech synthesizer found: install flite, espeak-ng or festival")
     batch_size = 4 * workers
-    n_shards = max(1, int(np.ceil(hours * 3600 / shard_seconds)))
     total = {"utterances": 0, "seconds": 0.0, "failed": 0}
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, _init_worker, (sentences, voices, opus, vtlp)) as pool:

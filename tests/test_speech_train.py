@@ -237,6 +237,9 @@ def test_tiny_corpus_and_training_round_trip(tmp_path):
     sc.build_corpus(corpus, hours=60 / 3600, seed=1, workers=1, shard_seconds=30,
                     sentences=sentences, voices=voices)
     assert (corpus / "shard_00000.npz").stat().st_mtime_ns == before
+    # a finished corpus copied to a machine without synthesizers (a GPU box) still serves
+    again = sc.build_corpus(corpus, hours=60 / 3600, seed=1, voices=[], sentences=None)
+    assert again == summary
 
     cfg = SpeechTrainConfig(n_hidden=48, n_context=4, epochs=40, batch_frames=3000,
                             warmup_steps=5, lr=3e-3, threads=1, val_fraction=0.1)
