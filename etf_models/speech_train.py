@@ -422,7 +422,7 @@ def train_speech(corpus_dir: str | os.PathLike, work_dir: str | os.PathLike,
 
 
 #: Blank-logit offsets ``calibrate_blank`` tries (0 first: no change wins ties).
-BLANK_OFFSETS = tuple(-0.25 * k for k in range(11))
+BLANK_OFFSETS = tuple(float(-k) / 4 for k in range(11))
 
 
 def calibrate_blank(model: DeepSpeech, score: Callable[[DeepSpeech], float],

@@ -347,7 +347,7 @@ def _build_speech_corpus(args, folder: str) -> dict | int:
     except (FileNotFoundError, RuntimeError) as e:
         return _fail(str(e))
     print(f"corpus ready: {summary['hours']} h, {summary['utterances']} utterances, "
-          f"{len(summary['voices'])} voices")
+          f"{len(summary.get('voices', []))} voices")
     return summary
 
 
@@ -767,17 +767,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from engines.audio_io import AudioError
-    from engines.enrollment import EnrollmentError
-    from engines.identity import IdentityFileError
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean bad input, reported in one line: those of the modules that can
+    be imported (a training-only box, a GPU one say, may lack PyAV or dlib)."""
+    import importlib
 
+    errors: list[type[Exception]] = [ValueError]
+    for module, name in (("engines.audio_io", "AudioError"),
+                         ("engines.enrollment", "EnrollmentError"),
+                         ("engines.identity", "IdentityFileError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    errors = _user_errors()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (EnrollmentError, AudioError, IdentityFileError, ValueError) as e:
+    except errors as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130
