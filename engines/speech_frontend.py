@@ -31,7 +31,7 @@ FRAME_ROWS = 6
 #: The shipped default speech model (``etf train speech``; see README "Speech features"),
 #: pinned by SHA-256: a file that does not match is refused, never silently used.
 DEFAULT_SPEECH_MODEL = "speech_default.pt"
-DEFAULT_SPEECH_SHA256 = "43652a9aa59a227819430da01067d66eb69ec358411fcaa1cc3f1fb9b5aa3f94"
+DEFAULT_SPEECH_SHA256 = "5f6888a6a0d2a1e85e1d81d617d030686f35db8f89bf877926bd1228115f35f6"
 
 
 class SpeechModelError(ValueError):
