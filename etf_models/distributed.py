@@ -10,6 +10,7 @@ Without torchrun everything is a single process and these helpers do nothing.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -70,7 +71,12 @@ def in_sync(module: nn.Module) -> bool:
 
 def teardown() -> None:
     """Leave the group together: a rank that closes its gloo pairs while another is still
-    using them aborts the other process on exit."""
+    using them aborts the other process on exit.
+
+    Drop the DDP wrappers first (``GanTrainer.unwrap``): DDP modules live in reference
+    cycles, so the collection here is what frees them (and the work their reducers hold)
+    while the group and the interpreter are still alive, not Python's finalization."""
     if torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -37,6 +37,16 @@ class GanTrainer:
         self.history: list[dict] = []
         self.rng = np.random.default_rng([cfg.seed, dist.rank()])  # own batches per rank
 
+    def unwrap(self) -> None:
+        """Drop the DistributedDataParallel wrappers before the process group goes.
+
+        A DDP module sits in a reference cycle (it survives ``del``; only the cyclic
+        garbage collector frees it), and its reducer holds the group and its last work
+        objects. Left to the interpreter's exit, that teardown runs while Python is being
+        finalized, which can abort the process (SIGABRT, "terminate called without an
+        active exception")."""
+        self.g_par, self.d_par = self.g, self.d
+
     def step(self, data) -> dict[str, float]:
         raise NotImplementedError
 

@@ -498,6 +498,7 @@ def _train_loop(trainer, data, args, what: str) -> None:
     if dist.world_size() > 1:
         synced = dist.in_sync(trainer.g)
         say(f"ddp: {dist.world_size()} ranks, parameters {'in sync' if synced else 'DIFFER'}")
+        trainer.unwrap()
         dist.teardown()
     say(f"etf train {args.train_command}: {trainer.steps} steps -> {args.output}")
 

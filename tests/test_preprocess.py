@@ -284,6 +284,34 @@ def test_torchrun_ddp_on_two_cpu_processes(fake_mead, tmp_path):
         assert torch.load(ckpt, weights_only=True)["meta"]["steps"] == 4
 
 
+def test_teardown_frees_ddp_before_the_group_goes(tmp_path):
+    """DDP modules sit in reference cycles; teardown must free them (and their reducers'
+    work) while the group and the interpreter live, not leave them to Python's exit, where
+    freeing them could abort the process."""
+    import subprocess
+    import sys
+
+    code = f"""
+import gc, weakref, torch
+from etf_models import distributed as dist
+gc.disable()  # only an explicit collection may free the cycle
+torch.distributed.init_process_group("gloo", init_method="file://{tmp_path / 'store'}",
+                                     rank=0, world_size=1)
+ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 4))
+ddp(torch.randn(2, 4)).sum().backward()
+ref = weakref.ref(ddp)
+del ddp
+assert ref() is not None, "DDP is no longer in a cycle: this test proves nothing"
+dist.teardown()
+assert ref() is None, "teardown left the DDP module alive"
+assert not torch.distributed.is_initialized()
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_neural_engines_refuse_foreign_files(tmp_path):
     from engines.neural import FlowTextureEngine, GCNLandmarkEngine, NeuralWeightsError
 
