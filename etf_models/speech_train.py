@@ -89,6 +89,13 @@ def encode_label(text: str) -> list[int]:
     return [_CHAR[c] for c in text if c in _CHAR]
 
 
+def _tf_gate_order(n: int) -> torch.Tensor:
+    """Row indices that take ``torch.nn.LSTM``'s gate blocks (i, f, g, o) to TensorFlow's
+    (i, j=g, f, o); ``tf[k] = torch[order[k]]``, and ``torch[order] = tf`` undoes it."""
+    return torch.cat([torch.arange(0, n), torch.arange(2 * n, 3 * n),
+                      torch.arange(n, 2 * n), torch.arange(3 * n, 4 * n)])
+
+
 class TrainNet(nn.Module):
     """``DeepSpeech`` for training: nn.LSTM, standardised inputs, dropout (see docstring)."""
 
@@ -146,8 +153,7 @@ class TrainNet(nn.Module):
         mean = self.mean.repeat(cfg.window)
         std = self.std.repeat(cfg.window)
         n = cfg.n_cell
-        order = torch.cat([torch.arange(0, n), torch.arange(2 * n, 3 * n),
-                           torch.arange(n, 2 * n), torch.arange(3 * n, 4 * n)])
+        order = _tf_gate_order(n)
         kernel = torch.empty_like(sd["lstm.kernel"].T)
         kernel[order] = sd["lstm.kernel"].T  # rows back in torch's i, f, g, o order
         bias = torch.empty_like(sd["lstm.bias"])
@@ -174,8 +180,7 @@ class TrainNet(nn.Module):
         w1 = sd["layer_1.weight"] / std
         b1 = sd["layer_1.bias"] - w1 @ mean
         n = cfg.n_cell
-        order = torch.cat([torch.arange(0, n), torch.arange(2 * n, 3 * n),  # i, j(g)
-                           torch.arange(n, 2 * n), torch.arange(3 * n, 4 * n)])  # f, o
+        order = _tf_gate_order(n)
         w_ih, w_hh = sd["lstm.weight_ih_l0"], sd["lstm.weight_hh_l0"]
         kernel = torch.cat([w_ih, w_hh], dim=1)[order].T.contiguous()
         bias = (sd["lstm.bias_ih_l0"] + sd["lstm.bias_hh_l0"])[order]
@@ -195,15 +200,15 @@ class CorpusData:
     def __init__(self, folder: str | os.PathLike, *more: str | os.PathLike) -> None:
         feats, spans, labels = [], [], []
         start = 0
-        paths = [p for f in (folder, *more) for p in sorted(Path(f).glob("shard_*.npz"))]
-        for path in paths:
+        per_folder = [sorted(Path(f).glob("shard_*.npz")) for f in (folder, *more)]
+        for path in (p for paths in per_folder for p in paths):
             with np.load(path) as z:
                 f, off, lab = z["feats"], z["offsets"], z["labels"]
             feats.append(f)
             spans += [(start + int(a), int(b - a)) for a, b in zip(off[:-1], off[1:], strict=True)]
             labels += [str(s) for s in lab]
             start += len(f)
-        if not spans or any(not any(Path(f).glob("shard_*.npz")) for f in more):
+        if not spans or not all(per_folder[1:]):
             raise FileNotFoundError(f"{folder} {' '.join(map(str, more))}: a folder without "
                                     "corpus shards (shard_*.npz)")
         self.feats = np.concatenate(feats)
