@@ -127,16 +127,17 @@ class DeepSpeech(nn.Module):
         return logits
 
 
-def load_deepspeech(path) -> DeepSpeech:
+def load_deepspeech(path, with_meta: bool = False) -> DeepSpeech | tuple[DeepSpeech, dict]:
     """A model from a checkpoint written by ``etf speech import`` / ``etf train speech``
-    (fp32 on the CPU, in eval mode). Raises ``CheckpointError`` for a file that is not one,
-    ``TypeError`` / ``RuntimeError`` for one whose config or weights do not fit."""
+    (fp32 on the CPU, in eval mode), and its ``meta`` too when ``with_meta``. Raises
+    ``CheckpointError`` for a file that is not one, ``TypeError`` / ``RuntimeError`` for one
+    whose config or weights do not fit."""
     from etf_models.checkpoint import load_checkpoint
 
     blob = load_checkpoint(path, model="deepspeech")
     model = DeepSpeech(DeepSpeechConfig(**blob["config"]))
     model.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
-    return model.eval()
+    return (model.eval(), blob.get("meta", {})) if with_meta else model.eval()
 
 
 def save_deepspeech(path, model: DeepSpeech, meta: dict, half: bool = True) -> str:

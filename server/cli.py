@@ -401,14 +401,13 @@ def cmd_train_speech(args) -> int:
 
 def cmd_speech_calibrate(args) -> int:
     _need_torch()
-    from etf_models.checkpoint import CheckpointError, load_checkpoint, sha256_of
+    from etf_models.checkpoint import CheckpointError, sha256_of
     from etf_models.deepspeech import load_deepspeech, save_deepspeech
     from etf_models.speech_evalsets import DatasetError
     from etf_models.speech_train import calibrate_blank
 
     try:
-        model = load_deepspeech(args.model)
-        meta = load_checkpoint(args.model, model="deepspeech")["meta"]
+        model, meta = load_deepspeech(args.model, with_meta=True)
         run = _commands_eval(args.pocketsphinx)
     except (CheckpointError, TypeError, RuntimeError, DatasetError, OSError) as e:
         return _fail(f"etf speech calibrate: {e}")
