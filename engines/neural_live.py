@@ -50,7 +50,8 @@ class NeuralStream:
         self.fps = fps
         self.emotion = emotion or EmotionState()
         self.frontend = DeepSpeechFrontend(speech_model)  # shared weights, own state
-        self.windows = VideoWindows(fps)
+        self.windows = VideoWindows(fps, speech_model.config.n_output,
+                                    self.frontend.row_centre_s)
         self.blinker = Blinker(np.random.default_rng(seed))
         self._pending: deque[np.ndarray] = deque()
         self.frame_index = 0
@@ -166,9 +167,20 @@ class NeuralEngines:
             gl_identity_inputs,
             weights_file,
         )
-        from engines.speech_frontend import DeepSpeechFrontend
+        from engines.speech_frontend import DeepSpeechFrontend, SpeechModelError
 
         self.identity, self.config = identity, config
+        speech = Path(config.weights) / SPEECH_FILE
+        self.speech_model = (DeepSpeechFrontend.from_checkpoint(speech) if speech.is_file()
+                             else DeepSpeechFrontend.default()).model
+        if not self.speech_model.config.streaming:
+            raise SpeechModelError(
+                f"{speech}: this speech model cannot stream (a bidirectional DeepSpeech 0.1.x "
+                "model needs the whole utterance); live serving needs a streaming one such "
+                "as the shipped default or an imported 0.9.x release. Offline rendering "
+                "(etf render) can use it.")
+        self.speech_lookahead_ms = DeepSpeechFrontend(self.speech_model).lookahead_ms
+
         gl = GCNLandmarkEngine(weights_file(config.weights, LANDMARKS_FILE, "neural serving",
                                             "etf train landmarks")).model
         flow = FlowTextureEngine(weights_file(config.weights, TEXTURE_FILE, "neural serving",
@@ -177,11 +189,6 @@ class NeuralEngines:
         state = flow.prepare(identity, adapted=adapted if adapted and adapted.is_file()
                              else None)
         self.adaptation = state.adaptation
-        speech = Path(config.weights) / SPEECH_FILE
-        self.speech_model = (DeepSpeechFrontend.from_checkpoint(speech) if speech.is_file()
-                             else DeepSpeechFrontend.default()).model
-        self.speech_lookahead_ms = DeepSpeechFrontend(self.speech_model).lookahead_ms
-
         self.gl = make_backend(gl_graph(gl), config.backend, max_batch=config.max_batch)
         self.gt = make_backend(gt_graph(state.model), config.backend,
                                max_batch=config.max_batch)

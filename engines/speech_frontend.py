@@ -12,6 +12,12 @@ new one. Row ``r`` describes the audio window ``[320 r, 320 r + 512)`` (centre
 ``t = k / fps``, 6 rows sampled 20 ms apart centred on ``t`` (linear interpolation between
 rows, so 25 and 30 fps are handled alike), ``[6, 29]``. The whole-file and the streaming
 paths give identical windows however the audio is chunked.
+
+A model that cannot stream (``config.streaming`` false: DeepSpeech 0.1.x's bidirectional
+release, whose features are also whitened over the whole utterance) runs offline here:
+``push`` keeps the audio and returns no rows, ``flush`` returns them all; its
+``lookahead_ms`` is infinite, so live sessions refuse it, while ``etf speech features``,
+``transcribe`` and rendering from a file use it like any other.
 """
 
 from __future__ import annotations
@@ -21,7 +27,15 @@ import os
 
 import numpy as np
 
-from etf_models.speech_features import STEP, WINDOW, StreamingMfcc, context_windows
+from etf_models.speech_features import (
+    STEP,
+    V01_ROW_CENTRE_S,
+    WINDOW,
+    StreamingMfcc,
+    context_windows,
+    mfcc,
+    v01_windows,
+)
 
 ROW_S = STEP / 16000.0  # 20 ms
 ROW_CENTRE_S = WINDOW / 2 / 16000.0  # 16 ms: row r is centred at 20 r + 16 ms
@@ -65,6 +79,7 @@ class DeepSpeechFrontend:
         self.torch = torch
         self.model = model.eval()
         self.n_context = model.config.n_context
+        self.streaming = model.config.streaming
         self.mfcc = StreamingMfcc()
         self.reset()
 
@@ -87,10 +102,19 @@ class DeepSpeechFrontend:
 
     @property
     def lookahead_ms(self) -> float:
+        """Audio after a row's centre that the row waits for (infinite offline)."""
+        if not self.streaming:
+            return math.inf
         return 1000.0 * (self.n_context * ROW_S + ROW_CENTRE_S)
+
+    @property
+    def row_centre_s(self) -> float:
+        """Time of row 0's centre; row ``r`` is ``r * 20 ms`` later."""
+        return V01_ROW_CENTRE_S if self.model.config.features == "v01" else ROW_CENTRE_S
 
     def reset(self) -> None:
         self.mfcc.reset()
+        self._audio: list[np.ndarray] = []
         n_in = self.model.config.n_input
         # Zero frames before the audio: the released model's streaming client primes its
         # feature buffer the same way.
@@ -119,6 +143,9 @@ class DeepSpeechFrontend:
         """Feed 16 kHz mono float32 audio; returns the new logit rows [N, 29]."""
         if self._flushed:
             raise RuntimeError("push() after flush(): call reset() for a new utterance")
+        if not self.streaming:
+            self._audio.append(np.asarray(pcm, np.float32).ravel())
+            return np.zeros((0, self.model.config.n_output), np.float32)
         rows = self.mfcc.push(pcm)
         if len(rows):
             self._feats = np.concatenate([self._feats, rows])
@@ -127,7 +154,23 @@ class DeepSpeechFrontend:
     def flush(self) -> np.ndarray:
         """End of the utterance: the last rows (zero context after the audio)."""
         self._flushed = True
+        if not self.streaming:
+            return self._run_offline()
         return self._run(final=True)
+
+    def _run_offline(self) -> np.ndarray:
+        cfg = self.model.config
+        audio = np.concatenate(self._audio) if self._audio else np.zeros(0, np.float32)
+        if cfg.features == "v01":
+            wins = v01_windows(audio, cfg.n_input, cfg.n_context)
+        else:
+            wins = context_windows(mfcc(audio), cfg.n_context)
+        if not len(wins):
+            return np.zeros((0, cfg.n_output), np.float32)
+        with self.torch.inference_mode():
+            logits = self.model(self.torch.from_numpy(wins)[None])[0].numpy()
+        self.rows_out = len(logits)
+        return logits
 
     def process(self, audio: np.ndarray) -> np.ndarray:
         """All logit rows of a whole utterance (resets first)."""
@@ -138,11 +181,12 @@ class DeepSpeechFrontend:
 class VideoWindows:
     """Per-video-frame [6, 29] windows from 50 Hz rows, streaming (see module docstring)."""
 
-    def __init__(self, fps: float, n_out: int = 29) -> None:
+    def __init__(self, fps: float, n_out: int = 29, row_centre_s: float = ROW_CENTRE_S) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.fps = float(fps)
         self.n_out = n_out
+        self.row_centre_s = float(row_centre_s)
         self.reset()
 
     def reset(self) -> None:
@@ -160,12 +204,12 @@ class VideoWindows:
 
     def _needs_row(self, k: int) -> int:
         """Index of the last row frame ``k`` interpolates from."""
-        u = (k / self.fps + self._OFFSETS[-1] - ROW_CENTRE_S) / ROW_S
+        u = (k / self.fps + self._OFFSETS[-1] - self.row_centre_s) / ROW_S
         return max(0, math.floor(u + 1e-9) + 1)
 
     def _window(self, k: int) -> np.ndarray:
         n = len(self._rows)
-        u = (k / self.fps + self._OFFSETS - ROW_CENTRE_S) / ROW_S
+        u = (k / self.fps + self._OFFSETS - self.row_centre_s) / ROW_S
         u = np.clip(u, 0.0, n - 1)
         lo = np.floor(u).astype(int)
         hi = np.minimum(lo + 1, n - 1)
@@ -199,7 +243,7 @@ def audio_to_windows(frontend: DeepSpeechFrontend, audio: np.ndarray, fps: float
     would (the result is the same).
     """
     frontend.reset()
-    win = VideoWindows(fps, frontend.model.config.n_output)
+    win = VideoWindows(fps, frontend.model.config.n_output, frontend.row_centre_s)
     parts = []
     step = chunk or max(1, len(audio))
     for i in range(0, len(audio), step):

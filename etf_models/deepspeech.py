@@ -11,6 +11,14 @@ Architecture (Mozilla DeepSpeech 0.9.x, ``DeepSpeech.py: create_model``):
 - ``layer_5``: dense + clipped ReLU; ``layer_6``: dense to ``n_output`` logits (28
   characters of the English alphabet + the CTC blank = 29), before softmax.
 
+The same module runs the **0.1.x** release (``DeepSpeech.py: BiRNN``; its ``output_graph.pb``
+is what VOCA / AD-NeRF style pipelines use) when the config says ``bidirectional``:
+``layer_3`` is ``n_hidden_3`` wide (2 * n_cell there), a forward and a backward LSTM
+(TensorFlow's ``BasicLSTMCell``: the same gate order and kernel layout, ``forget_bias``
+1.0) read it, and ``layer_5`` reads their outputs concatenated (forward first). Its input
+features are ``features = "v01"`` (``speech_features.v01_windows``). A bidirectional
+model needs the whole utterance: ``forward`` runs it, ``step`` refuses.
+
 The MFCC front end and the context windows are in ``etf_models/speech_features.py``; this
 module is a pure ``nn.Module`` (no devices; files only through ``load_deepspeech``).
 ``forward`` takes whole sequences; ``step`` takes the next windows and the LSTM state and
@@ -41,6 +49,26 @@ class DeepSpeechConfig:
     n_output: int = 29
     relu_clip: float = 20.0
     forget_bias: float = 0.0
+    #: width of layer_3, the LSTM's input (None: n_hidden; 2 * n_cell in 0.1.x)
+    n_hidden_3: int | None = None
+    #: a backward LSTM too (0.1.x): offline only
+    bidirectional: bool = False
+    #: input features: "tf" (0.9.x, ``speech_features.mfcc``, streaming) or "v01"
+    #: (0.1.x, ``speech_features.v01_windows``, whitened over the whole utterance)
+    features: str = "tf"
+
+    def __post_init__(self) -> None:
+        if self.features not in ("tf", "v01"):
+            raise ValueError(f"unknown speech features {self.features!r} (tf or v01)")
+
+    @property
+    def lstm_input(self) -> int:
+        return self.n_hidden_3 or self.n_hidden
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the model can run 20 ms at a time (unidirectional, causal features)."""
+        return not self.bidirectional and self.features == "tf"
 
     @property
     def window(self) -> int:
@@ -96,9 +124,11 @@ class DeepSpeech(nn.Module):
         self.config = cfg = config or DeepSpeechConfig()
         self.layer_1 = nn.Linear(cfg.in_features, cfg.n_hidden)
         self.layer_2 = nn.Linear(cfg.n_hidden, cfg.n_hidden)
-        self.layer_3 = nn.Linear(cfg.n_hidden, cfg.n_hidden)
-        self.lstm = FusedLSTM(cfg.n_hidden, cfg.n_cell, cfg.forget_bias)
-        self.layer_5 = nn.Linear(cfg.n_cell, cfg.n_hidden)
+        self.layer_3 = nn.Linear(cfg.n_hidden, cfg.lstm_input)
+        self.lstm = FusedLSTM(cfg.lstm_input, cfg.n_cell, cfg.forget_bias)
+        if cfg.bidirectional:
+            self.lstm_bw = FusedLSTM(cfg.lstm_input, cfg.n_cell, cfg.forget_bias)
+        self.layer_5 = nn.Linear(cfg.n_cell * (2 if cfg.bidirectional else 1), cfg.n_hidden)
         self.layer_6 = nn.Linear(cfg.n_hidden, cfg.n_output)
 
     def initial_state(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,18 +143,31 @@ class DeepSpeech(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """windows [B,T,window,n_input] (or [B,T,in_features]) and the LSTM state ->
         (logits [B,T,n_output] before softmax, new state)."""
+        if self.config.bidirectional:
+            raise RuntimeError("a bidirectional DeepSpeech model needs the whole utterance: "
+                               "call forward(), it cannot run step by step")
+        x, state = self.lstm(self._dense_in(windows), state)
+        return self._dense_out(x), state
+
+    def _dense_in(self, windows: torch.Tensor) -> torch.Tensor:
         x = windows.reshape(windows.shape[0], windows.shape[1], -1)
         x = self._clip(self.layer_1(x))
         x = self._clip(self.layer_2(x))
-        x = self._clip(self.layer_3(x))
-        x, state = self.lstm(x, state)
-        x = self._clip(self.layer_5(x))
-        return self.layer_6(x), state
+        return self._clip(self.layer_3(x))
+
+    def _dense_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer_6(self._clip(self.layer_5(x)))
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        """windows [B,T,window,n_input] -> logits [B,T,n_output], from a zero state."""
-        logits, _ = self.step(windows, self.initial_state(windows.shape[0]))
-        return logits
+        """windows [B,T,window,n_input] -> logits [B,T,n_output], from a zero state (every
+        sequence in the batch is taken as T steps long)."""
+        if not self.config.bidirectional:
+            logits, _ = self.step(windows, self.initial_state(windows.shape[0]))
+            return logits
+        x = self._dense_in(windows)
+        fw, _ = self.lstm(x, self.initial_state(x.shape[0]))
+        bw, _ = self.lstm_bw(x.flip(1), self.initial_state(x.shape[0]))
+        return self._dense_out(torch.cat([fw, bw.flip(1)], dim=-1))
 
 
 def load_deepspeech(path, with_meta: bool = False) -> DeepSpeech | tuple[DeepSpeech, dict]:

@@ -159,3 +159,87 @@ def context_windows(rows: np.ndarray, n_context: int) -> np.ndarray:
                              np.zeros((n_context, d), rows.dtype)])
     idx = np.arange(n)[:, None] + np.arange(2 * n_context + 1)[None, :]
     return padded[idx]
+
+
+# ------------------------------------------------------------------------------------------
+# DeepSpeech 0.1.x features (the bidirectional v0.1.0 release that VOCA / AD-NeRF use)
+# ------------------------------------------------------------------------------------------
+# DeepSpeech 0.1.x (``util/audio.py``) and the pipelines built on its ``output_graph.pb``
+# compute ``python_speech_features.mfcc(int16 samples, 16000, numcep=26)`` with that
+# package's defaults, keep every second 10 ms frame (50 rows per second), build the
+# 2 * 9 + 1 frame context windows with zero frames past both ends, and whiten the whole
+# utterance's window matrix by its one scalar mean and standard deviation. The functions
+# below reimplement that from the package's documented defaults (checked against the
+# package in tests/test_speech_frontend.py when it is installed).
+
+V01_WINDOW = 400  # 25 ms, unwindowed (rectangular) frames
+V01_STEP = 160  # 10 ms; every second frame is kept, so rows are 20 ms apart
+V01_NFFT = 512
+V01_FILTERS = 26
+V01_PREEMPH = 0.97
+V01_LIFTER = 22
+V01_ROW_CENTRE_S = V01_WINDOW / 2 / SAMPLE_RATE  # 12.5 ms: row r is centred at 20 r + 12.5 ms
+
+
+@lru_cache(maxsize=2)
+def v01_filterbank(n_filters: int = V01_FILTERS, nfft: int = V01_NFFT,
+                   sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """[nfft // 2 + 1, n_filters] triangles on FFT bins ``floor((nfft + 1) hz / rate)`` of
+    ``n_filters + 2`` points equally spaced on the HTK mel scale from 0 Hz to Nyquist."""
+    top = 2595.0 * math.log10(1.0 + sample_rate / 2.0 / 700.0)
+    hz = 700.0 * (10.0 ** (np.linspace(0.0, top, n_filters + 2) / 2595.0) - 1.0)
+    edge = np.floor((nfft + 1) * hz / sample_rate).astype(int)
+    fb = np.zeros((nfft // 2 + 1, n_filters), np.float64)
+    for j in range(n_filters):
+        lo, mid, hi = edge[j], edge[j + 1], edge[j + 2]
+        for i in range(lo, mid):
+            fb[i, j] = (i - lo) / (mid - lo)
+        for i in range(mid, hi):
+            fb[i, j] = (hi - i) / (hi - mid)
+    return fb
+
+
+@lru_cache(maxsize=2)
+def _ortho_dct(n: int) -> np.ndarray:
+    """[n, n] orthonormal DCT-II (scipy's ``dct(norm='ortho')``) as a right-multiplied matrix."""
+    k = np.arange(n)[None, :]
+    j = np.arange(n)[:, None]
+    m = math.sqrt(2.0 / n) * np.cos(math.pi * k * (2 * j + 1) / (2 * n))
+    m[:, 0] /= math.sqrt(2.0)
+    return m
+
+
+def v01_mfcc(signal: np.ndarray, n_cep: int = N_MFCC) -> np.ndarray:
+    """[N, n_cep] MFCC rows of 16 kHz audio *at the scale given* (DeepSpeech 0.1 feeds int16
+    values), every 10 ms: pre-emphasis 0.97, 25 ms rectangular frames (the last one zero
+    padded), power spectrum ``|FFT_512|^2 / 512``, 26 mel filters, natural log, orthonormal
+    DCT-II, sinusoidal lifter 22, and coefficient 0 replaced by the log frame energy."""
+    x = np.asarray(signal, np.float64).ravel()
+    if x.size == 0:
+        return np.zeros((0, n_cep), np.float32)
+    x = np.concatenate([x[:1], x[1:] - V01_PREEMPH * x[:-1]])
+    n = 1 if x.size <= V01_WINDOW else 1 + math.ceil((x.size - V01_WINDOW) / V01_STEP)
+    x = np.concatenate([x, np.zeros((n - 1) * V01_STEP + V01_WINDOW - x.size)])
+    frames = x[np.arange(n)[:, None] * V01_STEP + np.arange(V01_WINDOW)[None, :]]
+    power = np.abs(np.fft.rfft(frames, n=V01_NFFT, axis=-1)) ** 2 / V01_NFFT
+    tiny = np.finfo(np.float64).eps
+    energy = power.sum(axis=1)
+    energy = np.where(energy == 0, tiny, energy)
+    mel = power @ v01_filterbank()
+    mel = np.where(mel == 0, tiny, mel)
+    cep = (np.log(mel) @ _ortho_dct(V01_FILTERS))[:, :n_cep]
+    cep *= 1.0 + (V01_LIFTER / 2.0) * np.sin(np.pi * np.arange(n_cep) / V01_LIFTER)
+    cep[:, 0] = np.log(energy)
+    return cep.astype(np.float32)
+
+
+def v01_windows(audio: np.ndarray, n_input: int = N_MFCC, n_context: int = 9) -> np.ndarray:
+    """The whole utterance's DeepSpeech 0.1 network input [N, 2c+1, n_input] from 16 kHz
+    float audio in -1..1: int16-scaled samples (truncated, as ``astype('int16')``), MFCC,
+    every second row, zero-padded context windows, then whitened by the matrix's single
+    mean and standard deviation (which is why it needs the whole utterance)."""
+    pcm = np.trunc(np.clip(np.asarray(audio, np.float64).ravel() * 32768.0, -32768, 32767))
+    rows = v01_mfcc(pcm, n_input)[::2]
+    wins = context_windows(rows.astype(np.float64), n_context)
+    std = wins.std()
+    return ((wins - wins.mean()) / (std if std > 0 else 1.0)).astype(np.float32)

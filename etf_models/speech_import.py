@@ -49,8 +49,20 @@ own ``forget_bias``, ``cell_clip`` and ``use_peephole`` attributes, and the ReLU
 constant, are read from the graph instead. Names may carry a scope prefix (``import/...``)
 or a wrapper suffix (``/read``, ``/.ATTRIBUTES/VARIABLE_VALUE``).
 
-Bidirectional models (DeepSpeech 0.1.x: ``bidirectional_rnn/fw``/``bw`` cells) are
-refused: their backward LSTM needs the whole utterance, so they cannot stream.
+**DeepSpeech 0.1.x** (the bidirectional ``output_graph.pb`` of v0.1.0 that VOCA / AD-NeRF
+style pipelines feed; ``DeepSpeech.py: BiRNN`` of that line): dense weights ``h1``/``b1``,
+``h2``/``b2``, ``h3``/``b3`` (``n_hidden_3 = 2 * n_cell`` wide), ``h5``/``b5`` (reading
+``2 * n_cell``: forward and backward outputs concatenated, forward first) and ``h6``/``b6``;
+two ``BasicLSTMCell(n_cell, forget_bias=1.0)`` under ``tf.nn.bidirectional_dynamic_rnn``,
+so ``bidirectional_rnn/fw/basic_lstm_cell/kernel`` and ``.../bias`` (``weights`` /
+``biases`` under TensorFlow 1.0-1.1) and the same under ``bw``. ``BasicLSTMCell`` uses the
+same gate order and kernel layout as the block LSTM; its forget bias is a constant inside
+the graph's while loop, not an attribute, so the source code's 1.0 is assumed unless
+``forget_bias`` is given. Its input is ``speech_features.v01_windows`` (config
+``features="v01"``). **Checked against TensorFlow 2.21** (legacy Keras cells) in
+``tests/test_speech_import.py`` like the 0.9 layout; **not checked against the real release
+file**, which cannot be downloaded here. Such a model needs the whole utterance: it runs
+offline (files) and live sessions refuse it.
 """
 
 from __future__ import annotations
@@ -78,7 +90,7 @@ class SpeechImportError(ValueError):
 
 
 class UnsupportedModelError(SpeechImportError):
-    """A DeepSpeech variant this port does not run (bidirectional, peepholes, clipping)."""
+    """A DeepSpeech variant this port does not run (peepholes, cell clipping)."""
 
 
 DENSE_LAYERS = ("layer_1", "layer_2", "layer_3", "layer_5", "layer_6")
@@ -92,6 +104,12 @@ _OLD_DENSE = {"layer_1": ("h1", "b1"), "layer_2": ("h2", "b2"), "layer_3": ("h3"
               "layer_5": ("h5", "b5"), "layer_6": ("h6", "b6")}
 _WRAPPERS = ("/.ATTRIBUTES/VARIABLE_VALUE", "/Read/ReadVariableOp", "/read", ":0")
 _BIDIRECTIONAL = re.compile(r"bidirectional_rnn|(^|/)(fw|bw)(/|$)|_fw(/|$)|_bw(/|$)")
+#: DeepSpeech 0.1.x's two LSTM scopes (``bidirectional_dynamic_rnn`` of ``BasicLSTMCell``)
+#: and their (kernel, bias) leaf names: TensorFlow >= 1.2, then 1.0 - 1.1.
+BI_SCOPES = {"lstm": "bidirectional_rnn/fw/basic_lstm_cell",
+             "lstm_bw": "bidirectional_rnn/bw/basic_lstm_cell"}
+_BI_LEAVES = (("kernel", "bias"), ("weights", "biases"))
+BI_FORGET_BIAS = 1.0  # BasicLSTMCell(n_cell_dim, forget_bias=1.0) in DeepSpeech 0.1.x
 _LSTM_OPS = ("BlockLSTM", "LSTMBlockCell")
 DEFAULT_RELU_CLIP = 20.0
 
@@ -214,8 +232,10 @@ def _pick(names: Iterable[str], wanted: str, exact_only: bool = False) -> str | 
     raise SpeechImportError(f"several tensors could be {wanted!r}: {', '.join(sorted(hits))}")
 
 
-def _select(names: list[str], path: str) -> tuple[dict[str, str], str]:
-    """Map our keys (``layer_1/weights`` ..., ``lstm/kernel``) to source names."""
+def _select(names: list[str], path: str, bidirectional: bool = False,
+            ) -> tuple[dict[str, str], str]:
+    """Map our keys (``layer_1/weights`` ..., ``lstm/kernel``, and ``lstm_bw/...`` for a
+    bidirectional model) to source names; also returns the LSTM scope found."""
     chosen: dict[str, str] = {}
     missing: list[str] = []
     for layer in DENSE_LAYERS:
@@ -225,6 +245,18 @@ def _select(names: list[str], path: str) -> tuple[dict[str, str], str]:
                 missing.append(f"{layer}/{part}")
             else:
                 chosen[f"{layer}/{part}"] = name
+    if bidirectional:
+        for key, scope in BI_SCOPES.items():
+            leaves = next((lv for lv in _BI_LEAVES
+                           if any(_pick(names, f"{scope}/{leaf}") for leaf in lv)), _BI_LEAVES[0])
+            for part, leaf in zip(("kernel", "bias"), leaves, strict=True):
+                name = _pick(names, f"{scope}/{leaf}")
+                if name is None:
+                    missing.append(f"{scope}/{leaf}")
+                else:
+                    chosen[f"{key}/{part}"] = name
+        _raise_missing(missing, chosen, names, path)
+        return chosen, "bidirectional_rnn"
     scope = None
     for candidate in LSTM_SCOPES:
         kernel, bias = _pick(names, f"{candidate}/kernel"), _pick(names, f"{candidate}/bias")
@@ -243,14 +275,20 @@ def _select(names: list[str], path: str) -> tuple[dict[str, str], str]:
         first = next(iter(LSTM_SCOPES))
         missing += [f"{first}/kernel", f"{first}/bias"]
         scope = first
-    if missing:
-        if not chosen:
-            raise SpeechImportError(
-                f"{path}: no DeepSpeech weights in this TensorFlow file (none of "
-                f"{', '.join(missing[:3])} ...; it holds {len(names)} tensors"
-                + (f", e.g. {', '.join(sorted(names)[:3])}" if names else "") + ")")
-        raise SpeechImportError(f"{path}: DeepSpeech tensors missing: {', '.join(missing)}")
+    _raise_missing(missing, chosen, names, path)
     return chosen, scope
+
+
+def _raise_missing(missing: list[str], chosen: dict[str, str], names: list[str],
+                   path: str) -> None:
+    if not missing:
+        return
+    if not chosen:
+        raise SpeechImportError(
+            f"{path}: no DeepSpeech weights in this TensorFlow file (none of "
+            f"{', '.join(missing[:3])} ...; it holds {len(names)} tensors"
+            + (f", e.g. {', '.join(sorted(names)[:3])}" if names else "") + ")")
+    raise SpeechImportError(f"{path}: DeepSpeech tensors missing: {', '.join(missing)}")
 
 
 def _graph_lstm_attrs(nodes: list[tff.NodeDef]) -> tuple[float | None, str | None]:
@@ -322,13 +360,8 @@ def _import(path: str | os.PathLike, n_input: int | None, forget_bias: float | N
             relu_clip: float | None) -> _Imported:
     p = os.fspath(path)
     with _open_source(p) as src:
-        bidi = [n for n in [*src.names, *(x.name for x in src.nodes)] if _BIDIRECTIONAL.search(n)]
-        if bidi:
-            raise UnsupportedModelError(
-                f"{p}: a bidirectional DeepSpeech model (e.g. {bidi[0]!r}, the 0.1.x layout): "
-                "its backward LSTM needs the whole utterance, so it cannot stream; "
-                "not supported yet (use a 0.9.x release)")
-        chosen, scope = _select(src.names, p)
+        bidi = any(_BIDIRECTIONAL.search(n) for n in src.names)
+        chosen, scope = _select(src.names, p, bidirectional=bidi)
         try:
             loaded = src.load(sorted(set(chosen.values())))
             graph_bias, bias_op = _graph_lstm_attrs(src.nodes)
@@ -354,18 +387,27 @@ def _import(path: str | os.PathLike, n_input: int | None, forget_bias: float | N
         raise SpeechImportError(f"inconsistent shapes: {chosen['layer_6/weights']} is "
                                 f"{list(w6.shape)}, expected a matrix")
     n_output = w6.shape[1]
+    # 0.1.x: layer_3 is 2 * n_cell wide and layer_5 reads both directions
+    w3 = t["layer_3/weights"]
+    n_hidden_3 = w3.shape[1] if bidi and w3.ndim == 2 else n_hidden
+    n_lstm_out = 2 * n_cell if bidi else n_cell
     expected = {
         "layer_1/bias": ((n_hidden,), "layer_1 width"),
         "layer_2/weights": ((n_hidden, n_hidden), "n_hidden x n_hidden"),
         "layer_2/bias": ((n_hidden,), "n_hidden"),
-        "layer_3/weights": ((n_hidden, n_hidden), "n_hidden x n_hidden"),
-        "layer_3/bias": ((n_hidden,), "n_hidden"),
-        "lstm/kernel": ((n_hidden + n_cell, 4 * n_cell), "[n_hidden + n_cell, 4 * n_cell]"),
-        "layer_5/weights": ((n_cell, n_hidden), "n_cell x n_hidden"),
+        "layer_3/weights": ((n_hidden, n_hidden_3), "n_hidden x n_hidden_3"),
+        "layer_3/bias": ((n_hidden_3,), "n_hidden_3"),
+        "lstm/kernel": ((n_hidden_3 + n_cell, 4 * n_cell),
+                        "[n_hidden_3 + n_cell, 4 * n_cell]"),
+        "layer_5/weights": ((n_lstm_out, n_hidden),
+                            ("2 * " if bidi else "") + "n_cell x n_hidden"),
         "layer_5/bias": ((n_hidden,), "n_hidden"),
         "layer_6/weights": ((n_hidden, n_output), "n_hidden x n_output"),
         "layer_6/bias": ((n_output,), "n_output"),
     }
+    if bidi:
+        expected["lstm_bw/kernel"] = expected["lstm/kernel"]
+        expected["lstm_bw/bias"] = ((4 * n_cell,), "like the forward LSTM")
     for key, (shape, why) in expected.items():
         _check_shape(chosen[key], t[key], shape, why)
 
@@ -379,6 +421,8 @@ def _import(path: str | os.PathLike, n_input: int | None, forget_bias: float | N
         fb, fb_from = float(forget_bias), "given"
     elif graph_bias is not None:
         fb, fb_from = graph_bias, f"graph op {bias_op}"
+    elif bidi:
+        fb, fb_from = BI_FORGET_BIAS, "BasicLSTMCell in DeepSpeech 0.1.x"
     else:
         fb, fb_from = LSTM_SCOPES[scope], f"scope {scope}"
     config = DeepSpeechConfig(
@@ -386,14 +430,16 @@ def _import(path: str | os.PathLike, n_input: int | None, forget_bias: float | N
         n_output=int(n_output),
         relu_clip=float(relu_clip if relu_clip is not None else
                         graph_clip if graph_clip is not None else DEFAULT_RELU_CLIP),
-        forget_bias=fb)
+        forget_bias=fb, n_hidden_3=int(n_hidden_3) if bidi else None, bidirectional=bidi,
+        features="v01" if bidi else "tf")
 
     state: dict[str, torch.Tensor] = {}
     for layer in DENSE_LAYERS:
         state[f"{layer}.weight"] = torch.from_numpy(np.ascontiguousarray(t[f"{layer}/weights"].T))
         state[f"{layer}.bias"] = torch.from_numpy(t[f"{layer}/bias"])
-    state["lstm.kernel"] = torch.from_numpy(t["lstm/kernel"])
-    state["lstm.bias"] = torch.from_numpy(t["lstm/bias"])
+    for key in ("lstm", "lstm_bw") if bidi else ("lstm",):
+        state[f"{key}.kernel"] = torch.from_numpy(t[f"{key}/kernel"])
+        state[f"{key}.bias"] = torch.from_numpy(t[f"{key}/bias"])
     _check_against_model(config, state)
     ignored = len(src.names) - len(set(chosen.values()))
     return _Imported(config, state, src.fmt, chosen, ignored, fb_from)
@@ -444,7 +490,9 @@ def import_to_checkpoint(src: str | os.PathLike, out_path: str | os.PathLike,
         "architecture": (f"n_input={cfg.n_input} n_context={cfg.n_context} "
                          f"n_hidden={cfg.n_hidden} n_cell={cfg.n_cell} "
                          f"n_output={cfg.n_output} relu_clip={cfg.relu_clip:g} "
-                         f"forget_bias={cfg.forget_bias:g}"),
+                         f"forget_bias={cfg.forget_bias:g}"
+                         + (f" n_hidden_3={cfg.n_hidden_3} bidirectional (0.1.x features; "
+                            "offline only)" if cfg.bidirectional else "")),
         "parameters": sum(v.numel() for v in result.state_dict.values()),
         "ignored_tensors": result.ignored,
         "sha256": digest,

@@ -145,6 +145,10 @@ class TrainNet(nn.Module):
         with this net's standardisation unfolded from ``layer_1`` and the LSTM's gates and
         forget bias moved back into ``torch.nn.LSTM``'s layout."""
         cfg, mc = self.config, model.config
+        if not mc.streaming or mc.n_hidden_3 not in (None, mc.n_hidden):
+            raise ValueError("cannot start from this model: training here makes streaming "
+                             "0.9.x-style models, and it is a bidirectional or 0.1.x-feature "
+                             "one")
         if (mc.n_input, mc.n_context, mc.n_hidden, mc.n_cell, mc.n_output) != (
                 cfg.n_input, cfg.n_context, cfg.n_hidden, cfg.n_cell, cfg.n_output):
             raise ValueError(f"cannot start from a model of another shape ({mc.to_dict()}; "

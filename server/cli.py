@@ -298,7 +298,8 @@ def cmd_speech_features(args) -> int:
     windows = audio_to_windows(frontend, audio, args.fps)
     np.save(args.output, windows)
     print(f"wrote {args.output}: {windows.shape[0]} frames x 6 x 29 at {args.fps:g} fps "
-          f"(lookahead {frontend.lookahead_ms + 70:.0f} ms)")
+          + (f"(lookahead {frontend.lookahead_ms + 70:.0f} ms)" if frontend.streaming
+             else "(an offline model: it read the whole utterance)"))
     return 0
 
 
@@ -321,6 +322,9 @@ def cmd_speech_import(args) -> int:
     summary = import_to_checkpoint(args.source, args.output)
     print(f"imported {args.source} -> {args.output}: "
           + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "source"))
+    if "bidirectional" in summary["architecture"]:
+        print("note: a bidirectional (0.1.x) model needs the whole utterance: etf speech "
+              "features / transcribe and etf render use it; live serving refuses it")
     return 0
 
 
@@ -677,9 +681,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("speech", help="DeepSpeech features: import weights, features, text")
     ssub = sp.add_subparsers(dest="speech_command", required=True)
-    si = ssub.add_parser("import", help="convert official DeepSpeech 0.9.x weights (a "
+    si = ssub.add_parser("import", help="convert official DeepSpeech weights: 0.9.x (a "
                          "TensorFlow checkpoint or its .tar.gz, an exported .pb, or the "
-                         "release's .pbmm)")
+                         "release's .pbmm), or 0.1.x's bidirectional output_graph.pb "
+                         "(offline use only)")
     si.add_argument("source")
     si.add_argument("-o", "--output", required=True, help="our checkpoint to write (.pt)")
     si.set_defaults(func=cmd_speech_import)

@@ -156,3 +156,19 @@ def test_server_batches_live_sessions_and_refuses_beyond_capacity(served, weight
     # sessions tick on one grid, so their frames share engine calls
     assert stats["mean_batch"] > 1.3, stats
     assert stats["refused"] == 0  # the third peer was refused before reaching the worker
+
+
+def test_live_serving_refuses_a_speech_model_that_cannot_stream(served, weights, tmp_path):
+    """An imported DeepSpeech 0.1.x model (bidirectional) renders files but cannot serve."""
+    import shutil
+
+    from engines.speech_frontend import SpeechModelError
+    from etf_models.deepspeech import DeepSpeech, DeepSpeechConfig, save_deepspeech
+
+    d = tmp_path / "weights"
+    shutil.copytree(weights, d)
+    cfg = DeepSpeechConfig(n_hidden=16, n_cell=8, n_hidden_3=16, forget_bias=1.0,
+                           bidirectional=True, features="v01")
+    save_deepspeech(d / "speech.pt", DeepSpeech(cfg), {})
+    with pytest.raises(SpeechModelError, match="cannot stream"):
+        NeuralEngines(served, NeuralConfig(str(d), capacity=2))

@@ -11,7 +11,13 @@ torch = pytest.importorskip("torch")
 
 from engines.speech_frontend import DeepSpeechFrontend, VideoWindows, audio_to_windows  # noqa: E402
 from etf_models.deepspeech import BLANK, DeepSpeech, DeepSpeechConfig, greedy_decode  # noqa: E402
-from etf_models.speech_features import StreamingMfcc, context_windows, mfcc  # noqa: E402
+from etf_models.speech_features import (  # noqa: E402
+    StreamingMfcc,
+    context_windows,
+    mfcc,
+    v01_mfcc,
+    v01_windows,
+)
 
 # TensorFlow 2.21's tf.raw_ops.AudioSpectrogram(512, 320, magnitude_squared) + Mfcc(16000,
 # upper 8000, lower 20, 40 channels, 26 coefficients) on the signal of _tone(), rows 0 and 3,
@@ -108,6 +114,76 @@ def test_video_windows_lookahead_is_declared():
     got = win.push(rows)  # rows up to 96 ms: frames whose window ends before it
     for k in range(len(got)):
         assert k / 25.0 + 0.05 <= 0.016 + 0.02 * 4 + 1e-9
+
+
+# ------------------------------------------------------------------------------------------
+# DeepSpeech 0.1.x (bidirectional, python_speech_features MFCC, utterance whitening): offline
+# ------------------------------------------------------------------------------------------
+
+def test_v01_mfcc_matches_python_speech_features():
+    psf = pytest.importorskip("python_speech_features")
+    rng = np.random.default_rng(4)
+    for n in (5, 400, 401, 16000, 16123):  # one short frame, exact fits, a padded last frame
+        pcm = (rng.standard_normal(n) * 3000).astype(np.int16)
+        ours = v01_mfcc(pcm)
+        theirs = psf.mfcc(pcm, samplerate=16000, numcep=26)
+        assert ours.shape == theirs.shape == (1 if n <= 400 else 1 + math.ceil((n - 400) / 160),
+                                              26)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+    silent = np.zeros(1000)  # zero energy: the package's eps floors
+    np.testing.assert_allclose(v01_mfcc(silent), psf.mfcc(silent, 16000, numcep=26),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_v01_windows_follow_the_released_recipe():
+    """int16 samples, every second 10 ms row, 9 zero frames each side, whitened by the whole
+    matrix's one mean and deviation: DeepSpeech 0.1.x's audiofile_to_input_vector."""
+    audio = _speechlike(1.3, seed=5)
+    pcm = np.trunc(audio.astype(np.float64) * 32768)
+    rows = v01_mfcc(pcm)[::2]
+    padded = np.concatenate([np.zeros((9, 26)), rows, np.zeros((9, 26))])
+    ref = np.stack([padded[i:i + 19] for i in range(len(rows))])
+    ref = (ref - ref.mean()) / ref.std()
+    got = v01_windows(audio)
+    assert got.shape == (len(rows), 19, 26) == (65, 19, 26)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert abs(got.mean()) < 1e-5 and got.std() == pytest.approx(1.0, abs=1e-5)
+    # the scale of the input does not matter once whitened except through log energy
+    assert not np.allclose(v01_windows(audio * 0.5), got, atol=1e-3)
+
+
+def test_bidirectional_model_runs_offline_only():
+    torch.manual_seed(1)
+    cfg = DeepSpeechConfig(n_hidden=32, n_cell=20, n_hidden_3=40, n_context=9,
+                           forget_bias=1.0, bidirectional=True, features="v01")
+    model = DeepSpeech(cfg).eval()
+    assert not cfg.streaming and model.layer_5.in_features == 40
+    audio = _speechlike(1.5, seed=6)
+    fe = DeepSpeechFrontend(model)
+    assert fe.lookahead_ms == math.inf and fe.row_centre_s == pytest.approx(0.0125)
+    assert fe.push(audio[:8000]).shape == (0, 29)  # nothing before the utterance ends
+    assert fe.push(audio[8000:]).shape == (0, 29)
+    rows = fe.flush()
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(v01_windows(audio))[None])[0].numpy()
+    np.testing.assert_allclose(rows, ref, atol=1e-6)
+    assert rows.shape == (75, 29)
+    # backward in time: the first row depends on the end of the utterance
+    changed = audio.copy()
+    changed[-4000:] *= 3
+    assert not np.allclose(fe.process(changed)[0], rows[0], atol=1e-6)
+    # per-frame windows: same whole or chunked, row r centred at 20 r + 12.5 ms
+    whole = audio_to_windows(fe, audio, 25.0)
+    assert whole.shape == (38, 6, 29)
+    np.testing.assert_allclose(audio_to_windows(fe, audio, 25.0, chunk=320), whole, atol=1e-6)
+    row_t = 0.0125 + 0.02 * np.arange(len(rows))
+    t = 10 / 25.0 + 0.02 * (np.arange(6) - 2.5)
+    want = np.stack([np.interp(t, row_t, rows[:, c]) for c in range(29)], axis=1)
+    np.testing.assert_allclose(whole[10], want, atol=1e-5)
+    with pytest.raises(RuntimeError, match="whole utterance"):
+        model.step(torch.zeros(1, 1, 19, 26), model.initial_state())
+    with pytest.raises(ValueError, match="unknown speech features"):
+        DeepSpeechConfig(features="mel")
 
 
 def test_greedy_decode_collapses_repeats_and_blanks():

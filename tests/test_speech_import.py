@@ -327,17 +327,119 @@ def test_missing_and_inconsistent_tensors(tmp_path: Path) -> None:
         import_deepspeech(tff.write_checkpoint(tmp_path / "other", other))
 
 
-def test_bidirectional_and_unsupported_lstm(tmp_path: Path) -> None:
-    v010 = {"h1": np.zeros((494, 8), np.float32), "b1": np.zeros(8, np.float32),
-            "bidirectional_rnn/fw/basic_lstm_cell/weights": np.zeros((16, 32), np.float32),
-            "bidirectional_rnn/bw/basic_lstm_cell/weights": np.zeros((16, 32), np.float32)}
-    with pytest.raises(UnsupportedModelError, match="bidirectional.*cannot stream"):
-        import_deepspeech(tff.write_checkpoint(tmp_path / "v010", v010))
-    nodes = [tff.const_node(k, v) for k, v in v010.items()]
-    tff.write_graph_def(tmp_path / "v010.pb", nodes)
-    with pytest.raises(UnsupportedModelError, match="bidirectional"):
-        import_deepspeech(tmp_path / "v010.pb")
+# DeepSpeech 0.1.x: bidirectional, h1/b1 ... names, layer_3 2 * n_cell wide
+V01_FW, V01_BW = "bidirectional_rnn/fw/basic_lstm_cell", "bidirectional_rnn/bw/basic_lstm_cell"
 
+
+def tf_model_v01(seed: int = 0, leaves: tuple[str, str] = ("kernel", "bias"),
+                 ) -> dict[str, np.ndarray]:
+    """Random DeepSpeech 0.1.x weights under its names (TF >= 1.2 leaves by default)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int, scale: float) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    n3 = 2 * N_CELL
+    sizes = {"1": (WINDOW * N_INPUT, N_HIDDEN), "2": (N_HIDDEN, N_HIDDEN), "3": (N_HIDDEN, n3),
+             "5": (2 * N_CELL, N_HIDDEN), "6": (N_HIDDEN, N_OUTPUT)}
+    out = {}
+    for k, (n_in, n_out) in sizes.items():
+        out[f"h{k}"] = w(n_in, n_out, scale=0.5 if k == "1" else 0.3)
+        out[f"b{k}"] = w(n_out, scale=0.5)
+    for scope in (V01_FW, V01_BW):
+        out[f"{scope}/{leaves[0]}"] = w(n3 + N_CELL, 4 * N_CELL, scale=0.15)
+        out[f"{scope}/{leaves[1]}"] = w(4 * N_CELL, scale=0.5)
+    return out
+
+
+def reference_logits_v01(t: dict[str, np.ndarray], x: np.ndarray,
+                         forget_bias: float = 1.0) -> np.ndarray:
+    """DeepSpeech 0.1.x's BiRNN in NumPy from its TensorFlow weights: ``BasicLSTMCell``
+    (gates i, j, f, o) forward and backward in time, outputs concatenated fw first."""
+    def dense(k: str, v: np.ndarray, relu: bool = True) -> np.ndarray:
+        y = v @ t[f"h{k}"].astype(np.float64) + t[f"b{k}"]
+        return np.minimum(np.maximum(y, 0.0), 20.0) if relu else y
+
+    def lstm(scope: str, seq: np.ndarray) -> np.ndarray:
+        leaf_k, leaf_b = ("kernel", "bias") if f"{scope}/kernel" in t else ("weights", "biases")
+        kernel, bias = t[f"{scope}/{leaf_k}"].astype(np.float64), t[f"{scope}/{leaf_b}"]
+        n = bias.shape[0] // 4
+        c, h, outs = np.zeros(n), np.zeros(n), []
+        for step in seq:
+            z = np.concatenate([step, h]) @ kernel + bias
+            i, j, f, o = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
+            c = c / (1 + np.exp(-(f + forget_bias))) + np.tanh(j) / (1 + np.exp(-i))
+            h = np.tanh(c) / (1 + np.exp(-o))
+            outs.append(h)
+        return np.stack(outs)
+
+    h3 = dense("3", dense("2", dense("1", x.reshape(len(x), -1))))
+    both = np.concatenate([lstm(V01_FW, h3), lstm(V01_BW, h3[::-1])[::-1]], axis=1)
+    return dense("6", dense("5", both), relu=False)
+
+
+def v01_graph_nodes(weights: dict[str, np.ndarray]) -> list[tff.NodeDef]:
+    """A frozen 0.1.x-like graph: Const weights with /read identities, the clipped ReLUs,
+    no LSTM op (``BasicLSTMCell`` is plain MatMul / Sigmoid / Tanh inside while loops)."""
+    nodes = []
+    for name, value in weights.items():
+        nodes.append(tff.const_node(name, value))
+        nodes.append(tff.NodeDef(name + "/read", "Identity", [name]))
+    nodes.append(tff.const_node("Minimum/y", np.float32(20.0)))
+    nodes.append(tff.NodeDef("Relu", "Relu", ["Add"]))
+    nodes.append(tff.NodeDef("Minimum", "Minimum", ["Relu", "Minimum/y"]))
+    nodes.append(tff.NodeDef("bidirectional_rnn/fw/fw/while/Enter", "Enter", ["zeros"]))
+    nodes.append(tff.NodeDef("logits", "Reshape", ["Add_5", "Reshape/shape"]))
+    return nodes
+
+
+def assert_imports_v01(path: Path | str, weights: dict[str, np.ndarray],
+                       forget_bias: float = 1.0, overrides: dict | None = None) -> None:
+    config, state = import_deepspeech(path, **(overrides or {}))
+    assert (config.bidirectional, config.features, config.streaming) == (True, "v01", False)
+    assert (config.n_hidden, config.n_cell, config.n_hidden_3) == (N_HIDDEN, N_CELL,
+                                                                   2 * N_CELL)
+    assert (config.n_context, config.forget_bias) == (N_CONTEXT, forget_bias)
+    x = windows(8, seed=3)
+    np.testing.assert_allclose(torch_logits(config, state, x),
+                               reference_logits_v01(weights, x, forget_bias),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_v01_bidirectional_graph_and_checkpoint(tmp_path: Path) -> None:
+    weights = tf_model_v01(7)
+    tff.write_graph_def(tmp_path / "output_graph.pb", v01_graph_nodes(weights))
+    assert_imports_v01(tmp_path / "output_graph.pb", weights)
+    assert_imports_v01(tmp_path / "output_graph.pb", weights, forget_bias=0.0,
+                       overrides={"forget_bias": 0.0})
+    # a TensorFlow 1.0 - 1.1 training checkpoint: weights/biases leaves and Adam slots
+    old = tf_model_v01(8, leaves=("weights", "biases"))
+    prefix = tff.write_checkpoint(tmp_path / "model.ckpt-100", with_training_state(old))
+    assert_imports_v01(prefix, old)
+
+    summary = import_to_checkpoint(tmp_path / "output_graph.pb", tmp_path / "v01.pt")
+    assert "bidirectional" in summary["architecture"]
+    assert summary["parameters"] == sum(v.size for v in weights.values())
+    from etf_models.deepspeech import load_deepspeech
+
+    model = load_deepspeech(tmp_path / "v01.pt")
+    assert model.config.bidirectional and not model.config.streaming
+    with pytest.raises(RuntimeError, match="whole utterance"):
+        model.step(torch.zeros(1, 2, WINDOW, N_INPUT), model.initial_state())
+
+
+def test_v01_missing_and_inconsistent(tmp_path: Path) -> None:
+    weights = tf_model_v01()
+    partial = {k: v for k, v in weights.items() if not k.startswith(V01_BW)}
+    with pytest.raises(SpeechImportError, match=f"missing: {V01_BW}/kernel"):
+        import_deepspeech(tff.write_checkpoint(tmp_path / "partial", partial))
+    bad = dict(weights)
+    bad["h5"] = np.zeros((N_CELL, N_HIDDEN), np.float32)  # read one direction only
+    with pytest.raises(SpeechImportError, match=r"h5 is \[12, 16\].*2 \* n_cell"):
+        import_deepspeech(tff.write_checkpoint(tmp_path / "bad", bad))
+
+
+def test_unsupported_lstm(tmp_path: Path) -> None:
     nodes = graph_nodes(tf_model())
     lstm = next(n for n in nodes if n.op == "BlockLSTM")
     lstm.attr["cell_clip"] = tff.AttrValue("f", 3.0)
@@ -810,3 +912,84 @@ def test_real_tensorflow_memmapped_cross_check(tmp_path: Path) -> None:
     for name, value in source.items():
         assert dumped[name].dtype == value.dtype, name
         np.testing.assert_array_equal(dumped[name], value, err_msg=name)
+
+
+_TF_V01_SCRIPT = r'''
+import os, sys
+import numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.compat.v1 RNN cells live in tf_keras now
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+tf1.disable_eager_execution()
+inp, out = sys.argv[1], sys.argv[2]
+spec = np.load(inp + "/model.npz")
+weights = {k.replace("|", "/"): spec[k] for k in spec.files if k != "x"}
+x_val = spec["x"]
+steps, window, n_input = x_val.shape
+n_cell = weights["bidirectional_rnn/fw/basic_lstm_cell/bias"].shape[0] // 4
+
+# DeepSpeech 0.1.x's BiRNN: h1..h6 / b1..b6, two BasicLSTMCell(forget_bias=1.0) under
+# bidirectional_dynamic_rnn (time major, with sequence lengths), outputs concatenated
+x = tf1.placeholder(tf.float32, [1, None, window * n_input], name="input_node")
+seq_length = tf1.placeholder(tf.int32, [None], name="input_lengths")
+v = {k: tf1.get_variable(k, initializer=tf.constant(weights[k]), use_resource=False)
+     for k in ("h1", "b1", "h2", "b2", "h3", "b3", "h5", "b5", "h6", "b6")}
+batch_x_shape = tf.shape(x)
+h = tf.reshape(tf.transpose(x, [1, 0, 2]), [-1, window * n_input])
+for k in ("1", "2", "3"):
+    h = tf.minimum(tf.nn.relu(tf.add(tf.matmul(h, v["h" + k]), v["b" + k])), 20.0)
+h = tf.reshape(h, [-1, batch_x_shape[0], weights["h3"].shape[1]])
+fw = tf1.nn.rnn_cell.BasicLSTMCell(n_cell, forget_bias=1.0, state_is_tuple=True)
+bw = tf1.nn.rnn_cell.BasicLSTMCell(n_cell, forget_bias=1.0, state_is_tuple=True)
+outputs, _ = tf1.nn.bidirectional_dynamic_rnn(fw, bw, h, dtype=tf.float32, time_major=True,
+                                              sequence_length=seq_length)
+h = tf.reshape(tf.concat(outputs, 2), [-1, 2 * n_cell])
+h = tf.minimum(tf.nn.relu(tf.add(tf.matmul(h, v["h5"]), v["b5"])), 20.0)
+h = tf.add(tf.matmul(h, v["h6"]), v["b6"])
+logits = tf.reshape(h, [-1, batch_x_shape[0], weights["h6"].shape[1]], name="logits")
+with tf1.Session() as sess:
+    sess.run(tf1.global_variables_initializer())
+    for scope in ("fw", "bw"):  # the cells' variables exist only now: load them
+        for leaf in ("kernel", "bias"):
+            name = f"bidirectional_rnn/{scope}/basic_lstm_cell/{leaf}"
+            var = next(g for g in tf1.global_variables() if g.op.name == name)
+            var.load(weights[name], sess)
+    feed = {x: x_val.reshape(1, steps, -1), seq_length: [steps]}
+    np.save(out + "/tf_logits.npy", sess.run(logits, feed)[:, 0])
+    tf1.train.Saver().save(sess, out + "/ckpt/model.ckpt", global_step=7)
+    frozen = tf1.graph_util.convert_variables_to_constants(
+        sess, sess.graph.as_graph_def(), ["logits"])
+    tf.io.write_graph(frozen, out, "output_graph.pb", as_text=False)
+'''
+
+
+@pytest.mark.slow
+def test_real_tensorflow_v01_cross_check(tmp_path: Path) -> None:
+    """TensorFlow builds DeepSpeech 0.1.x's bidirectional graph (``BasicLSTMCell`` under
+    ``bidirectional_dynamic_rnn``), runs it, saves and freezes it: both files import to a
+    model whose logits match TensorFlow's."""
+    python = os.environ.get("ETF_TF_PYTHON")
+    if not python:
+        pytest.skip("set ETF_TF_PYTHON to a Python with TensorFlow (and tf_keras) to "
+                    "cross-check")
+    script = tmp_path / "tf_v01.py"
+    script.write_text(_TF_V01_SCRIPT)
+    weights, x = tf_model_v01(21), windows(11, seed=22)
+    tf_in, tf_out = tmp_path / "in", tmp_path / "out"
+    tf_in.mkdir()
+    tf_out.mkdir()
+    np.savez(tf_in / "model.npz", **{k.replace("/", "|"): v for k, v in weights.items()},
+             x=x)
+    proc = subprocess.run([python, str(script), str(tf_in), str(tf_out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tf_logits = np.load(tf_out / "tf_logits.npy")
+    np.testing.assert_allclose(reference_logits_v01(weights, x), tf_logits,
+                               rtol=1e-5, atol=1e-5)
+    for source in (tf_out / "output_graph.pb", tf_out / "ckpt"):
+        config, state = import_deepspeech(source)
+        assert config.bidirectional and config.forget_bias == 1.0
+        np.testing.assert_allclose(torch_logits(config, state, x), tf_logits,
+                                   rtol=1e-5, atol=1e-5)
