@@ -81,20 +81,28 @@ def reference_logits(t: dict[str, np.ndarray], x: np.ndarray, forget_bias: float
         y = v @ t[f"{name}/weights"].astype(np.float64) + t[f"{name}/bias"]
         return np.minimum(np.maximum(y, 0.0), relu_clip) if relu else y
 
+    h = dense("layer_3", dense("layer_2", dense("layer_1", x.reshape(len(x), -1))))
+    outs = np_lstm(t[f"{LSTM}/kernel"], t[f"{LSTM}/bias"], h, forget_bias)
+    return dense("layer_6", dense("layer_5", outs), relu=False)
+
+
+def np_lstm(kernel: np.ndarray, bias: np.ndarray, seq: np.ndarray,
+            forget_bias: float) -> np.ndarray:
+    """TensorFlow's LSTM (block cell and ``BasicLSTMCell`` alike: gates i, j, f, o of
+    ``[x, h] @ kernel + bias``) over ``seq`` [T, n_in] from a zero state -> [T, n_cell]."""
     def sigmoid(v: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-v))
 
-    h = dense("layer_3", dense("layer_2", dense("layer_1", x.reshape(len(x), -1))))
-    kernel, bias = t[f"{LSTM}/kernel"].astype(np.float64), t[f"{LSTM}/bias"]
+    kernel = kernel.astype(np.float64)
     n = bias.shape[0] // 4
     c_state, h_state, outs = np.zeros(n), np.zeros(n), []
-    for step in h:
+    for step in seq:
         z = np.concatenate([step, h_state]) @ kernel + bias
         i, j, f, o = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
         c_state = sigmoid(f + forget_bias) * c_state + sigmoid(i) * np.tanh(j)
         h_state = sigmoid(o) * np.tanh(c_state)
         outs.append(h_state)
-    return dense("layer_6", dense("layer_5", np.stack(outs)), relu=False)
+    return np.stack(outs)
 
 
 def torch_logits(config: DeepSpeechConfig, state: dict, x: np.ndarray) -> np.ndarray:
@@ -362,16 +370,7 @@ def reference_logits_v01(t: dict[str, np.ndarray], x: np.ndarray,
 
     def lstm(scope: str, seq: np.ndarray) -> np.ndarray:
         leaf_k, leaf_b = ("kernel", "bias") if f"{scope}/kernel" in t else ("weights", "biases")
-        kernel, bias = t[f"{scope}/{leaf_k}"].astype(np.float64), t[f"{scope}/{leaf_b}"]
-        n = bias.shape[0] // 4
-        c, h, outs = np.zeros(n), np.zeros(n), []
-        for step in seq:
-            z = np.concatenate([step, h]) @ kernel + bias
-            i, j, f, o = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
-            c = c / (1 + np.exp(-(f + forget_bias))) + np.tanh(j) / (1 + np.exp(-i))
-            h = np.tanh(c) / (1 + np.exp(-o))
-            outs.append(h)
-        return np.stack(outs)
+        return np_lstm(t[f"{scope}/{leaf_k}"], t[f"{scope}/{leaf_b}"], seq, forget_bias)
 
     h3 = dense("3", dense("2", dense("1", x.reshape(len(x), -1))))
     both = np.concatenate([lstm(V01_FW, h3), lstm(V01_BW, h3[::-1])[::-1]], axis=1)
