@@ -465,10 +465,12 @@ _WORKER: dict = {}
 
 
 def _init_worker(sentences: list[tuple[str, str]], voices: list[Voice], opus: bool,
-                 vtlp: bool) -> None:
+                 vtlp: bool, tmp_root: str) -> None:
     _WORKER["sentences"] = sentences
     _WORKER["voices"] = voices
-    _WORKER["tmp"] = tempfile.mkdtemp(prefix="etf-tts-")
+    # inside the parent's folder, which the parent removes (pool workers are terminated,
+    # so they never clean up after themselves)
+    _WORKER["tmp"] = tempfile.mkdtemp(prefix="worker-", dir=tmp_root)
     _WORKER["aug"] = Augmenter(np.random.default_rng(0), opus, vtlp)  # one per process
 
 
@@ -540,7 +542,8 @@ def build_corpus(out_dir: str | os.PathLike, hours: float, seed: int = 0, worker
     batch_size = 4 * workers
     total = {"utterances": 0, "seconds": 0.0, "failed": 0}
     ctx = mp.get_context("fork")
-    with ctx.Pool(workers, _init_worker, (sentences, voices, opus, vtlp)) as pool:
+    with tempfile.TemporaryDirectory(prefix="etf-tts-") as tmp_root, \
+            ctx.Pool(workers, _init_worker, (sentences, voices, opus, vtlp, tmp_root)) as pool:
         for s in range(n_shards):
             path = out / f"shard_{s:05d}.npz"
             if path.exists():

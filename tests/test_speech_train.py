@@ -220,7 +220,12 @@ def test_piper_voice_when_installed():
 
 
 @needs_flite
-def test_tiny_corpus_and_training_round_trip(tmp_path):
+def test_tiny_corpus_and_training_round_trip(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "scratch"  # where the synthesis workers' temporary files go
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     voices = [v for v in sc.voice_catalogue() if v.engine == "flite"][:2]
     sentences = [sc.normalise_sentence(s) for s in (
         "The cat sat on the mat.", "A dog ran home.", "We like red apples.",
@@ -229,6 +234,7 @@ def test_tiny_corpus_and_training_round_trip(tmp_path):
     summary = sc.build_corpus(corpus, hours=60 / 3600, seed=1, workers=2, shard_seconds=30,
                               sentences=sentences, voices=voices)
     assert summary["utterances"] >= 10 and (corpus / "shard_00001.npz").exists()
+    assert not list(scratch.iterdir())  # the workers' files are gone with the pool
     data = CorpusData(corpus)
     assert data.feats.dtype == np.float16 and data.feats.shape[1] == 26
     assert set(data.labels) <= {s[1] for s in sentences}
