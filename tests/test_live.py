@@ -130,15 +130,23 @@ def test_live_window_shows_the_face_on_a_virtual_display(tmp_path):
         time.sleep(1.0)
         proc = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "live", "--window", "--audio",
-             builtin_sentence(), "--duration", "5", "--control-port", str(_free_port())],
+             builtin_sentence(), "--duration", "8", "--control-port", str(_free_port())],
             env={**os.environ, "DISPLAY": display}, cwd=root,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        shots = []
-        deadline = time.monotonic() + 4.5
-        time.sleep(2.5)
-        while time.monotonic() < deadline and len(shots) < 4:
-            shots.append(np.asarray(ImageGrab.grab(xdisplay=display))[:512, :512].astype(int))
+
+        def grab() -> np.ndarray:
+            return np.asarray(ImageGrab.grab(xdisplay=display))[:512, :512].astype(int)
+
+        # wait for the first picture (start-up takes seconds on a loaded machine), then
+        # take three more while the session runs
+        deadline = time.monotonic() + 7.0
+        shots = [grab()]
+        while shots[-1].mean() <= 60 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            shots = [grab()]
+        for _ in range(3):
             time.sleep(0.3)
+            shots.append(grab())
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         xvfb.terminate()
