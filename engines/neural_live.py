@@ -171,15 +171,16 @@ class NeuralEngines:
 
         self.identity, self.config = identity, config
         speech = Path(config.weights) / SPEECH_FILE
-        self.speech_model = (DeepSpeechFrontend.from_checkpoint(speech) if speech.is_file()
-                             else DeepSpeechFrontend.default()).model
-        if not self.speech_model.config.streaming:
+        frontend = (DeepSpeechFrontend.from_checkpoint(speech) if speech.is_file()
+                    else DeepSpeechFrontend.default())
+        if not frontend.streaming:
             raise SpeechModelError(
                 f"{speech}: this speech model cannot stream (a bidirectional DeepSpeech 0.1.x "
                 "model needs the whole utterance); live serving needs a streaming one such "
                 "as the shipped default or an imported 0.9.x release. Offline rendering "
                 "(etf render) can use it.")
-        self.speech_lookahead_ms = DeepSpeechFrontend(self.speech_model).lookahead_ms
+        self.speech_model = frontend.model
+        self.speech_lookahead_ms = frontend.lookahead_ms
 
         gl = GCNLandmarkEngine(weights_file(config.weights, LANDMARKS_FILE, "neural serving",
                                             "etf train landmarks")).model

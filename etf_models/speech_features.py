@@ -201,10 +201,9 @@ def v01_filterbank(n_filters: int = V01_FILTERS, nfft: int = V01_NFFT,
 
 @lru_cache(maxsize=2)
 def _ortho_dct(n: int) -> np.ndarray:
-    """[n, n] orthonormal DCT-II (scipy's ``dct(norm='ortho')``) as a right-multiplied matrix."""
-    k = np.arange(n)[None, :]
-    j = np.arange(n)[:, None]
-    m = math.sqrt(2.0 / n) * np.cos(math.pi * k * (2 * j + 1) / (2 * n))
+    """[n, n] orthonormal DCT-II (scipy's ``dct(norm='ortho')``) as a right-multiplied
+    matrix: TensorFlow's ``dct_matrix`` with coefficient 0 scaled by 1 / sqrt(2)."""
+    m = dct_matrix(n, n).copy()  # dct_matrix is cached: never scale it in place
     m[:, 0] /= math.sqrt(2.0)
     return m
 

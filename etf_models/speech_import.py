@@ -493,6 +493,7 @@ def import_to_checkpoint(src: str | os.PathLike, out_path: str | os.PathLike,
                          f"forget_bias={cfg.forget_bias:g}"
                          + (f" n_hidden_3={cfg.n_hidden_3} bidirectional (0.1.x features; "
                             "offline only)" if cfg.bidirectional else "")),
+        "streaming": cfg.streaming,
         "parameters": sum(v.numel() for v in result.state_dict.values()),
         "ignored_tensors": result.ignored,
         "sha256": digest,

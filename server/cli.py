@@ -322,7 +322,7 @@ def cmd_speech_import(args) -> int:
     summary = import_to_checkpoint(args.source, args.output)
     print(f"imported {args.source} -> {args.output}: "
           + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "source"))
-    if "bidirectional" in summary["architecture"]:
+    if not summary["streaming"]:
         print("note: a bidirectional (0.1.x) model needs the whole utterance: etf speech "
               "features / transcribe and etf render use it; live serving refuses it")
     return 0
