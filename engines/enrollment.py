@@ -50,17 +50,34 @@ class EnrollOptions:
     min_face_px: int = MIN_FACE_PX
 
 
+def face_model_file(name: str) -> str:
+    """Path of one model file shipped in ``face-recognition-models`` (``models/<name>``).
+
+    Found without importing that package: its ``__init__`` imports ``pkg_resources``,
+    which setuptools 81 and later no longer provide.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    path = (os.path.join(spec.submodule_search_locations[0], "models", name)
+            if spec and spec.submodule_search_locations else "")
+    if not os.path.isfile(path):
+        raise EnrollmentError(
+            f"face analysis needs {name} from face-recognition-models; "
+            "reinstall the package (pip install etf-avatar)"
+        )
+    return path
+
+
 @lru_cache(maxsize=1)
 def _dlib_models():
     try:
         import dlib
-        import face_recognition_models
-    except ImportError as e:  # pragma: no cover - both are core dependencies
+    except ImportError as e:  # pragma: no cover - a core dependency
         raise EnrollmentError(
-            "face detection needs dlib-bin and face-recognition-models; "
-            "reinstall the package (pip install etf-avatar)"
+            "face detection needs dlib-bin; reinstall the package (pip install etf-avatar)"
         ) from e
-    predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+    predictor = dlib.shape_predictor(face_model_file("shape_predictor_68_face_landmarks.dat"))
     return dlib.get_frontal_face_detector(), predictor, dlib
 
 
