@@ -1,7 +1,7 @@
 """Benchmark suite of the fast engines: latency, build time, sessions per device, adaptation.
 
 One command, on the CPU or a GPU, over the device step that serves live frames
-(``engines.neural_live.NeuralFrameStep``: upload -> G_L -> blinks -> G_T -> paste-back ->
+(``engines.neural.live.NeuralFrameStep``: upload -> G_L -> blinks -> G_T -> paste-back ->
 I420 -> download, for the default face at its served size):
 
 1. per backend x batch size: latency p50/p99 of each stage and of the whole step, and
@@ -51,7 +51,7 @@ DEFAULT_BACKENDS = {"cpu": "torch,ort", "cuda": "cuda,cuda-fp16,cuda-fp16+graphs
 DEFAULT_BATCHES = {"cpu": "1,2,4", "cuda": "1,2,4,8,16,32"}
 FPS = (25, 30)
 TARGET_MS = 3.0  # per-frame compute at batch 1 on an H100 (the issue's target)
-PHOTO_SIDE = 512  # the served photo size (engines.identity.Identity.for_video)
+PHOTO_SIDE = 512  # the served photo size (engines.face.identity.Identity.for_video)
 
 
 def log(msg: str) -> None:
@@ -75,7 +75,7 @@ def load_networks(weights: str | None, channels: str):
     from etf_models.texture_flow import TextureFlow, TextureFlowConfig
 
     if weights:
-        from engines.neural import LANDMARKS_FILE, TEXTURE_FILE, weights_file
+        from engines.neural.networks import LANDMARKS_FILE, TEXTURE_FILE, weights_file
         from etf_models.landmark_train import load_landmark_model
         from etf_models.texture_train import load_texture_model
 
@@ -84,7 +84,7 @@ def load_networks(weights: str | None, channels: str):
         gt = load_texture_model(weights_file(weights, TEXTURE_FILE, "bench_engines",
                                              "etf train texture"))
         return gl.eval(), gt.eval()
-    from engines.default_face import default_identity
+    from engines.face.default_face import default_identity
 
     torch.manual_seed(0)
     gl = LandmarkGCN(face_graph(default_identity().neutral))
@@ -98,9 +98,9 @@ class Setup:
     """The served identity, its tensors for both networks, and random frame inputs."""
 
     def __init__(self, gl, gt, pool: int = 64, seed: int = 0) -> None:
-        from engines.default_face import default_identity
-        from engines.neural import gl_identity_inputs, gt_identity_inputs
-        from engines.neural_live import FrameInputs
+        from engines.face.default_face import default_identity
+        from engines.neural.live import FrameInputs
+        from engines.neural.networks import gl_identity_inputs, gt_identity_inputs
 
         self.gl, self.gt = gl, gt
         self.identity = default_identity().for_video(PHOTO_SIDE)
@@ -120,8 +120,8 @@ class Engine:
     """Both backends of one spec, activated and bound, and the device step over them."""
 
     def __init__(self, setup: Setup, spec: str, max_batch: int) -> None:
-        from engines.backends import gl_graph, gt_graph, make_backend
-        from engines.neural_live import NeuralFrameStep
+        from engines.neural.backends import gl_graph, gt_graph, make_backend
+        from engines.neural.live import NeuralFrameStep
 
         self.spec = spec
         # Fresh graphs per backend, so each build pays for its own ONNX export.
@@ -163,7 +163,7 @@ def measure_cell(engine: Engine, setup: Setup, batch: int, budget_s: float, min_
     after every stage, so timed and untimed (the serving path) steps alternate and the
     step's latency comes from the untimed ones."""
     from engines.latency import LatencyRing
-    from engines.neural_live import STEP_STAGES
+    from engines.neural.live import STEP_STAGES
 
     step, frames = engine.step, setup.batch(batch)
     t = time.perf_counter()
@@ -192,7 +192,7 @@ def measure_cell(engine: Engine, setup: Setup, batch: int, budget_s: float, min_
 def measure_backend(setup: Setup, spec: str, batches: list[int], budget_s: float,
                     min_iters: int, warmup: int) -> dict:
     """Build time and one cell per batch size; ``{"skipped": reason}`` if it cannot run."""
-    from engines.backends import BackendUnavailable
+    from engines.neural.backends import BackendUnavailable
 
     log(f"[{spec}] building")
     try:
@@ -233,7 +233,7 @@ def sessions_trial(engine: Engine, setup: Setup, n: int, fps: float, max_batch: 
     frames are over the period (its p99 cannot pass); frames still unanswered when the
     worker has stopped count with the time they had waited (a lower bound) and as
     ``late``."""
-    from engines.batching import BatchWorker, aligned_start
+    from engines.neural.batching import BatchWorker, aligned_start
 
     period = 1.0 / fps
     cap = min(n, max_batch)
@@ -489,7 +489,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def summary_table(result: dict) -> str:
-    from engines.neural_live import STEP_STAGES
+    from engines.neural.live import STEP_STAGES
 
     head = (f"{'backend':<20} {'batch':>5} " + " ".join(f"{s[:8]:>8}" for s in STEP_STAGES)
             + f" {'step p50':>9} {'step p99':>9} {'frames/s':>9}")
@@ -530,7 +530,7 @@ def _ints(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--backends", help="comma-separated backend specs (engines/backends.py); "
+    p.add_argument("--backends", help="comma-separated backend specs (engines/neural/backends.py); "
                    "default: torch,ort on cpu, cuda,cuda-fp16,cuda-fp16+graphs,tensorrt on cuda")
     p.add_argument("--batches", help="comma-separated batch sizes (default 1,2,4 on cpu, "
                    "1,2,4,8,16,32 on cuda)")

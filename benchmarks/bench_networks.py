@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import torch
 
-    from engines.default_face import default_identity
+    from engines.face.default_face import default_identity
     from etf_models.export import export_gl, export_gt, gl_example, gt_example
     from etf_models.landmark_gcn import LandmarkGCN, PerFrameGL, face_graph
     from etf_models.texture_flow import PerFrameGT, TextureFlow

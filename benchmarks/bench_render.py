@@ -38,11 +38,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
 
-    from engines import texture_warp
-    from engines.compositor import paste_roi
-    from engines.default_face import default_identity
-    from engines.emotion_state import EmotionState
-    from engines.landmark_default import SpeechLandmarkEngine
+    from engines.face.default_face import default_identity
+    from engines.motion.emotion_state import EmotionState
+    from engines.render import texture_warp
+    from engines.render.compositor import paste_roi
+    from engines.render.landmark_default import SpeechLandmarkEngine
 
     t = time.perf_counter()
     identity = default_identity()

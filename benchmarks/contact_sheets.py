@@ -25,10 +25,11 @@ SPEECH_SHAPES = {
 
 
 def sheet(identity, tile: int = 260) -> np.ndarray:
-    from engines import face_motion as M
-    from engines import texture_warp
-    from engines.compositor import paste_roi
-    from engines.face_geometry import apply_affine
+    from engines.motion import face_motion as M
+    from engines.render import texture_warp
+    from engines.render.compositor import paste_roi
+    from etf_models.canonical_face import apply_affine
+    from etf_models.emotions import EMOTIONS, emotion_one_hot
 
     warp = texture_warp.prepare(identity)
     fields = M.build_fields(identity.neutral)
@@ -37,7 +38,7 @@ def sheet(identity, tile: int = 260) -> np.ndarray:
     x0, y0 = np.clip(c[0], 0, None).astype(int)
     x1, y1 = int(min(w, c[1][0])), int(min(h, c[1][1]))
     cells = [("photo", identity.photo)]
-    shapes = {e: M.emotion_params(M.emotion_one_hot(e), 1.0) for e in M.EMOTIONS}
+    shapes = {e: M.emotion_params(emotion_one_hot(e), 1.0) for e in EMOTIONS}
     for name, ps in SPEECH_SHAPES.items():
         p = np.zeros(M.N_PARAMS, np.float32)
         for k, v in ps.items():
@@ -64,8 +65,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
-    from engines.default_face import default_identity
-    from engines.enrollment import enroll
+    from engines.face.default_face import default_identity
+    from engines.face.enrollment import enroll
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -37,11 +37,11 @@ FPS = 25.0
 def clip_frames(path: Path, frontend) -> dict:
     """Real canonical landmarks, the neutral (enrolled) landmarks and speech windows."""
     from benchmarks.lipsync_devset import closed_mouth_frame, frames_of
-    from engines.audio_io import load_audio
-    from engines.enrollment import enroll_image
-    from engines.face_geometry import apply_affine, mouth_opening, similarity_to_canonical
-    from engines.face_metrics import frame_landmarks
-    from engines.speech_frontend import audio_to_windows
+    from engines.audio.speech_frontend import audio_to_windows
+    from engines.face.enrollment import enroll_image
+    from engines.face.face_metrics import frame_landmarks
+    from engines.media.audio_io import load_audio
+    from etf_models.canonical_face import apply_affine, mouth_opening, similarity_to_canonical
 
     frames = frames_of(path)
     photo = frame_landmarks(frames)
@@ -71,8 +71,8 @@ def as_training(clip: dict):
 def run(train: dict, test: dict, steps: int, seed: int) -> dict:
     import torch
 
-    from engines.face_geometry import mouth_opening
-    from engines.face_metrics import best_lag_corr
+    from engines.face.face_metrics import best_lag_corr
+    from etf_models.canonical_face import mouth_opening
     from etf_models.landmark_gcn import face_graph
     from etf_models.landmark_train import LandmarkTrainConfig, LandmarkTrainer
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from engines.speech_frontend import DeepSpeechFrontend
+    from engines.audio.speech_frontend import DeepSpeechFrontend
 
     torch.set_num_threads(2)
     frontend = (DeepSpeechFrontend.from_checkpoint(args.speech_weights) if args.speech_weights

@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from engines.face_metrics import best_lag_corr, loudness_envelope, mouth_openings
+from engines.face.face_metrics import best_lag_corr, loudness_envelope, mouth_openings
 
 DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"
 CLIPS = ["WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4"]
@@ -36,10 +36,10 @@ def closed_mouth_frame(opening: np.ndarray, first: int = 50) -> int:
 
 
 def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
-    from engines.audio_io import load_audio
-    from engines.enrollment import enroll_image
-    from engines.face_geometry import mouth_opening
-    from engines.pipeline import FaceAnimator
+    from engines.face.enrollment import enroll_image
+    from engines.media.audio_io import load_audio
+    from engines.render.pipeline import FaceAnimator
+    from etf_models.canonical_face import mouth_opening
 
     real_frames = frames_of(clip)
     fps = 25.0

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import machine_info  # noqa: E402
-from engines.audio_io import load_audio  # noqa: E402
+from engines.media.audio_io import load_audio  # noqa: E402
 from server.cli import builtin_sentence  # noqa: E402
 
 RATE = 48000
@@ -66,8 +66,8 @@ def _first_above(times: np.ndarray, values: np.ndarray, after: float, before: fl
 
 def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], config) -> float:
     """Offline: mouth quarter-open time minus speech onset, median over onsets (ms)."""
-    from engines.face_metrics import face_box, mouth_openings
-    from engines.pipeline import FaceAnimator
+    from engines.face.face_metrics import face_box, mouth_openings
+    from engines.render.pipeline import FaceAnimator
 
     pcm16 = resample_to_16k(pcm48)
     fps = config.fps
@@ -88,14 +88,14 @@ def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], config) -> fl
 
 
 def resample_to_16k(pcm48: np.ndarray) -> np.ndarray:
-    from engines.phone_stream import StreamResampler
+    from engines.audio.phone_stream import StreamResampler
 
     r = StreamResampler(RATE, 16000)
     return np.concatenate([r.process(pcm48), r.drain()])
 
 
 async def _glass(url: str, pcm: np.ndarray, onsets: list[int], identity) -> dict:
-    from engines.face_metrics import face_box, mouth_openings
+    from engines.face.face_metrics import face_box, mouth_openings
     from server.client import FRAME, AvatarClient
 
     async with AvatarClient(url, audio=pcm) as c:
@@ -132,7 +132,7 @@ async def _glass(url: str, pcm: np.ndarray, onsets: list[int], identity) -> dict
 
 
 def glass(args) -> dict:
-    from engines.default_face import default_identity
+    from engines.face.default_face import default_identity
     from server.app import BackgroundServer, ServerConfig
     from server.session import SessionConfig
 

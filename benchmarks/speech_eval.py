@@ -73,12 +73,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 def default_weights() -> Path:
     """The shipped speech model, if this checkout names one."""
     try:
-        import engines.speech_frontend as sf
+        import engines.audio.speech_frontend as sf
 
         fn = sf.default_speech_model_path
     except (ImportError, AttributeError):
         raise SystemExit("no --weights given, and this checkout has no "
-                         "engines.speech_frontend.default_speech_model_path() naming a "
+                         "engines.audio.speech_frontend.default_speech_model_path() naming a "
                          "shipped speech model: pass --weights PATH") from None
     try:
         path = fn()
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError:  # already set once in this process
         pass
 
-    from engines.speech_frontend import DeepSpeechFrontend, SpeechModelError
+    from engines.audio.speech_frontend import DeepSpeechFrontend, SpeechModelError
 
     weights = Path(args.weights) if args.weights else default_weights()
     try:

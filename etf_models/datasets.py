@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engines.face_motion import EMOTIONS
+from etf_models.emotions import EMOTIONS
 
 VIDEO_EXT = (".mp4", ".flv", ".avi", ".mov", ".mkv")
 
@@ -35,7 +35,7 @@ VIDEO_EXT = (".mp4", ".flv", ".avi", ".mov", ".mkv")
 class ClipRecord:
     dataset: str
     speaker: str
-    emotion: str  # one of engines.face_motion.EMOTIONS
+    emotion: str  # one of etf_models.emotions.EMOTIONS
     intensity: float  # 0..1
     video: str
     audio: str  # a separate audio file, or the video itself

@@ -73,7 +73,7 @@ class LandmarkGCNConfig:
 def face_graph(template: np.ndarray, **kw) -> LandmarkGCNConfig:
     """A config whose graph is the Delaunay triangulation of ``template`` [68,2] and whose
     regions are the paper's 8 (jaw, brows, nose, eyes, outer and inner lips)."""
-    from engines.face_geometry import REGIONS, delaunay_triangles, triangle_edges
+    from etf_models.canonical_face import REGIONS, delaunay_triangles, triangle_edges
 
     edges = triangle_edges(delaunay_triangles(np.asarray(template, np.float64)))
     regions = tuple(tuple(int(i) for i in idx) for idx in REGIONS.values())

@@ -124,7 +124,7 @@ class TextureFrames:
                 self.neutral_by_speaker.setdefault(spk, []).append(i)
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, ...]:
-        from etf_models.preprocess import decode_crops
+        from etf_models.shards import decode_crops
 
         src, src_lm, tgt, tgt_lm, emo, inten = [], [], [], [], [], []
         for _ in range(n):

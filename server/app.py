@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from engines.identity import Identity
+from engines.face.identity import Identity
 from server.control import ControlServer, token_ok
 from server.session import CapacityError, Session, SessionConfig, SessionRegistry
 from server.stats import prometheus_text
@@ -60,7 +60,7 @@ class AvatarServer:
         self.session_config = session
         workers = config.workers or max(2, os.cpu_count() or 2)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="etf-engine")
-        # neural: engines.neural_live.NeuralEngines (owned by the caller), else the default
+        # neural: engines.neural.live.NeuralEngines (owned by the caller), else the default
         self.registry = SessionRegistry(identity, session, self.executor, config.max_sessions,
                                         warp=warp, neural=neural)
         self.identity = identity

@@ -22,7 +22,7 @@ EMPTY_AUDIO_S = 2.0
 
 def builtin_sentence() -> str:
     """Path of the built-in sentence (synthetic speech shipped with the package)."""
-    return str(resources.files("engines.assets").joinpath("hello.wav"))
+    return str(resources.files("engines.audio.assets").joinpath("hello.wav"))
 
 
 def _fail(msg: str) -> int:
@@ -31,9 +31,9 @@ def _fail(msg: str) -> int:
 
 
 def _load_identity(args):
-    from engines.default_face import default_identity
-    from engines.enrollment import EnrollOptions, enroll
-    from engines.identity import Identity
+    from engines.face.default_face import default_identity
+    from engines.face.enrollment import EnrollOptions, enroll
+    from engines.face.identity import Identity
 
     if args.identity:
         return Identity.load(args.identity)
@@ -43,7 +43,7 @@ def _load_identity(args):
 
 
 def cmd_enroll(args) -> int:
-    from engines.enrollment import EnrollOptions, enroll
+    from engines.face.enrollment import EnrollOptions, enroll
 
     t = time.perf_counter()
     identity = enroll(args.photo, EnrollOptions(refuse_multiple=args.single_face))
@@ -57,10 +57,10 @@ def cmd_enroll(args) -> int:
 def cmd_render(args) -> int:
     from tqdm import tqdm
 
-    from engines.audio_io import load_audio
-    from engines.emotion_state import EmotionState, parse_intensity
-    from engines.pipeline import FaceAnimator
-    from engines.video_writer import Mp4Writer
+    from engines.media.audio_io import load_audio
+    from engines.media.video_writer import Mp4Writer
+    from engines.motion.emotion_state import EmotionState, parse_intensity
+    from engines.render.pipeline import FaceAnimator
 
     intensity = parse_intensity(args.intensity)
     emotion = EmotionState(args.emotion, intensity)  # validates the name
@@ -86,7 +86,8 @@ def cmd_render(args) -> int:
         animator = FaceAnimator(identity, fps=args.fps, emotion=emotion, seed=args.seed)
         images = (frame.image for frame in animator.render_all(audio))
     else:
-        from engines.neural import NeuralAnimator, adapted_path
+        from engines.animators import NeuralAnimator
+        from engines.neural.networks import adapted_path
 
         stored = adapted_path(args.identity) if args.identity else None
         stored = stored if stored is not None and stored.is_file() and not args.adapt else None
@@ -117,8 +118,8 @@ def cmd_render(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    from engines.identity import Identity
-    from engines.neural import TEXTURE_FILE, FlowTextureEngine, adapted_path, weights_file
+    from engines.face.identity import Identity
+    from engines.neural.networks import TEXTURE_FILE, FlowTextureEngine, adapted_path, weights_file
 
     if not 1 <= args.iterations <= 5:
         return _fail("--iterations must be 1 to 5 (the paper's one-shot adaptation)")
@@ -136,7 +137,7 @@ def cmd_adapt(args) -> int:
 
 def cmd_export(args) -> int:
     _need_torch()
-    from engines.neural import LANDMARKS_FILE, TEXTURE_FILE
+    from engines.neural.networks import LANDMARKS_FILE, TEXTURE_FILE
     from etf_models.export import check_onnx, export_gl, export_gt, gl_example, gt_example
     from etf_models.landmark_gcn import PerFrameGL
     from etf_models.landmark_train import load_landmark_model
@@ -168,7 +169,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     import asyncio
 
-    from engines.emotion_state import parse_intensity
+    from engines.motion.emotion_state import parse_intensity
     from server.app import ServerConfig, serve_forever
     from server.session import SessionConfig
 
@@ -209,9 +210,9 @@ def cmd_serve(args) -> int:
 
 def _neural_engines(args, identity):
     """The live neural engines for ``etf serve --engine neural``, or an exit status."""
-    from engines.backends import BackendSpec, BackendUnavailable
-    from engines.neural import NeuralWeightsError
-    from engines.neural_live import NeuralConfig, NeuralEngines
+    from engines.neural.backends import BackendSpec, BackendUnavailable
+    from engines.neural.live import NeuralConfig, NeuralEngines
+    from engines.neural.networks import NeuralWeightsError
 
     if args.weights is None:
         return _fail("--engine neural needs --weights DIR (landmarks.pt and texture.pt from "
@@ -239,7 +240,7 @@ def _neural_engines(args, identity):
 
 
 def cmd_live(args) -> int:
-    from engines.emotion_state import parse_intensity
+    from engines.motion.emotion_state import parse_intensity
     from server.live import LiveConfig, LiveError, run_live
     from server.session import SessionConfig
 
@@ -269,7 +270,7 @@ def cmd_live(args) -> int:
 
 
 def _need_torch() -> None:
-    from engines.speech_frontend import SpeechModelError
+    from engines.audio.speech_frontend import SpeechModelError
 
     try:
         import torch  # noqa: F401
@@ -279,7 +280,7 @@ def _need_torch() -> None:
 
 
 def _speech_frontend(args):
-    from engines.speech_frontend import DeepSpeechFrontend
+    from engines.audio.speech_frontend import DeepSpeechFrontend
 
     _need_torch()
     if not args.weights:
@@ -288,8 +289,8 @@ def _speech_frontend(args):
 
 
 def cmd_speech_features(args) -> int:
-    from engines.audio_io import load_audio
-    from engines.speech_frontend import audio_to_windows
+    from engines.audio.speech_frontend import audio_to_windows
+    from engines.media.audio_io import load_audio
 
     if args.fps not in (25.0, 30.0):
         return _fail(f"--fps must be 25 or 30, got {args.fps:g}")
@@ -306,7 +307,7 @@ def cmd_speech_features(args) -> int:
 def cmd_speech_transcribe(args) -> int:
     import torch
 
-    from engines.audio_io import load_audio
+    from engines.media.audio_io import load_audio
     from etf_models.deepspeech import greedy_decode
 
     frontend = _speech_frontend(args)
@@ -428,7 +429,7 @@ def cmd_speech_calibrate(args) -> int:
 def _commands_eval(src: str):
     """Validation on the real command clips of a pocketsphinx source tree (not LibriVox,
     which is kept for the final report)."""
-    from engines.speech_frontend import DeepSpeechFrontend
+    from engines.audio.speech_frontend import DeepSpeechFrontend
     from etf_models.speech_evalsets import decode_streaming, load_eval_sets, score
 
     clips = load_eval_sets(src, ("commands",))["commands"]
@@ -446,8 +447,8 @@ def cmd_preprocess(args) -> int:
     _need_torch()
     from tqdm import tqdm
 
+    from engines.recordings.preprocess import preprocess
     from etf_models.datasets import scan
-    from etf_models.preprocess import preprocess
 
     found = scan(args.root, args.kind, args.view)
     if not found.clips:
@@ -471,7 +472,7 @@ def cmd_train_landmarks(args) -> int:
     from etf_models import distributed as dist
     from etf_models.landmark_gcn import face_graph
     from etf_models.landmark_train import LandmarkTrainConfig, LandmarkTrainer
-    from etf_models.preprocess import load_landmark_frames
+    from etf_models.shards import load_landmark_frames
 
     torch.set_num_threads(args.threads)
     device = dist.setup(args.device)
@@ -778,9 +779,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     import importlib
 
     errors: list[type[Exception]] = [ValueError]
-    for module, name in (("engines.audio_io", "AudioError"),
-                         ("engines.enrollment", "EnrollmentError"),
-                         ("engines.identity", "IdentityFileError")):
+    for module, name in (("engines.media.audio_io", "AudioError"),
+                         ("engines.face.enrollment", "EnrollmentError"),
+                         ("engines.face.identity", "IdentityFileError")):
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except ImportError:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from engines.face_motion import EMOTIONS
+from etf_models.emotions import EMOTIONS
 
 if TYPE_CHECKING:
     from server.session import SessionRegistry

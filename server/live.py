@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines.audio_ingest import NET_RATE
-from engines.identity import Identity
+from engines.audio.audio_ingest import NET_RATE
+from engines.face.identity import Identity
 from server.control import ControlServer
 from server.session import AUDIO_FRAME, SessionConfig, SessionRegistry
 
@@ -86,7 +86,7 @@ class FileSource:
     """An audio file played in real time (20 ms blocks), then silence."""
 
     def __init__(self, path: str, push) -> None:
-        from engines.audio_io import load_audio
+        from engines.media.audio_io import load_audio
 
         self.pcm = load_audio(path, NET_RATE)
         self.name = os.path.basename(path)
@@ -117,7 +117,7 @@ class Recorder:
     """Writes released frames and the delayed audio to an MP4 on its own thread."""
 
     def __init__(self, path: str, width: int, height: int, fps: float) -> None:
-        from engines.video_writer import Mp4Writer
+        from engines.media.video_writer import Mp4Writer
 
         self.writer = Mp4Writer(path, width, height, fps=fps, audio_rate=NET_RATE,
                                 stream_audio=True)

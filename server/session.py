@@ -19,7 +19,7 @@ Timing (P = 1/fps, t0 = the session clock's origin, set when media starts flowin
   the next frame computed (released one period later), blended over its transition.
 
 Two kinds of engines: the default one renders each session's frames on the engine thread
-pool (``FaceAnimator``); the neural one (``engines.neural_live``) prepares each session's
+pool (``FaceAnimator``); the neural one (``engines.neural.live``) prepares each session's
 frame inputs on that pool and renders the frames of all sessions together on the device
 worker (``BatchWorker``). Neural sessions start on a shared tick grid
 (``aligned_start``) so their frames are due at the same instants and batch together.
@@ -39,14 +39,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines import texture_warp
-from engines.audio_ingest import NET_RATE, AudioIngest, SampleFifo
-from engines.batching import CapacityError, aligned_start
-from engines.emotion_state import EmotionState
-from engines.face_motion import EMOTIONS
-from engines.identity import Identity
+from engines.audio.audio_ingest import NET_RATE, AudioIngest, SampleFifo
+from engines.face.identity import Identity
 from engines.latency import LatencyRing
-from engines.pipeline import FaceAnimator
+from engines.motion.emotion_state import EmotionState
+from engines.neural.batching import CapacityError, aligned_start
+from engines.render import texture_warp
+from engines.render.pipeline import FaceAnimator
+from etf_models.emotions import EMOTIONS
 
 log = logging.getLogger("etf.session")
 
@@ -151,7 +151,7 @@ class Session:
         self.samples_per_tick = int(round(NET_RATE / config.fps))
         self.delay_ticks = ready_lag + 2
         self.emotion = EmotionState(config.emotion, config.intensity)
-        self.neural = neural  # engines.neural_live.NeuralEngines, or None: the default engine
+        self.neural = neural  # engines.neural.live.NeuralEngines, or None: the default engine
         self.ingest = AudioIngest(config.jitter_ms, config.max_buffer_ms, use_vad=config.use_vad)
         self.animator: FaceAnimator | None = None
         self.created = clock()

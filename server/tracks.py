@@ -17,7 +17,7 @@ import numpy as np
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from engines.audio_ingest import NET_RATE
+from engines.audio.audio_ingest import NET_RATE
 from server.session import AUDIO_FRAME, Session
 
 log = logging.getLogger("etf.tracks")

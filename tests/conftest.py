@@ -14,7 +14,7 @@ DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"
 
 @pytest.fixture(scope="session")
 def identity():
-    from engines.default_face import default_identity
+    from engines.face.default_face import default_identity
 
     return default_identity()
 
@@ -32,7 +32,7 @@ def synth_speech(text: str, path: Path, voice: str = "slt", pad_s: float = 0.6) 
         pytest.skip("flite is not installed")
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(raw)], check=True)
-    from engines.audio_io import load_audio
+    from engines.media.audio_io import load_audio
 
     speech = load_audio(raw, 16000)
     pad = np.zeros(int(pad_s * 16000), np.float32)

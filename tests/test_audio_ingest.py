@@ -1,10 +1,10 @@
-"""The live jitter buffer and VAD gate (engines/audio_ingest.py)."""
+"""The live jitter buffer and VAD gate (engines/audio/audio_ingest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from engines.audio_ingest import NET_RATE, AudioIngest
+from engines.audio.audio_ingest import NET_RATE, AudioIngest
 
 TICK = NET_RATE // 25  # 40 ms
 
@@ -65,7 +65,7 @@ def test_vad_gate_passes_speech_and_mutes_noise(tmp_path):
     from tests.conftest import synth_speech
 
     speech16 = synth_speech("The quick brown fox jumps over the lazy dog.", tmp_path / "s.wav")
-    from engines.audio_io import load_audio, save_wav
+    from engines.media.audio_io import load_audio, save_wav
 
     save_wav(tmp_path / "s16.wav", speech16, 16000)
     speech = load_audio(tmp_path / "s16.wav", NET_RATE)

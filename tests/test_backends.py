@@ -1,4 +1,4 @@
-"""Backends (engines/backends.py): config strings, agreement between backends, TensorRT
+"""Backends (engines/neural/backends.py): config strings, agreement between backends, TensorRT
 cache keys, and the GPU paths where a GPU (and TensorRT) exist (skipped otherwise).
 
 Tolerances: PyTorch CPU vs ONNX Runtime CPU, fp32: <= 1e-3 absolute on G_L's landmarks
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.backends import (
+from engines.neural.backends import (
     BackendSpec,
     BackendUnavailable,
     engine_cache_key,
@@ -32,7 +32,7 @@ TRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def _template() -> np.ndarray:
-    from engines.default_face import default_identity
+    from engines.face.default_face import default_identity
 
     return default_identity().neutral.astype(np.float32)
 

@@ -1,4 +1,4 @@
-"""The per-device BatchWorker (engines/batching.py): batching, fairness, the latency
+"""The per-device BatchWorker (engines/neural/batching.py): batching, fairness, the latency
 bound, capacity and failure isolation."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from engines.batching import BatchWorker, CapacityError, aligned_start
+from engines.neural.batching import BatchWorker, CapacityError, aligned_start
 
 
 class Recorder:

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 @pytest.mark.slow
 def test_quick_cpu_run_writes_json_and_png(tmp_path):
     from benchmarks.bench_engines import FPS, main
-    from engines.neural_live import STEP_STAGES
+    from engines.neural.live import STEP_STAGES
 
     out = tmp_path / "engines_cpu.json"
     assert main(["--device", "cpu", "--quick", "--channels", "tiny", "--backends", "torch,ort",

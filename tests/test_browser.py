@@ -44,7 +44,7 @@ BASE_FLAGS = [
 def speech_wav(tmp_path_factory) -> Path:
     """A flite sentence as 16-bit PCM WAV (Chromium resamples the fake capture file itself;
     16 kHz works)."""
-    from engines.audio_io import save_wav
+    from engines.media.audio_io import save_wav
 
     tmp = tmp_path_factory.mktemp("speech")
     pcm = synth_speech("Hello, I am a talking face. I can speak with many different emotions.",

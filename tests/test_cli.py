@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from engines.audio_io import save_wav
-from engines.video_writer import probe_media
+from engines.media.audio_io import save_wav
+from engines.media.video_writer import probe_media
 from server.cli import main
 
 
@@ -87,7 +87,7 @@ def test_render_corrupt_audio_and_faceless_photo(tmp_path, capsys):
 def test_enroll_then_render_identity(tmp_path, capsys):
     import cv2
 
-    from engines.default_face import default_photo
+    from engines.face.default_face import default_photo
 
     photo = tmp_path / "me.png"
     cv2.imwrite(str(photo), cv2.cvtColor(default_photo(), cv2.COLOR_RGB2BGR))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines import enrollment
-from engines.compositor import paste_crop
-from engines.default_face import default_photo
-from engines.enrollment import EnrollmentError, EnrollOptions, enroll, enroll_image
-from engines.face_geometry import (
+from engines.face import enrollment
+from engines.face.default_face import default_photo
+from engines.face.enrollment import EnrollmentError, EnrollOptions, enroll, enroll_image
+from engines.face.identity import Identity, IdentityFileError
+from engines.render.compositor import paste_crop
+from etf_models.canonical_face import (
     CANON_LEFT_EYE,
     CANON_RIGHT_EYE,
     REGIONS,
@@ -17,7 +18,6 @@ from engines.face_geometry import (
     eye_centres,
     triangle_edges,
 )
-from engines.identity import Identity, IdentityFileError
 
 
 def test_builtin_face_enrolls(identity):

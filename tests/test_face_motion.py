@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines import face_motion as M
-from engines.emotion_state import EmotionState, parse_intensity
-from engines.face_geometry import IOD, mouth_opening
+from engines.motion import face_motion as M
+from engines.motion.emotion_state import EmotionState, parse_intensity
+from etf_models.canonical_face import IOD, mouth_opening
+from etf_models.emotions import EMOTIONS, emotion_one_hot
 
 # Image y grows downward: "up" is negative dy.
 
@@ -15,7 +16,7 @@ from engines.face_geometry import IOD, mouth_opening
 def _face(identity, emotion: str, intensity: float = 1.0) -> np.ndarray:
     fields = M.build_fields(identity.neutral)
     return M.apply(
-        identity.neutral, fields, M.emotion_params(M.emotion_one_hot(emotion), intensity)
+        identity.neutral, fields, M.emotion_params(emotion_one_hot(emotion), intensity)
     )
 
 
@@ -80,7 +81,7 @@ def test_disgust_wrinkles_nose_and_lowers_lower_lip(identity):
 
 
 def test_intensity_zero_is_neutral_and_scales_linearly(identity):
-    for e in M.EMOTIONS:
+    for e in EMOTIONS:
         np.testing.assert_allclose(_face(identity, e, 0.0), identity.neutral, atol=1e-6)
     half = _face(identity, "happy", 0.5) - identity.neutral
     full = _face(identity, "happy", 1.0) - identity.neutral
@@ -90,7 +91,7 @@ def test_intensity_zero_is_neutral_and_scales_linearly(identity):
 def test_lip_closure_wins_over_an_open_emotion(identity):
     """A bilabial closes the lips even in surprise; the brows keep the emotion."""
     fields = M.build_fields(identity.neutral)
-    emo = M.emotion_params(M.emotion_one_hot("surprise"), 1.0)
+    emo = M.emotion_params(emotion_one_hot("surprise"), 1.0)
     speech = np.zeros(M.N_PARAMS, np.float32)
     speech[M.P["lip_press"]] = 1.0
     lm = M.apply(identity.neutral, fields, M.compose(emo, speech))
@@ -100,7 +101,7 @@ def test_lip_closure_wins_over_an_open_emotion(identity):
 
 def test_unknown_emotion_and_bad_intensity():
     with pytest.raises(ValueError, match="unknown emotion 'joy'"):
-        M.emotion_one_hot("joy")
+        emotion_one_hot("joy")
     for bad in ("1.5", "-0.1", "loud", "nan"):
         with pytest.raises(ValueError):
             parse_intensity(bad)
@@ -110,7 +111,7 @@ def test_unknown_emotion_and_bad_intensity():
 def test_emotion_transition_blends_without_jump():
     s = EmotionState("neutral")
     s.set("happy", 1.0, at=1.0, transition_s=0.25)
-    target = M.emotion_params(M.emotion_one_hot("happy"), 1.0)
+    target = M.emotion_params(emotion_one_hot("happy"), 1.0)
     np.testing.assert_allclose(s.params_at(1.0), 0.0, atol=1e-6)
     mid = s.params_at(1.125)
     assert 0.3 < mid[M.P["corner_pull"]] < 0.7

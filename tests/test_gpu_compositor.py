@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.compositor import paste_crop
-from engines.gpu_compositor import TorchPasteBack, rgb_to_i420
+from engines.neural.gpu_compositor import TorchPasteBack, rgb_to_i420
+from engines.render.compositor import paste_crop
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

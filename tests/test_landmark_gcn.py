@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.face_geometry import REGIONS  # noqa: E402
+from etf_models.canonical_face import REGIONS  # noqa: E402
 from etf_models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from etf_models.landmark_gcn import (  # noqa: E402
     GraphConv,
@@ -24,7 +24,7 @@ from etf_models.landmark_gcn import (  # noqa: E402
 
 def _template() -> np.ndarray:
     """A plausible canonical 68-point face (the built-in identity's neutral landmarks)."""
-    from engines.default_face import default_identity
+    from engines.face.default_face import default_identity
 
     return default_identity().neutral.astype(np.float32)
 

@@ -27,8 +27,8 @@ def test_live_records_speech_and_obeys_the_control_channel(tmp_path, identity):
     import av
     from websockets.sync.client import connect
 
-    from engines.face_metrics import brow_raise, face_box, frame_landmarks, mouth_opening
-    from engines.video_writer import probe_media
+    from engines.face.face_metrics import brow_raise, face_box, frame_landmarks, mouth_opening
+    from engines.media.video_writer import probe_media
 
     out = tmp_path / "live.mp4"
     port = _free_port()

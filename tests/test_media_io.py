@@ -1,4 +1,4 @@
-"""Tests for engines.audio_io (decoding/resampling) and engines.video_writer (MP4 muxing)."""
+"""Tests for engines.media: audio_io (decoding, resampling) and video_writer (MP4 muxing)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.audio_io import AudioError, audio_duration_s, load_audio, save_wav
-from engines.video_writer import Mp4Writer, probe_media
+from engines.media.audio_io import AudioError, audio_duration_s, load_audio, save_wav
+from engines.media.video_writer import Mp4Writer, probe_media
 
 FRAME_S = 0.04  # one video frame at 25 fps
 

@@ -1,4 +1,4 @@
-"""Live neural serving (engines/neural_live.py + the server): per-session streams, the
+"""Live neural serving (engines/neural/live.py + the server): per-session streams, the
 batched device step against the single-frame reference path, and a real server whose
 sessions are batched together on one worker. Tiny random-weight networks."""
 
@@ -13,10 +13,10 @@ import torch
 
 pytest.importorskip("aiortc")
 
-from engines.emotion_state import EmotionState  # noqa: E402
-from engines.face_motion import EMOTIONS  # noqa: E402
-from engines.neural_live import NeuralConfig, NeuralEngines  # noqa: E402
+from engines.motion.emotion_state import EmotionState  # noqa: E402
+from engines.neural.live import NeuralConfig, NeuralEngines  # noqa: E402
 from etf_models.checkpoint import save_checkpoint  # noqa: E402
+from etf_models.emotions import EMOTIONS  # noqa: E402
 from etf_models.landmark_gcn import LandmarkGCN, face_graph  # noqa: E402
 from etf_models.texture_flow import TextureFlow, TextureFlowConfig  # noqa: E402
 
@@ -71,9 +71,9 @@ def test_batched_step_matches_the_single_frame_reference(served, weights, backen
     """The device step (G_L -> blinks -> G_T -> paste-back -> I420, batched) equals the
     offline engines frame by frame: GCNLandmarkEngine, FlowTextureEngine, paste_crop and
     cv2's I420 (within 3 grey levels; the offline path rounds the crop to uint8)."""
-    from engines.compositor import paste_crop
-    from engines.face_motion import P, build_fields
-    from engines.neural import FlowTextureEngine, GCNLandmarkEngine
+    from engines.motion.face_motion import P, build_fields
+    from engines.neural.networks import FlowTextureEngine, GCNLandmarkEngine
+    from engines.render.compositor import paste_crop
 
     engines = NeuralEngines(served, NeuralConfig(str(weights), backend=backend, capacity=2))
     try:
@@ -162,7 +162,7 @@ def test_live_serving_refuses_a_speech_model_that_cannot_stream(served, weights,
     """An imported DeepSpeech 0.1.x model (bidirectional) renders files but cannot serve."""
     import shutil
 
-    from engines.speech_frontend import SpeechModelError
+    from engines.audio.speech_frontend import SpeechModelError
     from etf_models.deepspeech import DeepSpeech, DeepSpeechConfig, save_deepspeech
 
     d = tmp_path / "weights"

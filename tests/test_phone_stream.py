@@ -1,4 +1,4 @@
-"""Tests for :mod:`engines.phone_stream` on speech synthesised by flite.
+"""Tests for :mod:`engines.audio.phone_stream` on speech synthesised by flite.
 
 flite's ``-psdur`` prints each phone with its END time, which gives a frame-level
 reference.  Both sides are mapped to four coarse mouth classes (silence, bilabial,
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.phone_stream import (
+from engines.audio.phone_stream import (
     PhoneSegment,
     StreamingPhoneRecognizer,
     merge_segments,

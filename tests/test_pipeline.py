@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import synth_speech
 
-from engines import texture_warp
-from engines.emotion_state import EmotionState
-from engines.face_geometry import mouth_opening
-from engines.face_motion import P
-from engines.pipeline import FaceAnimator
+from engines.motion.emotion_state import EmotionState
+from engines.motion.face_motion import P
+from engines.render import texture_warp
+from engines.render.pipeline import FaceAnimator
+from etf_models.canonical_face import mouth_opening
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_streaming_frames_match_audio_length(identity, warp):
 def test_shorter_coarticulation_reach_is_chunking_independent(identity, tmp_path):
     """The live setting (phones 100 ms, coarticulation 60 ms ahead) declares 200 ms of
     lookahead and gives the same frames however the audio is chunked."""
-    from engines.landmark_default import SpeechLandmarkEngine
+    from engines.render.landmark_default import SpeechLandmarkEngine
 
     speech = synth_speech("Bob bought a map of the moon.", tmp_path / "s.wav")
 

@@ -59,7 +59,7 @@ def fake_mead(tmp_path_factory):
 
 
 def test_preprocess_and_train_landmarks(fake_mead, tmp_path, capsys):
-    from etf_models.preprocess import decode_crops, load_landmark_frames
+    from etf_models.shards import decode_crops, load_landmark_frames
     from server.cli import main
 
     weights = _speech_model(tmp_path / "speech.pt")
@@ -118,8 +118,8 @@ def test_preprocess_bad_roots(tmp_path, capsys):
 
 
 def test_texture_training_and_one_shot(fake_mead, tmp_path):
+    from engines.recordings.preprocess import preprocess
     from etf_models.datasets import scan
-    from etf_models.preprocess import preprocess
     from etf_models.texture_flow import TextureFlowConfig
     from etf_models.texture_train import (
         TextureFrames,
@@ -151,7 +151,7 @@ def test_texture_training_and_one_shot(fake_mead, tmp_path):
     g = load_texture_model(path)
 
     # one-shot adaptation: 5 steps on the photo itself, only encoder and decoder move
-    from etf_models.preprocess import decode_crops
+    from etf_models.shards import decode_crops
 
     shard = np.load(sorted((out / "shards").glob("*.npz"))[0])
     photo, lm = decode_crops(shard, np.array([0]))[0], shard["landmarks"][0]
@@ -201,7 +201,7 @@ def test_render_with_neural_engines(fake_mead, tmp_path, capsys):
     assert "perceptual loss: discriminator feature matching" in said
 
     wav = tmp_path / "say.wav"
-    from engines.audio_io import save_wav
+    from engines.media.audio_io import save_wav
 
     save_wav(wav, np.zeros(16000, np.float32), 16000)
     video = tmp_path / "neural.mp4"
@@ -226,7 +226,7 @@ def test_render_with_neural_engines(fake_mead, tmp_path, capsys):
     # one-shot adaptation stored next to the identity file, then used by render
     import cv2
 
-    from engines.default_face import default_photo
+    from engines.face.default_face import default_photo
 
     photo = tmp_path / "me.png"
     cv2.imwrite(str(photo), cv2.cvtColor(default_photo(), cv2.COLOR_RGB2BGR))
@@ -264,8 +264,8 @@ def test_torchrun_ddp_on_two_cpu_processes(fake_mead, tmp_path):
     import subprocess
     import sys
 
+    from engines.recordings.preprocess import preprocess
     from etf_models.datasets import scan
-    from etf_models.preprocess import preprocess
 
     out = tmp_path / "pre"
     speech = _speech_model(tmp_path / "speech.pt")
@@ -313,7 +313,7 @@ print("ok")
 
 
 def test_neural_engines_refuse_foreign_files(tmp_path):
-    from engines.neural import FlowTextureEngine, GCNLandmarkEngine, NeuralWeightsError
+    from engines.neural.networks import FlowTextureEngine, GCNLandmarkEngine, NeuralWeightsError
 
     junk = tmp_path / "landmarks.pt"
     junk.write_bytes(b"not a checkpoint")

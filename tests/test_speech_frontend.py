@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.speech_frontend import DeepSpeechFrontend, VideoWindows, audio_to_windows  # noqa: E402
+from engines.audio.speech_frontend import DeepSpeechFrontend, VideoWindows, audio_to_windows  # noqa: E402
 from etf_models.deepspeech import BLANK, DeepSpeech, DeepSpeechConfig, greedy_decode  # noqa: E402
 from etf_models.speech_features import (  # noqa: E402
     StreamingMfcc,
@@ -194,7 +194,7 @@ def test_greedy_decode_collapses_repeats_and_blanks():
 
 
 def test_checkpoint_round_trip_and_cli(small_model, tmp_path, capsys):
-    from engines.audio_io import save_wav
+    from engines.media.audio_io import save_wav
     from etf_models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
     from server.cli import main
 

@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.speech_frontend import (  # noqa: E402
+from engines.audio.speech_frontend import (  # noqa: E402
     DeepSpeechFrontend,
     SpeechModelError,
     default_speech_model_path,
@@ -296,7 +296,7 @@ def test_shipped_model_is_pinned(monkeypatch):
     frontend = DeepSpeechFrontend.default()
     cfg = frontend.model.config
     assert cfg.n_output == 29 and cfg.n_input == 26
-    import engines.speech_frontend as sf
+    import engines.audio.speech_frontend as sf
 
     monkeypatch.setattr(sf, "DEFAULT_SPEECH_SHA256", "0" * 64)
     with pytest.raises(SpeechModelError, match="SHA-256"):

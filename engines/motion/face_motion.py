@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.face_geometry import IOD
+from etf_models.canonical_face import IOD
+from etf_models.emotions import EMOTIONS
 
 #: Motion parameters in field order. AU numbers follow FACS.
 PARAMS: tuple[str, ...] = (
@@ -40,8 +41,6 @@ PARAMS: tuple[str, ...] = (
 )
 P = {name: i for i, name in enumerate(PARAMS)}
 N_PARAMS = len(PARAMS)
-
-EMOTIONS: tuple[str, ...] = ("neutral", "happy", "angry", "sad", "surprise", "fear", "disgust")
 
 #: Emotion -> action-unit parameters at intensity 1 (FACS prototypes: happy AU6+12,
 #: sad AU1+4+15, surprise AU1+2+5+26, fear AU1+2+4+5+20+26, angry AU4+5+7+23,
@@ -251,11 +250,3 @@ def emotion_params(emotion_weights: np.ndarray, intensity: float | np.ndarray) -
         intensity, dtype=np.float32
     )[..., None]
 
-
-def emotion_one_hot(name: str) -> np.ndarray:
-    """One-hot [7] for an emotion name; ValueError naming the valid choices otherwise."""
-    if name not in EMOTIONS:
-        raise ValueError(f"unknown emotion {name!r}; choose one of {', '.join(EMOTIONS)}")
-    v = np.zeros(len(EMOTIONS), dtype=np.float32)
-    v[EMOTIONS.index(name)] = 1.0
-    return v

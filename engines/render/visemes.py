@@ -1,7 +1,7 @@
 """Phones -> mouth articulation targets (visemes) and coarticulation.
 
 Each ARPAbet phone maps to target values of the speech parameters of
-:mod:`engines.face_motion` (jaw, lips apart, press, stretch, round, labiodental). A 10 ms
+:mod:`engines.motion.face_motion` (jaw, lips apart, press, stretch, round, labiodental). A 10 ms
 track of targets is then blended over neighbouring phones by a symmetric kernel, as in
 dominance-based coarticulation models: vowels spread into neighbouring consonants, while
 lip closures (/p b m/) and labiodentals (/f v/) have high dominance so the lips really meet
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.face_motion import N_PARAMS, P
+from engines.motion.face_motion import N_PARAMS, P
 
 SPEECH_PARAMS = ("jaw_open", "lips_part", "lip_press", "lip_stretch", "lip_round", "labiodental")
 SPEECH_IDX = np.array([P[n] for n in SPEECH_PARAMS])

@@ -18,14 +18,14 @@ from functools import cached_property
 import cv2
 import numpy as np
 
-from engines.face_geometry import (
+from engines.motion.face_motion import N_PARAMS, PARAMS
+from etf_models.canonical_face import (
     CANON_SIZE,
     IOD,
     apply_affine,
     invert_affine,
     triangle_edges,
 )
-from engines.face_motion import N_PARAMS, PARAMS
 
 FORMAT = "etf-identity"
 VERSION = 1

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.phone_stream import StreamResampler
+from engines.audio.phone_stream import StreamResampler
 
 NET_RATE = 48000
 SPEECH_RATE = 16000

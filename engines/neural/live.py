@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.batching import BatchWorker
-from engines.emotion_state import EmotionState
-from engines.identity import Identity
+from engines.face.identity import Identity
 from engines.latency import LatencyRing
+from engines.motion.emotion_state import EmotionState
+from engines.neural.batching import BatchWorker
 
 #: Per-frame stages of the device step, in order (timed per batch).
 STEP_STAGES = ("upload", "landmarks", "texture", "paste", "yuv", "download")
@@ -44,8 +44,8 @@ class NeuralStream:
 
     def __init__(self, speech_model, fps: float, emotion: EmotionState | None = None,
                  seed: int = 0) -> None:
-        from engines.landmark_default import Blinker
-        from engines.speech_frontend import DeepSpeechFrontend, VideoWindows
+        from engines.audio.speech_frontend import DeepSpeechFrontend, VideoWindows
+        from engines.motion.idle import Blinker
 
         self.fps = fps
         self.emotion = emotion or EmotionState()
@@ -89,8 +89,8 @@ class NeuralFrameStep:
     def __init__(self, gl_backend, gt_backend, identity: Identity) -> None:
         import torch
 
-        from engines.face_motion import P, build_fields
-        from engines.gpu_compositor import TorchPasteBack
+        from engines.motion.face_motion import P, build_fields
+        from engines.neural.gpu_compositor import TorchPasteBack
 
         self.torch = torch
         self.gl, self.gt = gl_backend, gt_backend
@@ -109,7 +109,7 @@ class NeuralFrameStep:
         return t1
 
     def __call__(self, frames: list[FrameInputs], timed: bool = False) -> list[np.ndarray]:
-        from engines.gpu_compositor import rgb_to_i420
+        from engines.neural.gpu_compositor import rgb_to_i420
 
         torch = self.torch
         t = time.perf_counter()
@@ -145,7 +145,7 @@ class NeuralConfig:
     """The live neural engines (filled by ``etf serve``)."""
 
     weights: str
-    backend: str = "torch"  # see engines/backends.py
+    backend: str = "torch"  # see engines/neural/backends.py
     max_batch: int = 16
     max_wait_ms: float = 4.0
     capacity: int = 16
@@ -156,8 +156,9 @@ class NeuralEngines:
 
     def __init__(self, identity: Identity, config: NeuralConfig,
                  identity_file: str | os.PathLike | None = None) -> None:
-        from engines.backends import gl_graph, gt_graph, make_backend
-        from engines.neural import (
+        from engines.audio.speech_frontend import DeepSpeechFrontend, SpeechModelError
+        from engines.neural.backends import gl_graph, gt_graph, make_backend
+        from engines.neural.networks import (
             LANDMARKS_FILE,
             SPEECH_FILE,
             TEXTURE_FILE,
@@ -167,7 +168,6 @@ class NeuralEngines:
             gl_identity_inputs,
             weights_file,
         )
-        from engines.speech_frontend import DeepSpeechFrontend, SpeechModelError
 
         self.identity, self.config = identity, config
         speech = Path(config.weights) / SPEECH_FILE

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from engines.identity import Identity
+from engines.face.identity import Identity
 
 
 def paste_roi(

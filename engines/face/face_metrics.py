@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engines.face_geometry import mouth_opening
+from etf_models.canonical_face import mouth_opening
 
 
 def frame_landmarks(
@@ -21,7 +21,7 @@ def frame_landmarks(
     With ``box`` (x0, y0, x1, y1) the detector is skipped (fast: ~1 ms a frame); use it when
     the face is known to stay in place, as in a stream of one enrolled photo.
     """
-    from engines.enrollment import detect_faces, detect_landmarks
+    from engines.face.enrollment import detect_faces, detect_landmarks
 
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     for i, f in enumerate(frames):

@@ -25,7 +25,8 @@ import numpy as np
 from scipy import sparse
 from scipy.spatial import Delaunay
 
-from engines.face_geometry import (
+from engines.face.identity import Identity
+from etf_models.canonical_face import (
     CANON_SIZE,
     INNER_LIP_RING,
     IOD,
@@ -35,7 +36,6 @@ from engines.face_geometry import (
     apply_affine,
     invert_affine,
 )
-from engines.identity import Identity
 
 #: The ROI is the canonical frame grown by this fraction on each side, so a dropped jaw
 #: stretches the neck over a long distance instead of squashing it.

@@ -1,4 +1,4 @@
-"""Identity enrollment: one photo -> an :class:`~engines.identity.Identity`.
+"""Identity enrollment: one photo -> an :class:`~engines.face.identity.Identity`.
 
 Face detection (dlib HOG), 68 landmarks (dlib's shape predictor with the model shipped by
 ``face-recognition-models``), similarity alignment to the canonical crop, and
@@ -16,7 +16,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from engines.face_geometry import (
+from engines.face.identity import Identity
+from engines.motion.face_motion import N_PARAMS, P, build_fields
+from etf_models.canonical_face import (
     IOD,
     LOWER_INNER,
     UPPER_INNER,
@@ -24,8 +26,6 @@ from engines.face_geometry import (
     delaunay_triangles,
     similarity_to_canonical,
 )
-from engines.face_motion import N_PARAMS, P, build_fields
-from engines.identity import Identity
 
 log = logging.getLogger(__name__)
 

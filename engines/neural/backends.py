@@ -12,7 +12,7 @@ the identity's tensors as inputs of batch 1 broadcast inside the graph). A backe
 - ``deactivate()`` frees it.
 
 Inputs and outputs are torch tensors on ``backend.device`` for every backend, so a frame
-stays on the GPU from the landmarks to the encoder (``engines/gpu_compositor.py``). The
+stays on the GPU from the landmarks to the encoder (``engines/neural/gpu_compositor.py``). The
 outputs of the CUDA-graph and TensorRT backends live in buffers reused by the next call:
 consume them (or clone) before calling ``infer`` again.
 

@@ -5,7 +5,7 @@ any size, a streaming phone recogniser finalises phones a fixed time behind the 
 edge, and frame ``t`` (centred at ``t / fps`` seconds) is produced once the phones and the
 loudness up to ``t / fps + COART`` are final. ``lookahead_ms`` states that delay.
 
-Mouth movement = viseme targets (:mod:`engines.visemes`) scaled by loudness (a quiet vowel
+Mouth movement = viseme targets (:mod:`engines.render.visemes`) scaled by loudness (a quiet vowel
 opens less than a shouted one), coarticulated over +-100 ms. Emotion parameters arrive per
 frame from the caller and are composed with speech so closures still close.
 """
@@ -16,10 +16,10 @@ import math
 
 import numpy as np
 
-from engines.face_geometry import IOD
-from engines.face_motion import N_PARAMS, P, apply, build_fields, compose
-from engines.phone_stream import StreamingPhoneRecognizer
-from engines.visemes import (
+from engines.audio.phone_stream import StreamingPhoneRecognizer
+from engines.motion.face_motion import N_PARAMS, P, apply, build_fields, compose
+from engines.motion.idle import Blinker, IdleMotion
+from engines.render.visemes import (
     COART_ROWS,
     DOMINANCE,
     ROW_S,
@@ -66,42 +66,6 @@ class Loudness:
             gate = self.floor_db + 8.0
             out[i] = 0.0 if d < gate else min(1.0, (d - max(gate, self.peak_db - 30.0)) / 24.0)
         return np.maximum(out, 0.0)
-
-
-class Blinker:
-    """Spontaneous blinks: gaps of 2-6 s, each blink 150-250 ms (fast close, slower open)."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.start = float(rng.uniform(0.8, 3.0))
-        self.dur = float(rng.uniform(0.15, 0.25))
-
-    def at(self, t: float) -> float:
-        while t > self.start + self.dur:
-            self.start += self.dur + float(self.rng.uniform(2.0, 6.0))
-            self.dur = float(self.rng.uniform(0.15, 0.25))
-        x = (t - self.start) / self.dur
-        if x < 0.0:
-            return 0.0
-        y = x / 0.35 if x < 0.35 else 1.0 - (x - 0.35) / 0.65
-        return float(y * y * (3 - 2 * y))
-
-
-class IdleMotion:
-    """Small, slow head motion (roll, sway, nod, lean) from sums of incommensurate sines."""
-
-    def __init__(self, rng: np.random.Generator, amplitude: float = 1.0) -> None:
-        self.freq = rng.uniform(0.08, 0.3, size=(4, 2))
-        self.phase = rng.uniform(0, 2 * math.pi, size=(4, 2))
-        self.amp = amplitude
-
-    def at(self, t: float, speech_level: float) -> tuple[float, float, float, float]:
-        s = np.sin(2 * math.pi * self.freq * t + self.phase).mean(axis=1)
-        roll = 0.012 * s[0] * self.amp
-        dx = 0.015 * IOD * s[1] * self.amp
-        dy = (0.012 * s[2] + 0.012 * speech_level) * IOD * self.amp  # a slight nod on stress
-        zoom = 1.0 + 0.006 * s[3] * self.amp
-        return roll, dx, dy, zoom
 
 
 class SpeechLandmarkEngine:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines import texture_warp
-from engines.compositor import paste_roi
-from engines.emotion_state import EmotionState
-from engines.identity import Identity
-from engines.landmark_default import SpeechLandmarkEngine
+from engines.face.identity import Identity
+from engines.motion.emotion_state import EmotionState
+from engines.render import texture_warp
+from engines.render.compositor import paste_roi
+from engines.render.landmark_default import SpeechLandmarkEngine
 
 
 @dataclass

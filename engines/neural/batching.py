@@ -14,7 +14,7 @@ are due together, as one batch per engine call.
   frame period, so a server can refuse newcomers before its sessions miss frames.
 
 The worker knows nothing about faces: ``step(payloads) -> results`` does the work (for the
-neural engines, ``engines.neural_live.NeuralFrameStep``). Results come back as
+neural engines, ``engines.neural.live.NeuralFrameStep``). Results come back as
 ``concurrent.futures.Future``s (``asyncio.wrap_future`` in the server).
 """
 

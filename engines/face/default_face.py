@@ -10,8 +10,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from engines.enrollment import enroll_image
-from engines.identity import Identity
+from engines.face.enrollment import enroll_image
+from engines.face.identity import Identity
 
 #: Head-and-shoulders crop of the 512x512 original (x0, y0, size): the face is ~90 px wide
 #: there, so the crop is upscaled 2x to give the warp enough pixels to work with.

@@ -11,7 +11,8 @@ import threading
 
 import numpy as np
 
-from engines.face_motion import EMOTION_MATRIX, EMOTIONS, emotion_one_hot
+from engines.motion.face_motion import EMOTION_MATRIX
+from etf_models.emotions import EMOTIONS, emotion_one_hot
 
 INTENSITY_ALIASES = {"low": 0.5, "high": 1.0}
 DEFAULT_TRANSITION_S = 0.25

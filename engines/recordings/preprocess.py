@@ -1,14 +1,9 @@
 """``etf preprocess``: dataset clips -> per-frame training shards for G_L and G_T.
 
 For every clip a reader (``etf_models/datasets.py``) found, one shard
-``<out>/shards/<clip_id>.npz`` (no pickles) holds, at the target fps:
-
-- ``landmarks`` [T,68,2]: dlib's 68 points aligned to the canonical 256 frame (the
-  enrollment's eye-centred similarity), NaN rows where no face was found;
-- ``affine`` [T,2,3]: photo -> canonical map of each frame;
-- ``windows`` [T,6,29]: the paper's speech windows from the clip's audio;
-- ``jpeg`` / ``jpeg_offsets``: the 256x256 canonical face crops, JPEG-encoded (q 92);
-- ``emotion`` (index into ``EMOTIONS``), ``intensity``, ``speaker``, ``fps``.
+``<out>/shards/<clip_id>.npz`` in the format ``etf_models/shards.py`` describes and reads:
+dlib's 68 points tracked through the clip and aligned to the canonical frame, the per-frame
+transforms, the speech windows, the canonical crops (JPEG, q 92) and the clip's labels.
 
 ``<out>/speakers.npz`` holds each speaker's neutral landmarks: the median aligned face of
 their neutral clips (all clips if none), with the mouth closed and any smile removed by the
@@ -69,8 +64,8 @@ def _frames_at(path: str, fps: float) -> list[np.ndarray]:
 def _track_landmarks(frames: list[np.ndarray]) -> np.ndarray:
     """68 points per frame; the detector runs on the first frame and whenever tracking
     (the previous frame's box) is lost."""
-    from engines.enrollment import detect_faces, detect_landmarks
-    from engines.face_metrics import face_box
+    from engines.face.enrollment import detect_faces, detect_landmarks
+    from engines.face.face_metrics import face_box
 
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     box = None
@@ -95,10 +90,10 @@ def process_clip(rec: ClipRecord, fps: float, frontend) -> dict:
     """Everything one shard holds, or ClipError."""
     import cv2
 
-    from engines.audio_io import AudioError, load_audio
-    from engines.face_geometry import apply_affine, similarity_to_canonical
-    from engines.face_motion import EMOTIONS
-    from engines.speech_frontend import audio_to_windows
+    from engines.audio.speech_frontend import audio_to_windows
+    from engines.media.audio_io import AudioError, load_audio
+    from etf_models.canonical_face import apply_affine, similarity_to_canonical
+    from etf_models.emotions import EMOTIONS
 
     frames = _frames_at(rec.video, fps)
     photo = _track_landmarks(frames)
@@ -137,24 +132,13 @@ def process_clip(rec: ClipRecord, fps: float, frontend) -> dict:
             "fps": np.float32(fps), "clip_id": np.str_(rec.clip_id)}
 
 
-def decode_crops(shard, idx: np.ndarray | None = None) -> np.ndarray:
-    """RGB crops [K,256,256,3] of a loaded shard (all frames, or ``idx``)."""
-    import cv2
-
-    off = shard["jpeg_offsets"]
-    jpeg = shard["jpeg"]
-    idx = np.arange(len(off) - 1) if idx is None else idx
-    return np.stack([cv2.cvtColor(cv2.imdecode(jpeg[off[i]:off[i + 1]], cv2.IMREAD_COLOR),
-                                  cv2.COLOR_BGR2RGB) for i in idx])
-
-
 _W: dict = {}
 
 
 def _worker_init(fps: float, speech_weights: str | None) -> None:
     import torch
 
-    from engines.speech_frontend import DeepSpeechFrontend
+    from engines.audio.speech_frontend import DeepSpeechFrontend
 
     torch.set_num_threads(1)
     _W["fps"] = fps
@@ -178,7 +162,7 @@ def _worker(job: tuple[ClipRecord, str]) -> tuple[str, str | None]:
 
 def speaker_neutrals(shard_dir: Path) -> dict[str, np.ndarray]:
     """Each speaker's neutral landmarks [68,2] from their shards (see module docstring)."""
-    from engines.enrollment import neutralise
+    from engines.face.enrollment import neutralise
 
     per: dict[str, list[np.ndarray]] = {}
     neutral_only: dict[str, list[np.ndarray]] = {}
@@ -251,29 +235,3 @@ def _account(clip_id: str, err: str | None, made: int, skipped: Counter,
     if progress:
         progress()
     return made, skipped
-
-
-def load_landmark_frames(out_dir: str | os.PathLike):
-    """All preprocessed frames with a face, as ``LandmarkFrames`` for G_L training."""
-    from etf_models.landmark_train import LandmarkFrames
-
-    out = Path(out_dir)
-    with np.load(out / "speakers.npz") as z:
-        neutrals = {k: z[k] for k in z.files}
-    parts = []
-    for path in sorted((out / "shards").glob("*.npz")):
-        with np.load(path) as z:
-            lm, win = z["landmarks"], z["windows"]
-            emo, inten, spk = int(z["emotion"]), float(z["intensity"]), str(z["speaker"])
-        ok = np.isfinite(lm).all(axis=(1, 2))
-        n = int(ok.sum())
-        if n == 0 or spk not in neutrals:
-            continue
-        emotion = np.zeros((n, 7), np.float32)
-        emotion[:, emo] = 1.0
-        parts.append(LandmarkFrames(win[ok], emotion, np.full(n, inten, np.float32),
-                                    np.repeat(neutrals[spk][None], n, 0), lm[ok]))
-    if not parts:
-        raise ValueError(f"{out}: no preprocessed frames (run etf preprocess first)")
-    return LandmarkFrames.concat(parts)
-

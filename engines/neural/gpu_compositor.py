@@ -4,7 +4,7 @@ The neural engines render a canonical 256x256 crop on the GPU; ``TorchPasteBack`
 into the photo there and ``rgb_to_i420`` turns the frame into the planar YUV the encoder
 takes, so only the final I420 bytes cross to the host. Both run on any torch device.
 
-``TorchPasteBack`` reproduces ``engines.compositor.paste_crop`` (bilinear sampling through
+``TorchPasteBack`` reproduces ``engines.render.compositor.paste_crop`` (bilinear sampling through
 the enrollment similarity, reflected border, the identity's feathered face mask) up to
 interpolation rounding: cv2 quantises sample positions to 1/32 px and rounds the warped
 face to uint8, this module samples in float32. ``rgb_to_i420`` is bit-exact with
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engines.face_geometry import CANON_SIZE
-from engines.identity import Identity
+from engines.face.identity import Identity
+from etf_models.canonical_face import CANON_SIZE
 
 # OpenCV's RGB -> YUV 4:2:0 coefficients (BT.601, limited range), fixed point with 20
 # fractional bits, from modules/imgproc/src/color_yuv.simd.hpp (ITUR_BT_601_C*).
