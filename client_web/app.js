@@ -43,7 +43,14 @@
     tokenCard: $("token-card"),
     token: $("token"),
     latencyBody: $("latency-body"),
+    sayForm: $("say-form"),
+    sayText: $("say-text"),
+    say: $("say"),
+    interrupt: $("interrupt"),
+    sayStatus: $("say-status"),
   };
+  /** Dropped + late frames above this share of recent frames turn the counter red. */
+  const BAD_FRAME_SHARE = 0.02;
 
   /** An error whose message is meant for the user, with a stable code for tests. */
   class Failure extends Error {
@@ -83,6 +90,8 @@
     timers: { stats: null, connect: null, intensity: null },
     lastIntensitySent: -Infinity,
     prevVideoSample: null,
+    prevServerSample: null, // {sent, bad} of the previous stats message
+    said: 0,
   };
 
   // ----- messages and phase ----------------------------------------------------------
@@ -143,6 +152,7 @@
   }
 
   function renderEmotions() {
+    renderSay();
     for (const b of ui.emotions.querySelectorAll("button[data-emotion]")) {
       const e = b.dataset.emotion;
       b.setAttribute("aria-pressed", String(e === st.emotion));
@@ -286,9 +296,17 @@
         break;
       case "pong":
         break;
+      case "said":
+        ui.sayStatus.textContent = msg.queued
+          ? `queued: ${fmt(msg.duration_ms / 1000, 1)} s of speech`
+          : "interrupted before it was spoken";
+        break;
       case "error":
         if (msg.code === "session_closed") {
           endSession(run, "session_closed", `The server ended this session: ${msg.message}`);
+        } else if (msg.code === "tts_failed" || (msg.id && String(msg.id).startsWith("say"))) {
+          ui.sayStatus.textContent = "";
+          showMessage("error", "say_failed", `The server could not say that: ${msg.message}`);
         } else if (msg.code === "rate_limited") {
           showMessage("warn", "rate_limited", `The server is dropping control messages: ` +
             `${msg.message}`);
@@ -318,7 +336,17 @@
     $("stat-fps").classList.toggle("bad", target > 0 && s.fps < 0.9 * target);
     setText("stat-sent", String(s.frames_sent ?? "–"));
     setText("stat-dropped", `${s.frames_dropped ?? "–"} / ${s.frames_late ?? "–"}`);
-    $("stat-dropped").classList.toggle("bad", (s.frames_dropped || 0) + (s.frames_late || 0) > 0);
+    // Red only while frames are being lost or delayed now, not for a few at start-up.
+    const sample = { sent: s.frames_sent || 0, bad: (s.frames_dropped || 0) + (s.frames_late || 0) };
+    const prev = st.prevServerSample;
+    st.prevServerSample = sample;
+    const recentSent = prev ? sample.sent - prev.sent : 0;
+    const recentBad = prev ? sample.bad - prev.bad : 0;
+    $("stat-dropped").classList.toggle("bad",
+      recentSent > 0 && recentBad > BAD_FRAME_SHARE * recentSent);
+    const sq = s.speech_queue || {};
+    setText("stat-speech-q", typeof sq.queued_ms === "number"
+      ? `${fmt(sq.queued_ms / 1000, 1)} s` : "–");
     setText("stat-delay", `${fmt(s.pipeline_delay_ms, 0)} ms`);
     setText("stat-lookahead", `${fmt(s.lookahead_ms, 0)} ms`);
     setText("stat-speech", s.speech ? "speaking" : "silent");
@@ -445,9 +473,19 @@
   // so a file-only session would never connect. Asking for the microphone once (and closing
   // it at once) lets the browser offer its real addresses; if the user declines we go on
   // and a failed connection says why.
-  async function unlockNetworkAddresses() {
+  /** Browsers show their real network address only to pages allowed a microphone; a
+   *  short probe unlocks it. ``onlyIfPermitted`` (watch mode) never asks the user. */
+  async function unlockNetworkAddresses(onlyIfPermitted = false) {
     const md = navigator.mediaDevices;
     if (!md || typeof md.getUserMedia !== "function") return false;
+    if (onlyIfPermitted) {
+      try {
+        const p = await navigator.permissions.query({ name: "microphone" });
+        if (p.state !== "granted") return false;
+      } catch {
+        return false;
+      }
+    }
     try {
       const probe = await md.getUserMedia({ audio: true, video: false });
       for (const t of probe.getTracks()) t.stop();
@@ -618,21 +656,29 @@
     st.lastError = null;
     setPhase("starting");
     try {
-      const useFile = document.querySelector("input[name=source]:checked").value === "file";
-      st.addressesUnlocked = useFile ? await unlockNetworkAddresses() : true;
-      const stream = useFile ? await openFile() : await openMicrophone();
-      if (run !== st.run) {
-        for (const t of stream.getTracks()) t.stop();
-        throw new Cancelled();
+      const source = document.querySelector("input[name=source]:checked").value;
+      const useFile = source === "file";
+      const watch = source === "watch"; // no microphone: the server's speech only
+      st.addressesUnlocked = useFile ? await unlockNetworkAddresses()
+        : watch ? await unlockNetworkAddresses(true) : true;
+      let stream = null;
+      let track = null;
+      if (!watch) {
+        stream = useFile ? await openFile() : await openMicrophone();
+        if (run !== st.run) {
+          for (const t of stream.getTracks()) t.stop();
+          throw new Cancelled();
+        }
+        if (!useFile) st.micStream = stream;
+        track = stream.getAudioTracks()[0];
+        if (!track) throw new Failure("mic_error", "The audio source produced no audio track.");
       }
-      if (!useFile) st.micStream = stream;
-      const track = stream.getAudioTracks()[0];
-      if (!track) throw new Failure("mic_error", "The audio source produced no audio track.");
 
       const pc = new RTCPeerConnection({ iceServers: [] });
       st.pc = pc;
       st.remoteStream = new MediaStream();
-      pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
+      if (watch) pc.addTransceiver("audio", { direction: "recvonly" });
+      else pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
       pc.addTransceiver("video", { direction: "recvonly" });
       pc.addEventListener("track", (ev) => {
         if (run !== st.run) return;
@@ -743,6 +789,9 @@
     st.confirmedEmotion = null;
     st.confirmedIntensity = null;
     st.prevVideoSample = null;
+    st.prevServerSample = null;
+    st.serverStats = null;
+    ui.sayStatus.textContent = "";
     st.browser = { framesDecoded: 0, fps: 0, width: 0, height: 0, packetsLost: 0, rttMs: null };
     ui.video.srcObject = null;
     ui.sessionInfo.textContent = "";
@@ -753,7 +802,25 @@
     st.run++;
     teardown();
     clearMessage();
+    resetStatsView();
     setPhase("idle");
+  }
+
+  // ----- say -----------------------------------------------------------------------------
+
+  function say() {
+    const text = ui.sayText.value.trim();
+    if (!text) return;
+    const sent = sendControl({
+      type: "say", text, emotion: st.emotion, intensity: st.intensity, id: `say${++st.said}`,
+    });
+    ui.sayStatus.textContent = sent ? "speaking…" : "start a session first";
+  }
+
+  function renderSay() {
+    const live = controlOpen();
+    ui.say.disabled = !live;
+    ui.interrupt.disabled = !live;
   }
 
   // ----- page setup ----------------------------------------------------------------------
@@ -797,6 +864,7 @@
       start();
     });
     ui.hear.addEventListener("change", () => {
+      ui.hear.dataset.touched = "1";
       ui.video.muted = !ui.hear.checked;
       if (ui.hear.checked) ui.video.play().catch(() => {});
     });
@@ -812,14 +880,30 @@
       ui.transition.value = String(transitionMs());
     });
     const syncSource = () => {
-      const useFile = document.querySelector("input[name=source]:checked").value === "file";
-      ui.fileOptions.hidden = !useFile;
+      const source = document.querySelector("input[name=source]:checked").value;
+      ui.fileOptions.hidden = source !== "file";
+      $("hear-hint").textContent = source === "watch"
+        ? "The avatar's audio is the speech it is given (the Say box, or an agent on the " +
+          "control channel); no microphone is used."
+        : "The avatar's audio is your own voice, delayed to match its lips; it is muted so " +
+          "you don't hear yourself late. Use headphones if you turn it on.";
+      if (source === "watch" && !ui.hear.dataset.touched) {
+        ui.hear.checked = true; // the voice is the server's, not an echo of the user's
+        ui.video.muted = false;
+      }
     };
     for (const r of document.querySelectorAll("input[name=source]")) {
       r.addEventListener("change", syncSource);
     }
     syncSource();
     ui.replay.addEventListener("click", playFile);
+    ui.sayForm.addEventListener("submit", (ev) => { ev.preventDefault(); say(); });
+    ui.sayText.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); say(); }
+    });
+    ui.interrupt.addEventListener("click", () => {
+      if (sendControl({ type: "interrupt" })) ui.sayStatus.textContent = "interrupted";
+    });
     ui.loop.addEventListener("change", () => {
       if (st.fileNode) st.fileNode.loop = ui.loop.checked;
     });
@@ -842,6 +926,7 @@
     get sent() { return { ...st.sent }; },
     framesDecoded() { return st.browser.framesDecoded; },
     sendControl,
+    say,
     start,
     stop,
   };

@@ -9,6 +9,7 @@ touches another. The server writes no files: nothing a client sends reaches the 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -45,6 +46,16 @@ class ServerConfig:
     #: (e.g. ``wss://avatar.example.com/etf-control``) and the page origins allowed on it.
     public_control_url: str | None = None
     allowed_origins: tuple[str, ...] = ()
+
+
+class PortError(OSError):
+    """A listening port could not be opened; the message names which one and why."""
+
+    def __init__(self, host: str, port: int, what: str, option: str, cause: OSError) -> None:
+        msg = f"cannot listen on {host}:{port} ({what}): {cause.strerror or cause}"
+        if cause.errno == errno.EADDRINUSE:
+            msg += f"; another program holds port {port}: choose another with {option}"
+        super().__init__(cause.errno, msg)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -111,8 +122,11 @@ class AvatarServer:
             return _error(401, "unauthorized", "send Authorization: Bearer <token>")
         text = prometheus_text(self.registry.server_stats(),
                                [s.stats(public=True) for s in self.registry.sessions.values()])
-        return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return web.Response(body=text.encode("utf-8"),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST,
+                                     "X-Content-Type-Options": "nosniff"})
 
     async def offer(self, request: web.Request) -> web.Response:
         from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -249,13 +263,21 @@ class AvatarServer:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            raise PortError(self.config.host, self.config.port, "HTTP", "--port", e) from None
         self.http_port = site._server.sockets[0].getsockname()[1]
         self.control = ControlServer(self.registry, self.config.token, self.http_port,
                                      self.config.allowed_origins)
         want = self.config.control_port
         want = self.http_port + 1 if want is None else want
-        self.control_port = await self.control.start(self.config.host, want)
+        try:
+            self.control_port = await self.control.start(self.config.host, want)
+        except OSError as e:
+            await self._runner.cleanup()
+            raise PortError(self.config.host, want, "control WebSocket", "--control-port",
+                            e) from None
 
     async def stop(self) -> None:
         await self.registry.close_all()

@@ -42,6 +42,13 @@ def _load_identity(args):
     return default_identity()
 
 
+def _photo_warnings(args, identity) -> None:
+    """What enrollment corrected in the user's photo (nothing for the built-in face)."""
+    if args.identity or args.image:
+        for w in identity.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+
+
 def cmd_enroll(args) -> int:
     from engines.face.enrollment import EnrollOptions, enroll
 
@@ -78,8 +85,7 @@ def cmd_render(args) -> int:
         audio = np.zeros(int(EMPTY_AUDIO_S * 16000), np.float32)
         mux_audio = np.zeros(int(EMPTY_AUDIO_S * 48000), np.float32)
     identity = _load_identity(args)
-    for w in identity.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    _photo_warnings(args, identity)
     if args.adapt and args.texture != "flow":
         return _fail("--adapt fine-tunes G_T: it needs --texture flow")
     if args.landmarks == "default" and args.texture == "warp":
@@ -185,8 +191,7 @@ def cmd_serve(args) -> int:
         phone_lookahead_ms=args.lookahead_ms, jitter_ms=args.jitter_ms,
     )
     identity = _load_identity(args).for_video(args.max_side)
-    for w in identity.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    _photo_warnings(args, identity)
     config = ServerConfig(host=args.host, port=args.port, control_port=args.control_port,
                           token=token, max_sessions=args.max_sessions, workers=args.workers,
                           public_control_url=args.public_control_url,
@@ -200,8 +205,8 @@ def cmd_serve(args) -> int:
         return _fail(f"--engine must be default or neural, got {args.engine!r}")
     try:
         asyncio.run(serve_forever(identity, config, session, neural=neural))
-    except OSError as e:
-        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
+    except OSError as e:  # server.app.PortError names the port and what it was for
+        return _fail(e.strerror or str(e))
     finally:
         if neural is not None:
             neural.close()

@@ -169,13 +169,7 @@ class AvatarClient:
         self._tasks.append(asyncio.ensure_future(self._read_control()))
 
     async def _read_control(self) -> None:
-        from websockets.exceptions import ConnectionClosed
-
-        try:
-            async for msg in self._ws:
-                self.messages.append({**json.loads(msg), "_arrival": time.monotonic()})
-        except ConnectionClosed:
-            pass
+        await _collect_messages(self._ws, self.messages)
 
     async def control(self, obj: dict | str) -> float:
         """Send one control message (dict as JSON, or a raw string); returns its send time."""
@@ -186,13 +180,7 @@ class AvatarClient:
 
     async def wait_message(self, pred, timeout: float = 5.0) -> dict:
         """The first collected control message matching ``pred`` (waits for it)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for m in self.messages:
-                if pred(m):
-                    return m
-            await asyncio.sleep(0.02)
-        raise TimeoutError(f"no matching control message in {timeout} s: {self.messages[-5:]}")
+        return await _first_message(self.messages, pred, timeout)
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -201,3 +189,102 @@ class AvatarClient:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class AvatarAgent:
+    """An agent's own control connection to a session: pushes speech, says text, interrupts.
+
+    The viewer (a browser, or :class:`AvatarClient`) owns the session; the agent connects to
+    its ``control_url`` (plus ``?token=`` when the server needs one)::
+
+        async with AvatarAgent(control_url) as agent:
+            await agent.push(pcm_int16, rate=24000, emotion="happy")   # queued, in order
+            await agent.say("Hello there!")
+            await agent.interrupt()
+    """
+
+    def __init__(self, control_url: str, token: str | None = None) -> None:
+        self.url = control_url + (f"?token={token}" if token else "")
+        self.messages: list[dict] = []
+        self._ws = None
+        self._reader: asyncio.Task | None = None
+        self._next_id = 0
+
+    async def __aenter__(self) -> AvatarAgent:
+        from websockets.asyncio.client import connect
+
+        self._ws = await connect(self.url, max_size=2**20)
+        self._reader = asyncio.ensure_future(self._read())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self._ws.close()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _read(self) -> None:
+        await _collect_messages(self._ws, self.messages)
+
+    async def request(self, obj: dict, timeout: float = 10.0) -> dict:
+        """Send a JSON message and wait for the reply carrying its id."""
+        self._next_id += 1
+        mid = f"a{self._next_id}"
+        await self._ws.send(json.dumps({"v": 1, **obj, "id": mid}))
+        return await self.wait(lambda m: m.get("id") == mid, timeout)
+
+    async def wait(self, pred, timeout: float = 10.0) -> dict:
+        """The first received message matching ``pred`` (waits for it)."""
+        return await _first_message(self.messages, pred, timeout)
+
+    async def push(self, pcm: np.ndarray, rate: int, chunk_ms: float = 100.0,
+                   emotion: str | None = None, intensity: float | None = None) -> float:
+        """Queue one utterance (int16 or float mono samples at ``rate``), sent in chunks as
+        fast as the socket takes them; returns the send time of its first chunk."""
+        start = {"type": "audio_start", "rate": int(rate), "format": "s16le"}
+        if emotion is not None:
+            start["emotion"] = emotion
+        if intensity is not None:
+            start["intensity"] = intensity
+        ack = await self.request(start)
+        if ack["type"] != "ack":
+            raise RuntimeError(f"audio_start refused: {ack}")
+        pcm = np.asarray(pcm)
+        if pcm.dtype != np.int16:
+            pcm = (np.clip(pcm, -1.0, 1.0) * 32767.0).astype(np.int16)
+        step = max(1, int(rate * chunk_ms / 1000.0))
+        first = time.monotonic()
+        for i in range(0, len(pcm), step):
+            await self._ws.send(pcm[i:i + step].astype("<i2").tobytes())
+        await self.request({"type": "audio_end"})
+        return first
+
+    async def say(self, text: str, **kw) -> dict:
+        """Say ``text`` (``voice``, ``emotion``, ``intensity``); returns the ``said`` event."""
+        ack = await self.request({"type": "say", "text": text, **kw})
+        if ack["type"] != "ack":
+            raise RuntimeError(f"say refused: {ack}")
+        return await self.wait(lambda m: m.get("id") == ack["id"] and m["type"] != "ack", 30.0)
+
+    async def interrupt(self) -> dict:
+        return await self.request({"type": "interrupt"})
+
+
+async def _collect_messages(ws, store: list[dict]) -> None:
+    """Append every JSON message of a control connection, with its arrival time."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        async for msg in ws:
+            store.append({**json.loads(msg), "_arrival": time.monotonic()})
+    except ConnectionClosed:
+        pass
+
+
+async def _first_message(store: list[dict], pred, timeout: float) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for m in store:
+            if pred(m):
+                return m
+        await asyncio.sleep(0.01)
+    raise TimeoutError(f"no matching control message in {timeout} s: {store[-5:]}")

@@ -16,11 +16,35 @@ Client -> server:
   at that interval (1000 ms by default from the start of the connection).
 - ``ping``: replied with ``pong``.
 
+Speech from an agent (the session speaks it; a viewer that sends no microphone just watches):
+
+- ``audio_start``: ``rate`` (integer Hz, 8000..48000), optional ``channels`` (1 or 2,
+  interleaved), ``format`` (``"s16le"``, default, or ``"f32le"``), ``emotion``,
+  ``intensity`` and ``transition_ms`` (shown from when this audio starts to play). Opens an
+  utterance; replied with ``ack`` carrying its ``utterance`` number. Then **binary frames**
+  carry its PCM, at most ``HARD_MAX_BYTES`` each (e.g. 20..500 ms chunks), as fast as the
+  agent has them: they queue (up to 120 s) and play in order at real time, after anything
+  queued before. Binary frames are not replied to; errors come at most once a second:
+  ``no_audio_stream`` (no ``audio_start`` yet), ``bad_audio`` (not whole samples),
+  ``queue_full``, ``rate_limited`` (more than ``AUDIO_FRAMES_PER_S`` frames/s).
+- ``audio_end``: the utterance is complete (its tail is flushed); ``ack`` with
+  ``queued_ms``. Optional, but without it a short final chunk waits for the next.
+- ``say``: ``text`` (1..``MAX_SAY_CHARS`` characters), optional ``voice`` (see
+  ``engines/audio/tts.py``: ``piper:joe`` when the voice extra is installed, else
+  ``flite:slt``, ...), ``emotion``, ``intensity``, ``transition_ms``. Replied with ``ack``
+  at once; when the speech is synthesised and queued, ``said`` (``queued``, ``utterance``,
+  ``duration_ms``), or ``error`` ``tts_failed``.
+- ``interrupt``: barge-in. Drops all queued speech and any ``say`` still being synthesised
+  (its ``said`` reports ``queued: false``); ``ack`` with ``dropped_ms``. What already
+  entered the pipeline (``pipeline_delay_ms``) plays out, audio and mouth together, so the
+  mouth closes when the voice stops. An open ``audio_start`` stream stays open.
+
 Server -> client: ``hello`` (on connect: session, emotions, current emotion and intensity,
-fps, lookahead_ms, limits), ``ack``, ``stats``, ``pong`` and ``error`` (``code`` and
-``message``; the connection stays open). Error codes: ``bad_json``, ``not_object``,
+fps, lookahead_ms, limits), ``ack``, ``stats``, ``pong``, ``said`` and ``error`` (``code``
+and ``message``; the connection stays open). Error codes: ``bad_json``, ``not_object``,
 ``bad_version``, ``unknown_type``, ``bad_field``, ``too_large``, ``binary_not_supported``,
-``rate_limited``, ``session_closed``. More than ``RATE_PER_S`` messages per second (bursts
+``no_audio_stream``, ``bad_audio``, ``queue_full``, ``tts_failed``, ``rate_limited``,
+``session_closed``. More than ``RATE_PER_S`` messages per second (bursts
 of ``RATE_BURST``) are dropped with one ``rate_limited`` error per second; a client that keeps
 flooding for ``FLOOD_CLOSE_S`` seconds is disconnected with close code 1008. Messages above
 ``HARD_MAX_BYTES`` close the connection with code 1009 (the WebSocket library's own limit).
@@ -47,12 +71,16 @@ log = logging.getLogger("etf.control")
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 4096
+MAX_SAY_CHARS = 1000
 HARD_MAX_BYTES = 65536
 RATE_PER_S = 20.0
 RATE_BURST = 40
 FLOOD_CLOSE_S = 10.0
 DEFAULT_STATS_INTERVAL_MS = 1000
-MESSAGE_TYPES = ("set_emotion", "set_intensity", "get_stats", "subscribe_stats", "ping")
+MESSAGE_TYPES = ("set_emotion", "set_intensity", "get_stats", "subscribe_stats", "ping",
+                 "audio_start", "audio_end", "interrupt", "say")
+#: Binary (audio) frames per second at most, bursts of twice that; a 20 ms chunking is 50/s.
+AUDIO_FRAMES_PER_S = 200.0
 
 
 class ControlError(Exception):
@@ -81,6 +109,11 @@ class Command:
     intensity: float | None = None
     transition_ms: float = 250.0
     interval_ms: int | None = None
+    rate: int | None = None
+    channels: int = 1
+    format: str = "s16le"
+    text: str | None = None
+    voice: str | None = None
 
 
 def _number(obj: dict, key: str, lo: float, hi: float, msg_id: Any) -> float | None:
@@ -131,12 +164,45 @@ def parse_message(data: str | bytes) -> Command:
         "set_emotion": {"emotion", "intensity", "transition_ms"},
         "set_intensity": {"intensity", "transition_ms"},
         "subscribe_stats": {"interval_ms"},
+        "audio_start": {"rate", "channels", "format", "emotion", "intensity", "transition_ms"},
+        "say": {"text", "voice", "emotion", "intensity", "transition_ms"},
     }.get(kind, set())
     extra = sorted(set(obj) - known)
     if extra:
         raise ControlError("bad_field", f"unknown field(s) for {kind}: {', '.join(extra)}", msg_id)
     transition = _number(obj, "transition_ms", 0.0, 10000.0, msg_id)
     transition = 250.0 if transition is None else transition
+    if kind in ("audio_start", "say"):
+        emotion = obj.get("emotion")
+        if emotion is not None and emotion not in EMOTIONS:
+            raise ControlError(
+                "bad_field", f"emotion {json.dumps(emotion)} is not one of {', '.join(EMOTIONS)}",
+                msg_id,
+            )
+        intensity = _number(obj, "intensity", 0.0, 1.0, msg_id)
+        if kind == "say":
+            text, voice = obj.get("text"), obj.get("voice")
+            if not isinstance(text, str) or not text.strip():
+                raise ControlError("bad_field", "say needs text (a non-empty string)", msg_id)
+            if len(text) > MAX_SAY_CHARS:
+                raise ControlError("bad_field", f"text is longer than {MAX_SAY_CHARS} characters",
+                                   msg_id)
+            if voice is not None and (not isinstance(voice, str) or len(voice) > 64):
+                raise ControlError("bad_field", "voice must be a voice name (a string)", msg_id)
+            return Command(kind, msg_id, emotion=emotion, intensity=intensity,
+                           transition_ms=transition, text=text, voice=voice)
+        rate = _number(obj, "rate", 8000, 48000, msg_id)
+        if rate is None or rate != int(rate):
+            raise ControlError("bad_field", "audio_start needs rate (an integer, 8000..48000 Hz)",
+                               msg_id)
+        channels = obj.get("channels", 1)
+        if channels not in (1, 2) or isinstance(channels, bool):
+            raise ControlError("bad_field", "channels must be 1 or 2", msg_id)
+        fmt = obj.get("format", "s16le")
+        if fmt not in ("s16le", "f32le"):
+            raise ControlError("bad_field", 'format must be "s16le" or "f32le"', msg_id)
+        return Command(kind, msg_id, emotion=emotion, intensity=intensity,
+                       transition_ms=transition, rate=int(rate), channels=channels, format=fmt)
     if kind == "set_emotion":
         emotion = obj.get("emotion")
         if emotion not in EMOTIONS:
@@ -249,6 +315,9 @@ class ControlServer:
             await ws.close(1008, "session ended")
             return
         limiter = RateLimiter()
+        audio_limiter = RateLimiter(AUDIO_FRAMES_PER_S, int(2 * AUDIO_FRAMES_PER_S))
+        last_audio_error = -math.inf
+        says: set[asyncio.Task] = set()
         stats_every = [DEFAULT_STATS_INTERVAL_MS / 1000.0]
         flood_since: float | None = None
         last_rate_error = -math.inf
@@ -277,6 +346,12 @@ class ControlServer:
         try:
             async for data in ws:
                 now = time.monotonic()
+                if isinstance(data, bytes) and not session.closed:
+                    error = self.audio(session, data, audio_limiter.allow(now))
+                    if error is not None and now - last_audio_error >= 1.0:
+                        last_audio_error = now  # one error a second at most, not one a frame
+                        await send(error.reply())
+                    continue
                 if not limiter.allow(now):
                     flood_since = now if flood_since is None else flood_since
                     if now - flood_since > FLOOD_CLOSE_S:
@@ -293,17 +368,64 @@ class ControlServer:
                     await send(ControlError("session_closed", "the session has ended").reply())
                     await ws.close(1000, "session ended")
                     break
+                cmd = None
                 try:
                     cmd = parse_message(data)
                     reply = self.apply(session, cmd, stats_every)
                 except ControlError as e:
                     reply = e.reply()
                 await send(reply)
+                if cmd is not None and cmd.type == "say" and reply.get("type") == "ack":
+                    task = asyncio.create_task(self._say(session, cmd, send))
+                    says.add(task)
+                    task.add_done_callback(says.discard)
         except ConnectionClosed:
             pass
         finally:
             pusher.cancel()
             closed_watch.cancel()
+
+    @staticmethod
+    def audio(session, data: bytes, allowed: bool) -> ControlError | None:
+        """One binary frame: PCM for the session's open utterance (see ``audio_start``)."""
+        from engines.audio.speech_queue import QueueFull
+
+        if not allowed:
+            return ControlError("rate_limited", f"more than {AUDIO_FRAMES_PER_S:g} audio frames/s;"
+                                " frames are being dropped (send larger chunks)")
+        try:
+            session.feed_speech(data)
+        except QueueFull as e:
+            return ControlError("queue_full", f"{e}; this audio was dropped")
+        except ValueError as e:
+            if "begin()" in str(e):
+                return ControlError("no_audio_stream", "binary frames are audio: send "
+                                    "audio_start (rate, channels, format) first")
+            return ControlError("bad_audio", str(e))
+        return None
+
+    @staticmethod
+    async def _say(session, cmd: Command, send) -> None:
+        """Speak a ``say``: tell the client when it is queued (or why it failed)."""
+        from engines.audio.tts import TTSError
+
+        base: dict[str, Any] = {"v": PROTOCOL_VERSION}
+        if cmd.id is not None:
+            base["id"] = cmd.id
+        try:
+            uid, seconds = await session.say(cmd.text, cmd.voice, cmd.emotion, cmd.intensity,
+                                             cmd.transition_ms / 1000.0)
+        except TTSError as e:
+            await send(ControlError("tts_failed", str(e), cmd.id).reply())
+            return
+        except Exception as e:  # the connection may be gone, or the session closed
+            log.warning("say failed: %s", e)
+            return
+        if uid is None:
+            await send({**base, "type": "said", "queued": False, "reason": "interrupted"})
+        else:
+            await send({**base, "type": "said", "queued": True, "utterance": uid,
+                        "duration_ms": round(seconds * 1e3, 1)})
 
     @staticmethod
     def apply(session, cmd: Command, stats_every: list[float]) -> dict:
@@ -315,6 +437,27 @@ class ControlServer:
             session.set_emotion(cmd.emotion, cmd.intensity, cmd.transition_ms / 1000.0)
             return {**base, "type": "ack", "for": cmd.type, "emotion": session.emotion.emotion,
                     "intensity": session.emotion.intensity, "transition_ms": cmd.transition_ms}
+        if cmd.type == "audio_start":
+            try:
+                uid = session.begin_speech(cmd.rate, cmd.channels, cmd.format, cmd.emotion,
+                                           cmd.intensity, cmd.transition_ms / 1000.0)
+            except ValueError as e:
+                raise ControlError("bad_field", str(e), cmd.id) from None
+            return {**base, "type": "ack", "for": cmd.type, "utterance": uid}
+        if cmd.type == "audio_end":
+            queued = session.end_speech()
+            return {**base, "type": "ack", "for": cmd.type, "queued_ms": round(queued * 1e3, 1)}
+        if cmd.type == "interrupt":
+            dropped = session.interrupt()
+            return {**base, "type": "ack", "for": cmd.type, "dropped_ms": round(dropped * 1e3, 1)}
+        if cmd.type == "say":
+            from engines.audio.tts import TTSError, check
+
+            try:
+                check(cmd.text, cmd.voice)
+            except TTSError as e:
+                raise ControlError("bad_field", str(e), cmd.id) from None
+            return {**base, "type": "ack", "for": cmd.type}
         if cmd.type == "get_stats":
             return {**base, "type": "stats", "stats": session.stats()}
         if cmd.type == "subscribe_stats":

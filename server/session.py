@@ -33,19 +33,19 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from engines.audio.audio_ingest import NET_RATE, AudioIngest, SampleFifo
+from engines.avatar import Avatar, AvatarStream, StreamConfig, measure_ready_lag
 from engines.face.identity import Identity
 from engines.latency import LatencyRing
 from engines.motion.emotion_state import EmotionState
 from engines.neural.batching import CapacityError, aligned_start
 from engines.render import texture_warp
-from engines.render.pipeline import FaceAnimator
 from etf_models.emotions import EMOTIONS
 
 log = logging.getLogger("etf.session")
@@ -53,38 +53,19 @@ log = logging.getLogger("etf.session")
 STAGES = ("ingest", "speech", "frame", "yuv", "tick")
 #: Audio frames sent to the viewer (20 ms at 48 kHz, what Opus wants).
 AUDIO_FRAME = 960
-#: Frames rendered in one tick at most when several became ready at once.
-MAX_RENDER_PER_TICK = 3
 #: More than this many ticks behind (a suspended machine) resets the clock instead.
 MAX_CATCHUP_TICKS = 25
 
 
 @dataclass(frozen=True)
-class SessionConfig:
-    """Per-session settings (one per server; filled by the CLI)."""
+class SessionConfig(StreamConfig):
+    """Per-session settings (one per server; filled by the CLI): a stream's, plus how long
+    a silent or absent peer is waited for."""
 
-    fps: float = 25.0
-    jitter_ms: float = 60.0
-    max_buffer_ms: float = 300.0
-    phone_lookahead_ms: float = 100.0
-    #: How far mouth coarticulation looks ahead (live default 60 ms of the 100 ms window:
-    #: one frame less delay at 25 fps for ~1% lower lip-sync correlation on the devset).
-    coart_future_ms: float = 60.0
-    use_vad: bool = True
-    emotion: str = "neutral"
-    intensity: float = 1.0
     #: A connected peer from which nothing arrives for this long is gone.
     idle_timeout_s: float = 5.0
     #: A peer that never connects after its offer is dropped after this long.
     connect_timeout_s: float = 20.0
-
-    def __post_init__(self) -> None:
-        if self.fps not in (25.0, 30.0):
-            raise ValueError(f"fps must be 25 or 30, got {self.fps:g}")
-        if self.emotion not in EMOTIONS:
-            raise ValueError(f"emotion {self.emotion!r} is not one of {', '.join(EMOTIONS)}")
-        if not 0.0 <= self.intensity <= 1.0:
-            raise ValueError(f"intensity {self.intensity} is outside 0..1")
 
 
 @dataclass
@@ -97,30 +78,6 @@ class VideoOut:
     skipped: int = 0  # frames advanced without rendering to catch up
 
 
-def measure_ready_lag(animator, config: SessionConfig, ticks: int = 60) -> int:
-    """Ticks between a chunk's arrival and its frame being ready (``r``), measured.
-
-    Runs the real ingest path and ``animator`` (a fresh per-session stream: ``push_audio``,
-    ``frames_ready``, ``skip``) on synthetic speech-like noise bursts and silence, taking
-    the largest lag seen, so release times never wait on a frame that is not there.
-    """
-    ingest = AudioIngest(target_ms=0.0, max_ms=config.max_buffer_ms, use_vad=config.use_vad)
-    n48 = int(round(NET_RATE / config.fps))
-    rng = np.random.default_rng(0)
-    lag = 0
-    made = 0
-    for n in range(ticks):
-        burst = (n // 10) % 2 == 1
-        ingest.push((rng.standard_normal(n48) * (0.2 if burst else 0.001)).astype(np.float32))
-        _, speech = ingest.take(n48)
-        animator.push_audio(speech)
-        while animator.frames_ready() > 0:
-            animator.skip()
-            lag = max(lag, n - made)
-            made += 1
-    return lag
-
-
 class Session:
     """State and clock of one live peer (see module docstring). Thread use: the tick loop
     and the tracks run on the event loop; only ``_compute`` runs on the worker pool."""
@@ -128,7 +85,7 @@ class Session:
     def __init__(
         self,
         identity: Identity,
-        warp: texture_warp.WarpState,
+        avatar: Avatar | None,
         config: SessionConfig,
         executor: Executor,
         ready_lag: int,
@@ -136,13 +93,14 @@ class Session:
         seed: int | None = None,
         session_id: str | None = None,
         neural=None,
+        tts_executor: Executor | None = None,
     ) -> None:
         # The id is a capability: it grants control of the session, so it is unguessable
         # unless the caller names it (etf live's single local session).
         self.id = session_id or secrets.token_urlsafe(16)
         self.label = self.id[:6]  # public name (logs, metrics); the registry numbers it
         self.identity = identity
-        self.warp = warp
+        self.avatar = avatar  # the face with the default engine's prepared state; or None
         self.config = config
         self.executor = executor
         self.clock = clock
@@ -152,8 +110,11 @@ class Session:
         self.delay_ticks = ready_lag + 2
         self.emotion = EmotionState(config.emotion, config.intensity)
         self.neural = neural  # engines.neural.live.NeuralEngines, or None: the default engine
+        #: Input, speech queue, animator and emotion: the in-process API (engines.avatar);
+        #: built by prepare().
+        self.stream: AvatarStream | None = None
         self.ingest = AudioIngest(config.jitter_ms, config.max_buffer_ms, use_vad=config.use_vad)
-        self.animator: FaceAnimator | None = None
+        self.ingest.queue.max = int(config.max_queued_s * NET_RATE)
         self.created = clock()
         self.t0: float | None = None
         self.closed = False
@@ -167,6 +128,9 @@ class Session:
         self.counters = collections.Counter()
         self._sent_times: collections.deque[float] = collections.deque(maxlen=100)
         self.on_close: list[Callable[[Session], None]] = []
+        self.tts_executor = tts_executor or executor  # text to speech for say()
+        self._speech_generation = 0  # bumped by interrupt(): says in flight are dropped
+        self._say_lock = asyncio.Lock()
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -176,17 +140,21 @@ class Session:
         if self.neural is not None:
             self.neural.worker.open(self.id)  # CapacityError when the device is full
             self.on_close.append(lambda s: s.neural.worker.close(s.id))
-            self.animator = await loop.run_in_executor(
-                self.executor,
-                lambda: self.neural.stream(self.config.fps, self.emotion, self.seed))
-            return
-        self.animator = await loop.run_in_executor(
-            self.executor,
-            lambda: FaceAnimator(self.identity, self.config.fps, emotion=self.emotion,
-                                 seed=self.seed, warp=self.warp,
-                                 phone_lookahead_ms=self.config.phone_lookahead_ms,
-                                 coart_future_ms=self.config.coart_future_ms),
-        )
+
+        def build() -> AvatarStream:
+            if self.neural is not None:
+                animator = self.neural.stream(self.config.fps, self.emotion, self.seed)
+            else:
+                animator = self.avatar.animator(self.config, self.emotion, self.seed)
+            return AvatarStream(self.avatar, self.config, animator=animator, clock=self.now,
+                                latency=self.latency, emotion=self.emotion,
+                                ingest=self.ingest)
+
+        self.stream = await loop.run_in_executor(self.executor, build)
+
+    @property
+    def animator(self):
+        return self.stream.animator if self.stream is not None else None
 
     def ensure_started(self) -> None:
         """Start the clock and the tick loop (first media pull from either track)."""
@@ -221,6 +189,57 @@ class Session:
         t = time.perf_counter()
         self.ingest.push(pcm48)
         self.latency["ingest"].add(time.perf_counter() - t)
+
+    # Speech queued ahead of time (an agent's audio, ``say``): engines.avatar's queue.
+
+    def begin_speech(self, rate: int, channels: int, encoding: str, emotion: str | None,
+                     intensity: float | None, transition_s: float) -> int:
+        """Open an utterance whose PCM chunks follow (``feed_speech``); ValueError if the
+        format is not one we take."""
+        self.counters["utterances"] += 1
+        return self.stream.begin_speech(rate, channels, encoding, emotion, intensity,
+                                        transition_s)
+
+    def feed_speech(self, data: bytes) -> float:
+        """PCM for the open utterance; seconds queued. ValueError / QueueFull."""
+        return self.stream.feed_speech(data)
+
+    def end_speech(self) -> float:
+        self.stream.end_speech()
+        return self.stream.queued_s
+
+    def interrupt(self) -> float:
+        """Barge-in: drop queued speech and any ``say`` still being synthesised."""
+        self._speech_generation += 1
+        self.counters["interrupts"] += 1
+        return self.stream.interrupt()
+
+    async def say(self, text: str, voice: str | None, emotion: str | None,
+                  intensity: float | None, transition_s: float) -> tuple[int | None, float]:
+        """Synthesise ``text`` sentence by sentence (on the TTS thread) and queue each as
+        soon as it is made, so speech starts after the first sentence; (the first
+        utterance's id, seconds in all), or (None, 0) when an ``interrupt`` came first.
+        Says of one session are spoken in the order they came. TTSError when it cannot be
+        said."""
+        from engines.audio import tts
+
+        loop = asyncio.get_running_loop()
+        async with self._say_lock:
+            generation = self._speech_generation
+            first, seconds = None, 0.0
+            for i, part in enumerate(tts.sentences(text)):
+                pcm, rate = await loop.run_in_executor(self.tts_executor, tts.synthesize,
+                                                       part, voice)
+                if generation != self._speech_generation or self.closed:
+                    return None, 0.0
+                uid = self.stream.begin_speech(rate, 1, "f32le", emotion if i == 0 else None,
+                                               intensity if i == 0 else None, transition_s)
+                self.stream.feed_speech(pcm)
+                self.stream.end_speech()
+                first = uid if first is None else first
+                seconds += pcm.size / rate
+            self.counters["utterances"] += 1
+            return first, seconds
 
     def set_emotion(self, emotion: str | None, intensity: float | None,
                     transition_s: float) -> None:
@@ -283,7 +302,7 @@ class Session:
                 due = max(1, due)
                 speech = []
                 for _ in range(due):
-                    chunk48, chunk16 = self.ingest.take(self.samples_per_tick)
+                    chunk48, chunk16 = self.stream.take_audio()
                     self._queue_output_audio(chunk48)
                     speech.append(chunk16)
                 frames = await self._frames(speech)
@@ -325,22 +344,9 @@ class Session:
             self.latency["tick"].add(time.perf_counter() - t_start)
         return out
 
-    def _ready_frames(self, speech: list[np.ndarray]) -> tuple[int, int]:
-        """Feed the audio of due ticks; (frames to render, frames skipped to catch up)."""
-        t_start = time.perf_counter()
-        animator = self.animator
-        for chunk in speech:
-            animator.push_audio(chunk)
-        self.latency["speech"].add(time.perf_counter() - t_start)
-        ready = animator.frames_ready()
-        skipped = max(0, ready - MAX_RENDER_PER_TICK)
-        for _ in range(skipped):
-            animator.skip()
-        return ready - skipped, skipped
-
     def _compute_inputs(self, speech: list[np.ndarray], emotion_at: float) -> list[tuple]:
         """Worker thread (neural): [(frame index, FrameInputs, skipped before it)]."""
-        n, skipped = self._ready_frames(speech)
+        n, skipped = self.stream.feed(speech)
         jobs = []
         for _ in range(n):
             index = self.animator.frame_index
@@ -356,19 +362,13 @@ class Session:
         released at its own time; beyond that the oldest are skipped (counted as dropped).
         """
         t_start = time.perf_counter()
-        n, skipped = self._ready_frames(speech)
         out = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            frame = self.animator.step(copy=False, emotion_at=emotion_at)
+        for frame, skipped in self.stream.render(speech, emotion_at):
             t1 = time.perf_counter()
             yuv = cv2.cvtColor(frame.image, cv2.COLOR_RGB2YUV_I420)
-            t2 = time.perf_counter()
-            self.latency["frame"].add(t1 - t0)
-            self.latency["yuv"].add(t2 - t1)
+            self.latency["yuv"].add(time.perf_counter() - t1)
             release = self.t0 + (frame.index + self.delay_ticks) * self.period
             out.append(VideoOut(frame.index, yuv, release, skipped=skipped))
-            skipped = 0
         if out:
             self.latency["tick"].add(time.perf_counter() - t_start)
         return out
@@ -408,6 +408,7 @@ class Session:
         recent = [t for t in self._sent_times if now - t <= 2.0]
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
         ing = self.ingest.stats
+        queue = self.ingest.queue
         return {
             "session": self.label if public else self.id,
             "label": self.label,
@@ -431,6 +432,14 @@ class Session:
                 "video_frames": self.video_queue.qsize(),
                 "audio_out_ms": round(len(self._audio_out) * 1000.0 / NET_RATE, 1),
             },
+            "speech_queue": {
+                "queued_ms": round(queue.queued_s * 1e3, 1),
+                "played_s": round(queue.played_s, 3),
+                "dropped_s": round(queue.dropped_s, 3),
+                "underflows": queue.underflows,
+                "utterances": self.counters["utterances"],
+                "interrupts": self.counters["interrupts"],
+            },
             "audio": {
                 "received_s": round(ing.received_s, 3),
                 "underflows": ing.underflows,
@@ -453,15 +462,18 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self.neural = neural
         if neural is not None:
-            self.warp = None
-            probe = neural.stream(config.fps, EmotionState(), 0)
+            self.avatar = None
+            self.ready_lag = measure_ready_lag(neural.stream(config.fps, EmotionState(), 0),
+                                               config)
         else:
-            self.warp = warp or texture_warp.prepare(identity)
-            probe = FaceAnimator(identity, config.fps, warp=self.warp,
-                                 phone_lookahead_ms=config.phone_lookahead_ms,
-                                 coart_future_ms=config.coart_future_ms)
-        self.ready_lag = measure_ready_lag(probe, config)
+            self.avatar = Avatar(identity, warp)
+            self.ready_lag = self.avatar.ready_lag(config)
         self.sessions: dict[str, Session] = {}
+        #: One thread speaks every session's ``say`` (in order; off the render pool).
+        self.tts_executor = ThreadPoolExecutor(1, thread_name_prefix="etf-tts")
+        from engines.audio import tts
+
+        self.tts_executor.submit(tts.warm)
         self.started = time.monotonic()
         self.counters = collections.Counter()
         self.refused: collections.Counter = collections.Counter()
@@ -479,8 +491,9 @@ class SessionRegistry:
 
     async def create(self, session_id: str | None = None) -> Session:
         self.check_capacity()
-        session = Session(self.identity, self.warp, self.config, self.executor, self.ready_lag,
-                          session_id=session_id, neural=self.neural)
+        session = Session(self.identity, self.avatar, self.config, self.executor, self.ready_lag,
+                          session_id=session_id, neural=self.neural,
+                          tts_executor=self.tts_executor)
         session.label = f"s{self.counters['created'] + 1}"
         self.counters["created"] += 1
         self.sessions[session.id] = session  # reserve the slot before awaiting

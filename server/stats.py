@@ -7,63 +7,90 @@ behaviour and memory stays constant however long a session runs.
 from __future__ import annotations
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def prometheus_text(server: dict, sessions: list[dict]) -> str:
-    """Prometheus text format (version 0.0.4) for the server and its sessions.
+    """Prometheus text format (version 0.0.4) for the server and its sessions, written by
+    ``prometheus_client``.
 
     ``server`` holds server-wide gauges/counters; ``sessions`` the ``Session.stats()`` dicts.
     """
-    lines: list[str] = []
+    from prometheus_client import CollectorRegistry, generate_latest
 
-    def metric(name: str, kind: str, help_: str, samples: list[tuple[dict, float]]) -> None:
-        lines.append(f"# HELP {name} {help_}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            lab = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-            lines.append(f"{name}{{{lab}}} {value}" if lab else f"{name} {value}")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(server, sessions))
+    return generate_latest(registry).decode("utf-8")
 
-    metric("etf_sessions_active", "gauge", "Live sessions.", [({}, server["sessions"])])
-    metric("etf_sessions_max", "gauge", "Session capacity.", [({}, server["max_sessions"])])
-    metric(
-        "etf_sessions_started_total", "counter", "Sessions accepted since start.",
-        [({}, server["sessions_started"])],
-    )
-    metric(
-        "etf_sessions_refused_total", "counter", "Offers refused (capacity, token, bad input).",
-        [({"reason": k}, v) for k, v in sorted(server["refused"].items())],
-    )
-    metric("etf_uptime_seconds", "gauge", "Seconds since the server started.",
-           [({}, round(server["uptime_s"], 3))])
-    dev = server.get("device_worker")
-    if dev:  # the neural engines' batching worker
-        metric("etf_device_batches_total", "counter", "Engine calls of the device worker.",
-               [({}, dev["batches"])])
-        metric("etf_device_batch_mean", "gauge", "Mean frames per engine call.",
-               [({}, dev["mean_batch"])])
-        metric("etf_device_frame_ms", "gauge",
-               "Per-frame latency on the device worker (wait for the batch + compute).",
-               [({"quantile": q}, dev["latency_ms"]["total"][q]) for q in ("p50", "p99")])
-    per = [(s["session"], s) for s in sessions]
-    metric("etf_frames_total", "counter", "Video frames sent.",
-           [({"session": sid}, s["frames_sent"]) for sid, s in per])
-    metric("etf_frames_dropped_total", "counter", "Frames skipped because compute fell behind.",
-           [({"session": sid}, s["frames_dropped"]) for sid, s in per])
-    metric("etf_fps", "gauge", "Video frames per second sent over the last seconds.",
-           [({"session": sid}, s["fps"]) for sid, s in per])
-    metric("etf_audio_underflows_total", "counter", "Jitter buffer underflows.",
-           [({"session": sid}, s["audio"]["underflows"]) for sid, s in per])
-    metric("etf_audio_buffer_ms", "gauge", "Audio waiting in the jitter buffer.",
-           [({"session": sid}, s["queues"]["audio_ms"]) for sid, s in per])
-    stage_samples = []
-    for sid, s in per:
-        for stage, q in s["latency_ms"].items():
-            for quant, key in (("0.5", "p50"), ("0.99", "p99")):
-                stage_samples.append(
-                    ({"session": sid, "stage": stage, "quantile": quant}, q[key] / 1e3)
-                )
-    metric("etf_stage_latency_seconds", "summary",
-           "Per-frame latency by pipeline stage (recent window).", stage_samples)
-    return "\n".join(lines) + "\n"
+
+class _Snapshot:
+    """A prometheus_client collector over one snapshot of the server's statistics."""
+
+    def __init__(self, server: dict, sessions: list[dict]) -> None:
+        self.server = server
+        self.sessions = sessions
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+        server, per = self.server, [(s["session"], s) for s in self.sessions]
+
+        def gauge(name, help_, value):
+            return GaugeMetricFamily(name, help_, value=value)
+
+        def per_session(cls, name, help_, get):
+            fam = cls(name, help_, labels=["session"])
+            for sid, s in per:
+                fam.add_metric([sid], get(s))
+            return fam
+
+        yield gauge("etf_sessions_active", "Live sessions.", server["sessions"])
+        yield gauge("etf_sessions_max", "Session capacity.", server["max_sessions"])
+        yield CounterMetricFamily("etf_sessions_started_total", "Sessions accepted since start.",
+                                  value=server["sessions_started"])
+        refused = CounterMetricFamily("etf_sessions_refused_total",
+                                      "Offers refused (capacity, token, bad input).",
+                                      labels=["reason"])
+        for k, v in sorted(server["refused"].items()):
+            refused.add_metric([k], v)
+        yield refused
+        yield gauge("etf_uptime_seconds", "Seconds since the server started.",
+                    round(server["uptime_s"], 3))
+        dev = server.get("device_worker")
+        if dev:  # the neural engines' batching worker
+            yield CounterMetricFamily("etf_device_batches_total",
+                                      "Engine calls of the device worker.", value=dev["batches"])
+            yield gauge("etf_device_batch_mean", "Mean frames per engine call.",
+                        dev["mean_batch"])
+            fam = GaugeMetricFamily(
+                "etf_device_frame_ms",
+                "Per-frame latency on the device worker (wait for the batch + compute).",
+                labels=["quantile"])
+            for q in ("p50", "p99"):
+                fam.add_metric([q], dev["latency_ms"]["total"][q])
+            yield fam
+        yield per_session(CounterMetricFamily, "etf_frames_total", "Video frames sent.",
+                          lambda s: s["frames_sent"])
+        yield per_session(CounterMetricFamily, "etf_frames_dropped_total",
+                          "Frames skipped because compute fell behind.",
+                          lambda s: s["frames_dropped"])
+        yield per_session(GaugeMetricFamily, "etf_fps",
+                          "Video frames per second sent over the last seconds.",
+                          lambda s: s["fps"])
+        yield per_session(CounterMetricFamily, "etf_audio_underflows_total",
+                          "Jitter buffer underflows.", lambda s: s["audio"]["underflows"])
+        yield per_session(GaugeMetricFamily, "etf_audio_buffer_ms",
+                          "Audio waiting in the jitter buffer.",
+                          lambda s: s["queues"]["audio_ms"])
+        yield per_session(GaugeMetricFamily, "etf_speech_queued_ms",
+                          "Agent speech (pushed audio, say) queued to be spoken.",
+                          lambda s: s["speech_queue"]["queued_ms"])
+        yield per_session(CounterMetricFamily, "etf_interrupts_total",
+                          "Interrupts (barge-in) received.",
+                          lambda s: s["speech_queue"]["interrupts"])
+        stages = Metric("etf_stage_latency_seconds",
+                        "Per-frame latency by pipeline stage (recent window).", "summary")
+        for sid, s in per:
+            for stage, q in s["latency_ms"].items():
+                for quant, key in (("0.5", "p50"), ("0.99", "p99")):
+                    stages.add_sample("etf_stage_latency_seconds",
+                                      {"session": sid, "stage": stage, "quantile": quant},
+                                      q[key] / 1e3)
+        yield stages

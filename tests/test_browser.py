@@ -226,10 +226,18 @@ def test_live_session_video_emotions_and_stats(tmp_path, browser, shots):
         assert "bored" in text and "bad_field" in text
         assert page.evaluate("window.etf.state") == "connected"
 
+        # A healthy stream: the dropped / late counter is not red.
+        assert "bad" not in page.get_by_test_id("stat-dropped").get_attribute("class")
+
         page.screenshot(path=str(shots / "4-page.png"))
         page.get_by_test_id("stop").click()
         page.wait_for_function("window.etf.state === 'idle'", timeout=5000)
         assert page.evaluate("document.getElementById('avatar').srcObject") is None
+        # Stop clears the stats: nothing of the ended session stays on screen.
+        time.sleep(1.5)
+        for sid in ("stat-fps", "stat-rx-fps", "stat-sent", "stat-dropped", "stat-emotion"):
+            assert page.get_by_test_id(sid).inner_text() == "–", sid
+        assert page.locator("#latency-body td.empty").count() == 1
         assert page.get_by_test_id("start").is_enabled()
         # The server sees the session end (peer closed) within a few seconds.
         end = time.monotonic() + 10
@@ -307,3 +315,56 @@ def test_error_messages_microphone_and_unreachable(tmp_path, browser, playwright
             assert page.evaluate("window.etf.state") == "failed"
             assert page.get_by_test_id("start").is_enabled()
             page.screenshot(path=str(shots / "6-unreachable.png"))
+
+
+def test_watch_mode_say_and_interrupt(tmp_path, browser, shots):
+    """No microphone: the page watches, types text, the face says it; Interrupt stops it."""
+    import io
+
+    from PIL import Image
+
+    from engines.face.face_metrics import mouth_openings
+
+    def mouths(n: int, gap_s: float) -> np.ndarray:
+        video = page.get_by_test_id("avatar-video")
+        frames = []
+        for _ in range(n):
+            png = video.screenshot()
+            frames.append(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")))
+            time.sleep(gap_s)
+        return mouth_openings(frames)
+
+    with etf_server(tmp_path) as server, open_page(browser, server.url) as page:
+        page.get_by_test_id("source-watch").check()
+        assert page.get_by_test_id("hear").is_checked(), "watching, the voice is heard"
+        assert page.get_by_test_id("say").is_disabled()
+        page.get_by_test_id("start").click()
+        page.wait_for_function("window.etf.state === 'connected'", timeout=20000)
+        page.wait_for_function("window.etf.framesDecoded() >= 25", timeout=15000)
+        page.wait_for_function("!document.getElementById('say').disabled", timeout=5000)
+        quiet = mouths(6, 0.1)
+        page.get_by_test_id("say-text").fill(
+            "Hello! I am reading the words you typed, and my mouth moves with them. "
+            "This sentence is long enough to be interrupted half way through.")
+        page.get_by_test_id("say").click()
+        page.wait_for_function(
+            "document.getElementById('say-status').textContent.startsWith('queued')",
+            timeout=15000)
+        page.wait_for_function(
+            "document.getElementById('stat-speech').textContent === 'speaking'", timeout=10000)
+        page.screenshot(path=str(shots / "watch-say.png"))
+        talking = mouths(12, 0.08)
+        assert np.nanmax(talking) > np.nanmax(quiet) + 0.1, (quiet, talking)
+        stats = page.evaluate("window.etf.serverStats")
+        assert stats["audio"]["received_s"] < 0.5, "watch mode must send no microphone"
+        assert stats["speech_queue"]["utterances"] == 1
+        page.get_by_test_id("interrupt").click()
+        page.wait_for_function(
+            "document.getElementById('say-status').textContent === 'interrupted'", timeout=5000)
+        page.wait_for_function(
+            "document.getElementById('stat-speech').textContent === 'silent'", timeout=5000)
+        time.sleep(0.8)
+        after = mouths(6, 0.1)
+        assert np.nanmax(after) < np.nanmax(quiet) + 0.05, (quiet, after)
+        page.wait_for_function("window.etf.serverStats.speech_queue.interrupts === 1",
+                               timeout=5000)

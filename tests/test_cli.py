@@ -150,3 +150,17 @@ def test_speech_calibrate_bad_inputs(tmp_path, capsys):
                  "-o", str(tmp_path / "out.pt")]) == 2
     assert "etf speech calibrate" in capsys.readouterr().err
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_serve_names_the_port_in_use_and_keeps_quiet_about_the_builtin_face(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        assert main(["serve", "--port", "0", "--control-port", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{taken} (control WebSocket)" in err, err
+    assert "--control-port" in err
+    assert "photo" not in err, "the built-in face is not the user's photo"

@@ -293,7 +293,7 @@ def test_hostile_inputs_answered_while_another_session_streams(server):
         "bad_version_missing": "bad_version", "bad_version": "bad_version",
         "unknown_type": "unknown_type", "bad_emotion": "bad_field",
         "bad_intensity": "bad_field", "nan_intensity": "bad_field", "extra_field": "bad_field",
-        "too_large": "too_large", "binary": "binary_not_supported", "alive": None,
+        "too_large": "too_large", "binary": "no_audio_stream", "alive": None,
     }
     assert "smug" in out["control"]["bad_emotion"]["message"]
     assert out["control"]["alive"] == {**out["control"]["alive"], "type": "pong", "id": 7}
@@ -446,6 +446,18 @@ def test_metrics_and_health(server):
     assert c.session not in metrics, "metrics must not reveal session ids (they grant control)"
     for line in metrics.splitlines():
         assert line.startswith("#") or len(line.split(" ")) == 2, line
+    # prometheus_client's own parser reads it, with the names the README lists.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, s.labels.get("stage"), s.labels.get("quantile")): s.value
+               for fam in text_string_to_metric_families(metrics) for s in fam.samples}
+    names = {k[0] for k in samples}
+    assert {"etf_sessions_active", "etf_sessions_max", "etf_sessions_started_total",
+            "etf_frames_total", "etf_frames_dropped_total", "etf_fps", "etf_uptime_seconds",
+            "etf_audio_underflows_total", "etf_audio_buffer_ms", "etf_speech_queued_ms",
+            "etf_interrupts_total", "etf_stage_latency_seconds"} <= names, names
+    assert samples[("etf_sessions_active", None, None)] >= 1
+    assert 0 < samples[("etf_stage_latency_seconds", "frame", "0.5")] < 1.0
 
 
 def test_behind_a_proxy_origins_and_public_control_url(identity, warp):

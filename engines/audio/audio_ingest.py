@@ -14,6 +14,8 @@ sits between the two:
   over a second stays above the target, the excess is dropped at the next pause in speech
   (or after three seconds of continuous speech), where the skip cannot be heard. All these
   events are counted.
+- Speech queued ahead of time (an agent's audio or synthesised text, ``self.queue``) takes
+  the floor while it plays; ``take()`` then gives it out instead of the live input.
 - The 48 kHz chunk goes to the viewer (delayed, see ``server/session.py``) and a 16 kHz copy,
   gated by WebRTC's VAD, goes to the speech front end, so background noise does not move the
   mouth.  The gate opens within one 20 ms VAD frame of speech and holds ``hangover_ms``
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.audio.phone_stream import StreamResampler
+from engines.audio.speech_queue import SpeechQueue
 
 NET_RATE = 48000
 SPEECH_RATE = 16000
@@ -155,6 +158,10 @@ class AudioIngest:
         self._window = 0  # takes in the current trim window
         self._pending = 0  # excess waiting for a pause in speech (samples)
         self._pending_age = 0  # windows it has waited
+        #: Speech handed over ahead of time (an agent's audio, ``say``); see speech_queue.
+        self.queue = SpeechQueue()
+        #: Tags of queued utterances that started playing, for the owner to act on.
+        self.tags: list = []
 
     #: Takes per trim window (see module docstring): about one second.
     TRIM_WINDOW = 25
@@ -180,7 +187,22 @@ class AudioIngest:
             self.stats.dropped_s += drop / NET_RATE
 
     def take(self, n48: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exactly ``n48`` samples at 48 kHz for the viewer and their 16 kHz gated copy."""
+        """Exactly ``n48`` samples at 48 kHz for the viewer and their 16 kHz gated copy.
+
+        Queued speech (``self.queue``) has the floor while it plays: the live input of
+        those ticks is discarded, and the queued audio is clean synthetic or agent speech,
+        so it bypasses the VAD gate. Tags of utterances that start are added to ``tags``.
+        """
+        queued, tags = self.queue.take(n48)
+        if queued is not None:
+            self.tags.extend(tags)
+            if self._buffered > self.target:  # the live input of this tick is not spoken
+                self._fifo.pop(min(n48, self._buffered - self.target))
+            speech = self._resampler.process(queued)
+            if self.gate is not None:
+                self.gate.reset()
+            self.stats.speech = bool(np.abs(queued).max(initial=0.0) > 1e-3)
+            return queued, speech
         if self._priming and self._buffered >= self.target + n48:
             self._priming = False
         if self._priming:

@@ -48,6 +48,8 @@ class EnrollOptions:
 
     refuse_multiple: bool = False  # several faces: error instead of taking the largest
     min_face_px: int = MIN_FACE_PX
+    #: Log what was corrected in the photo (a user's photo); the built-in face is quiet.
+    log_warnings: bool = True
 
 
 def face_model_file(name: str) -> str:
@@ -268,7 +270,7 @@ def enroll_image(
     lm_canon = apply_affine(to_canon, lm_photo)
     neutral, removed, neutral_warnings = neutralise(lm_canon)
     warnings += neutral_warnings + _pose_warnings(lm_photo)
-    for wmsg in warnings:
+    for wmsg in warnings if options.log_warnings else ():
         log.warning("%s: %s", source, wmsg)
     return Identity(
         photo=img,
