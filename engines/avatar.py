@@ -66,6 +66,11 @@ class StreamConfig:
     #: Queued speech may hold at most this much audio.
     max_queued_s: float = 120.0
 
+    def make_ingest(self) -> AudioIngest:
+        """The input side of one stream: jitter buffer, VAD and speech queue as set here."""
+        return AudioIngest(self.jitter_ms, self.max_buffer_ms, use_vad=self.use_vad,
+                           max_queued_s=self.max_queued_s)
+
     def __post_init__(self) -> None:
         if self.fps not in (25.0, 30.0):
             raise ValueError(f"fps must be 25 or 30, got {self.fps:g}")
@@ -186,10 +191,7 @@ class AvatarStream:
         self.period = 1.0 / config.fps
         self.samples_per_tick = int(round(NET_RATE / config.fps))
         self.emotion = emotion or EmotionState(config.emotion, config.intensity)
-        if ingest is None:
-            ingest = AudioIngest(config.jitter_ms, config.max_buffer_ms, use_vad=config.use_vad)
-            ingest.queue.max = int(config.max_queued_s * NET_RATE)
-        self.ingest = ingest
+        self.ingest = ingest or config.make_ingest()
         if animator is None:
             animator = avatar.animator(config, self.emotion, seed)
         self.animator = animator

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from engines.audio.audio_ingest import NET_RATE, AudioIngest, SampleFifo
+from engines.audio.audio_ingest import NET_RATE, SampleFifo
 from engines.avatar import Avatar, AvatarStream, StreamConfig, measure_ready_lag
 from engines.face.identity import Identity
 from engines.latency import LatencyRing
@@ -113,8 +113,7 @@ class Session:
         #: Input, speech queue, animator and emotion: the in-process API (engines.avatar);
         #: built by prepare().
         self.stream: AvatarStream | None = None
-        self.ingest = AudioIngest(config.jitter_ms, config.max_buffer_ms, use_vad=config.use_vad)
-        self.ingest.queue.max = int(config.max_queued_s * NET_RATE)
+        self.ingest = config.make_ingest()
         self.created = clock()
         self.t0: float | None = None
         self.closed = False

@@ -144,6 +144,7 @@ class AudioIngest:
         max_ms: float = 300.0,
         vad_mode: int = 3,
         use_vad: bool = True,
+        max_queued_s: float = 300.0,
     ) -> None:
         if not 0 <= target_ms < max_ms:
             raise ValueError(f"jitter target {target_ms} ms must be below the maximum {max_ms}")
@@ -159,7 +160,7 @@ class AudioIngest:
         self._pending = 0  # excess waiting for a pause in speech (samples)
         self._pending_age = 0  # windows it has waited
         #: Speech handed over ahead of time (an agent's audio, ``say``); see speech_queue.
-        self.queue = SpeechQueue()
+        self.queue = SpeechQueue(max_s=max_queued_s)
         #: Tags of queued utterances that started playing, for the owner to act on.
         self.tags: list = []
 
