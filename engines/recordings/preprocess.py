@@ -62,27 +62,24 @@ def _frames_at(path: str, fps: float) -> list[np.ndarray]:
 
 
 def _track_landmarks(frames: list[np.ndarray]) -> np.ndarray:
-    """68 points per frame; the detector runs on the first frame and whenever tracking
-    (the previous frame's box) is lost."""
+    """68 points per frame, the detector run on every frame.
+
+    dlib's shape model is fitted to its own detector's boxes: a box made from the previous
+    frame's landmarks is larger than those, and the points drift down the face frame by
+    frame (on MEAD clips the mouth ended on the chin). So the detector's box is used,
+    and the last one is kept only for frames where it finds no face.
+    """
     from engines.face.enrollment import detect_faces, detect_landmarks
-    from engines.face.face_metrics import face_box
 
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     box = None
     for i, img in enumerate(frames):
-        if box is None:
-            faces = detect_faces(img)
-            if not faces:
-                continue
+        faces = detect_faces(img)
+        if faces:
             box = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[0]
-        lm = detect_landmarks(img, box)
-        x0, y0, x1, y1 = box
-        inside = ((lm[:, 0] > x0 - 0.3 * (x1 - x0)) & (lm[:, 0] < x1 + 0.3 * (x1 - x0))).mean()
-        if inside < 0.9:  # the face moved away from the tracked box: detect again
-            box = None
+        if box is None:
             continue
-        out[i] = lm
-        box = face_box(lm, margin=0.1)
+        out[i] = detect_landmarks(img, box)
     return out
 
 
