@@ -54,8 +54,11 @@ def main() -> None:
     engine = SpeechLandmarkEngine(identity.neutral, fps=args.fps)
     audio = speechlike(args.frames / args.fps + 1.0)
     out = np.empty_like(identity.photo)
-    stages: dict[str, list[float]] = {"audio_in": [], "landmarks": [], "texture": [],
-                                      "paste": [], "total": []}
+    stages: dict[str, list[float]] = {"audio_in": [], "landmarks": [], "expression": [],
+                                      "texture": [], "paste": [], "total": []}
+    from engines.render.expression_texture import ExpressionTexture
+
+    skin = ExpressionTexture(warp.expression)
     chunk = int(16000 / args.fps)
     pos, done, warm = 0, 0, 20
     while done < args.frames + warm and pos < len(audio):
@@ -65,15 +68,23 @@ def main() -> None:
         t1 = time.perf_counter()
         while engine.frames_ready() > 0 and done < args.frames + warm:
             a = time.perf_counter()
-            lm, _ = engine.next_frame(emotion.params_at(engine.frame_index / args.fps))
+            t_emo = engine.frame_index / args.fps
+            if engine.frame_index % 50 == 0:  # an emotion switch every 2 s: transitions count
+                emotion.set(("happy", "angry", "surprise", "sad")[engine.frame_index // 50 % 4],
+                            at=t_emo)
+            vec = emotion.vector_at(t_emo)
+            lm, _ = engine.next_frame(vec)
+            a2 = time.perf_counter()
+            src = skin.source(vec)
             b = time.perf_counter()
-            roi = texture_warp.render_roi(warp, lm)
+            roi = texture_warp.render_roi(warp, lm, src)
             c = time.perf_counter()
             paste_roi(identity.photo, roi, warp.roi, warp.feather, out=out)
             d = time.perf_counter()
             if done >= warm:
                 stages["audio_in"].append((t1 - t0) * 1e3)
-                stages["landmarks"].append((b - a) * 1e3)
+                stages["landmarks"].append((a2 - a) * 1e3)
+                stages["expression"].append((b - a2) * 1e3)
                 stages["texture"].append((c - b) * 1e3)
                 stages["paste"].append((d - c) * 1e3)
                 stages["total"].append((d - a + t1 - t0) * 1e3)

@@ -29,6 +29,7 @@ from engines.neural.networks import (
 )
 from engines.render import texture_warp
 from engines.render.compositor import paste_crop, paste_roi
+from engines.render.expression_texture import ExpressionTexture
 from engines.render.landmark_default import SpeechLandmarkEngine
 
 
@@ -50,13 +51,15 @@ class NeuralAnimator:
                            else DeepSpeechFrontend.default())
         elif landmarks != "default":
             raise ValueError(f"unknown landmark engine {landmarks!r}: default or gcn")
-        self.flow = self.flow_state = self.warp = None
+        self.flow = self.flow_state = self.warp = self.texture = None
         if texture == "flow":
             self.flow = FlowTextureEngine(weights_file(weights, TEXTURE_FILE, "--texture flow",
                                                        "etf train texture"))
             self.flow_state = self.flow.prepare(identity, adapt_iterations, adapted)
         elif texture == "warp":
             self.warp = texture_warp.prepare(identity)
+            if self.warp.expression is not None:
+                self.texture = ExpressionTexture(self.warp.expression)
         else:
             raise ValueError(f"unknown texture engine {texture!r}: warp or flow")
         self.blinker = Blinker(np.random.default_rng(seed))
@@ -74,7 +77,7 @@ class NeuralAnimator:
             def ready() -> Iterator[np.ndarray]:
                 while engine.frames_ready() > 0:
                     t = engine.frame_index / self.fps
-                    yield engine.next_frame(self.emotion.params_at(t))[0]
+                    yield engine.next_frame(self.emotion.vector_at(t))[0]
 
             for i in range(0, len(audio), 320):
                 engine.push_audio(audio[i : i + 320])
@@ -101,5 +104,8 @@ class NeuralAnimator:
                 crop = self.flow.render(self.flow_state, lm[None], vec)[0]
                 yield paste_crop(self.identity, crop), lm
             else:
-                roi = texture_warp.render_roi(self.warp, lm)
+                src = None
+                if self.texture is not None:
+                    src = self.texture.source(self.emotion.vector_at(k / self.fps))
+                roi = texture_warp.render_roi(self.warp, lm, src)
                 yield paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather), lm

@@ -70,7 +70,10 @@ def cmd_render(args) -> int:
     from engines.render.pipeline import FaceAnimator
 
     intensity = parse_intensity(args.intensity)
-    emotion = EmotionState(args.emotion, intensity)  # validates the name
+    if ":" in args.emotion:  # a mix: happy:0.6,surprise:0.3 (validated, errors named)
+        emotion = EmotionState(intensity=intensity, mix=args.emotion)
+    else:
+        emotion = EmotionState(args.emotion, intensity)  # validates the name
     if not 1 <= args.fps <= 60:
         return _fail(f"--fps {args.fps} is outside 1..60")
     out_dir = os.path.dirname(os.path.abspath(args.output))
@@ -470,6 +473,21 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def cmd_fit_emotions(args) -> int:
+    from engines.recordings.emotion_fit import find_mead_clips, fit, save
+
+    clips = find_mead_clips(args.root)
+    if not clips:
+        return _fail(f"{args.root}: no MEAD front clips (mead_<speaker>_front_<emotion>_level<k>"
+                     "_001.mp4) with a neutral clip")
+    print(f"{len(clips)} speakers: {', '.join(sorted(clips))}"
+          + (f" (holding out {args.hold_out})" if args.hold_out else ""))
+    model = fit(args.root, hold_out=args.hold_out)
+    digest = save(model, args.output)
+    print(f"etf fit-emotions: {args.output} sha256 {digest}")
+    return 0
+
+
 def cmd_train_landmarks(args) -> int:
     _need_torch()
     import torch
@@ -614,7 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity_args(r)
     r.add_argument("--audio", help="speech file, any common format (default: built-in sentence)")
     r.add_argument("--emotion", default="neutral",
-                   help="neutral, happy, angry, sad, surprise, fear or disgust")
+                   help="neutral, happy, angry, sad, surprise, fear or disgust; or a mix of "
+                        "them as emotion:weight pairs, e.g. happy:0.6,surprise:0.3")
     r.add_argument("--intensity", default="1.0", help="0..1, or low (0.5) / high (1.0)")
     r.add_argument("--fps", type=float, default=25.0)
     r.add_argument("--seed", type=int, default=0, help="seed of blinks and idle motion")
@@ -731,6 +750,13 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--speech-weights", help="speech model (default: the shipped one)")
     pp.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pp.set_defaults(func=cmd_preprocess)
+
+    fe = sub.add_parser("fit-emotions", help="MEAD clips -> emotion geometry and expression "
+                        "texture (the shipped etf_models/weights/emotion_mead.npz)")
+    fe.add_argument("root", help="folder with mead_<speaker>_front_<emotion>_level<k>_001.mp4")
+    fe.add_argument("-o", "--output", default="etf_models/weights/emotion_mead.npz")
+    fe.add_argument("--hold-out", help="leave this speaker out (for judging on it)")
+    fe.set_defaults(func=cmd_fit_emotions)
 
     tr = sub.add_parser("train", help="train models")
     tsub = tr.add_subparsers(dest="train_command", required=True)

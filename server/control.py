@@ -8,8 +8,13 @@ and a ``"type"``; an optional ``"id"`` (string or integer) is echoed in the repl
 
 Client -> server:
 
-- ``set_emotion``: ``emotion`` (one of ``EMOTIONS``), optional ``intensity`` (0..1, default
-  unchanged) and ``transition_ms`` (0..10000, default 250). Replied with ``ack``.
+- ``set_emotion``: ``emotion`` (one of ``EMOTIONS``) or ``mix`` (weights over them, e.g.
+  ``{"happy": 0.6, "surprise": 0.3}``: each a number in 0..1, summing to at most 1, the rest
+  neutral; the face shows the blend of their geometry and skin), optional ``intensity``
+  (0..1, default unchanged; it scales a mix too) and ``transition_ms`` (0..10000, default
+  250). Both ``emotion`` and ``mix``, neither, an unknown name, a weight outside 0..1 or
+  weights summing over 1 are ``bad_field`` errors naming the problem. Replied with ``ack``
+  (``emotion``: the dominant one; ``mix``: the mix, or null).
 - ``set_intensity``: ``intensity`` and optional ``transition_ms``. Replied with ``ack``.
 - ``get_stats``: replied with one ``stats`` message.
 - ``subscribe_stats``: ``interval_ms`` (0 stops, else 200..60000); the server pushes ``stats``
@@ -62,6 +67,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from engines.motion.emotion_state import parse_mix
 from etf_models.emotions import EMOTIONS
 
 if TYPE_CHECKING:
@@ -114,6 +120,7 @@ class Command:
     format: str = "s16le"
     text: str | None = None
     voice: str | None = None
+    mix: dict | None = None
 
 
 def _number(obj: dict, key: str, lo: float, hi: float, msg_id: Any) -> float | None:
@@ -161,7 +168,7 @@ def parse_message(data: str | bytes) -> Command:
             f"{', '.join(MESSAGE_TYPES)}", msg_id,
         )
     known = {"v", "type", "id"} | {
-        "set_emotion": {"emotion", "intensity", "transition_ms"},
+        "set_emotion": {"emotion", "mix", "intensity", "transition_ms"},
         "set_intensity": {"intensity", "transition_ms"},
         "subscribe_stats": {"interval_ms"},
         "audio_start": {"rate", "channels", "format", "emotion", "intensity", "transition_ms"},
@@ -205,6 +212,17 @@ def parse_message(data: str | bytes) -> Command:
                        transition_ms=transition, rate=int(rate), channels=channels, format=fmt)
     if kind == "set_emotion":
         emotion = obj.get("emotion")
+        if "mix" in obj:
+            if "emotion" in obj:
+                raise ControlError("bad_field", "set_emotion takes emotion or mix, not both",
+                                   msg_id)
+            try:
+                mix = parse_mix(obj["mix"])
+            except ValueError as e:
+                raise ControlError("bad_field", str(e), msg_id) from None
+            return Command(kind, msg_id, mix=mix,
+                           intensity=_number(obj, "intensity", 0.0, 1.0, msg_id),
+                           transition_ms=transition)
         if emotion not in EMOTIONS:
             raise ControlError(
                 "bad_field", f"emotion {json.dumps(emotion)} is not one of {', '.join(EMOTIONS)}",
@@ -434,9 +452,11 @@ class ControlServer:
         if cmd.id is not None:
             base["id"] = cmd.id
         if cmd.type in ("set_emotion", "set_intensity"):
-            session.set_emotion(cmd.emotion, cmd.intensity, cmd.transition_ms / 1000.0)
+            session.set_emotion(cmd.emotion, cmd.intensity, cmd.transition_ms / 1000.0,
+                                mix=cmd.mix)
             return {**base, "type": "ack", "for": cmd.type, "emotion": session.emotion.emotion,
-                    "intensity": session.emotion.intensity, "transition_ms": cmd.transition_ms}
+                    "mix": session.emotion.mix, "intensity": session.emotion.intensity,
+                    "transition_ms": cmd.transition_ms}
         if cmd.type == "audio_start":
             try:
                 uid = session.begin_speech(cmd.rate, cmd.channels, cmd.format, cmd.emotion,

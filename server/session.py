@@ -241,9 +241,10 @@ class Session:
             return first, seconds
 
     def set_emotion(self, emotion: str | None, intensity: float | None,
-                    transition_s: float) -> None:
-        """Aim at a new emotion/intensity now, blended over ``transition_s``."""
-        self.emotion.set(emotion, intensity, at=self.now(), transition_s=transition_s)
+                    transition_s: float, mix: dict[str, float] | None = None) -> None:
+        """Aim at a new emotion (or mix) and/or intensity now, blended over
+        ``transition_s``."""
+        self.emotion.set(emotion, intensity, at=self.now(), transition_s=transition_s, mix=mix)
         self.counters["emotion_changes"] += 1
 
     def now(self) -> float:

@@ -6,8 +6,9 @@ edge, and frame ``t`` (centred at ``t / fps`` seconds) is produced once the phon
 loudness up to ``t / fps + COART`` are final. ``lookahead_ms`` states that delay.
 
 Mouth movement = viseme targets (:mod:`engines.render.visemes`) scaled by loudness (a quiet vowel
-opens less than a shouted one), coarticulated over +-100 ms. Emotion parameters arrive per
-frame from the caller and are composed with speech so closures still close.
+opens less than a shouted one), coarticulated over +-100 ms. The emotion arrives per frame
+from the caller as a blend vector [7]; its landmark offsets (learned from real faces,
+:mod:`engines.motion.emotion_model`) are added to speech so that closures still close.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import math
 import numpy as np
 
 from engines.audio.phone_stream import StreamingPhoneRecognizer
-from engines.motion.face_motion import N_PARAMS, P, apply, build_fields, compose
+from engines.motion.emotion_model import close_lips, emotion_offsets
+from engines.motion.face_motion import P, apply, build_fields
 from engines.motion.idle import Blinker, IdleMotion
 from engines.render.visemes import (
     COART_ROWS,
@@ -96,6 +98,7 @@ class SpeechLandmarkEngine:
         row it reaches. Both trade lip-sync quality for latency (see ``lookahead_ms``)."""
         self.neutral = np.asarray(neutral, np.float32)
         self.fields = build_fields(self.neutral)
+        self.emotion_offsets = emotion_offsets(self.neutral).reshape(7, -1)
         self.fps = float(fps)
         self.sample_rate = sample_rate
         self.seed = seed
@@ -196,8 +199,10 @@ class SpeechLandmarkEngine:
         targets[:, _SPEECH_OPENING] *= gain[:, None]
         return blend(targets, DOMINANCE[phones])
 
-    def next_frame(self, emotion_params: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The next frame's landmarks [68,2] (canonical) and its parameters [N_PARAMS].
+    def next_frame(self, emotion: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The next frame's landmarks [68,2] (canonical) and its speech parameters [N_PARAMS].
+
+        ``emotion``: the blend vector [7] (:meth:`EmotionState.vector_at`); None = neutral.
 
         Call only when :meth:`frames_ready` > 0 (or after :meth:`flush`).
         """
@@ -211,9 +216,11 @@ class SpeechLandmarkEngine:
         speech[P["inner_brow_raise"]] += 0.12 * self._slow_level
         speech[P["outer_brow_raise"]] += 0.10 * self._slow_level
         speech[P["blink"]] = self.blinker.at(t)
-        emo = np.zeros(N_PARAMS, np.float32) if emotion_params is None else emotion_params
-        params = compose(emo, speech)
+        params = speech
         lm = apply(self.neutral, self.fields, params)
+        if emotion is not None:
+            offset = (np.asarray(emotion, np.float32) @ self.emotion_offsets).reshape(68, 2)
+            lm = lm + close_lips(offset, float(speech[P["lip_press"]]))
         roll, dx, dy, zoom = self.idle.at(t, self._slow_level)
         centre = self.neutral[27:31].mean(axis=0)
         c_, s_ = math.cos(roll) * zoom, math.sin(roll) * zoom

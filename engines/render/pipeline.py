@@ -16,6 +16,7 @@ from engines.face.identity import Identity
 from engines.motion.emotion_state import EmotionState
 from engines.render import texture_warp
 from engines.render.compositor import paste_roi
+from engines.render.expression_texture import ExpressionTexture
 from engines.render.landmark_default import SpeechLandmarkEngine
 
 
@@ -52,6 +53,8 @@ class FaceAnimator:
             coart_future_ms=coart_future_ms,
         )
         self._out = np.empty_like(identity.photo)
+        self.texture = (ExpressionTexture(self.warp.expression)
+                        if self.warp.expression is not None else None)
 
     @property
     def lookahead_ms(self) -> float:
@@ -76,10 +79,10 @@ class FaceAnimator:
         """
         index = self.engine.frame_index
         t = index / self.fps
-        lm, params = self.engine.next_frame(
-            self.emotion.params_at(t if emotion_at is None else emotion_at)
-        )
-        roi = texture_warp.render_roi(self.warp, lm)
+        emotion = self.emotion.vector_at(t if emotion_at is None else emotion_at)
+        lm, params = self.engine.next_frame(emotion)
+        source = self.texture.source(emotion) if self.texture is not None else None
+        roi = texture_warp.render_roi(self.warp, lm, source)
         img = paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather, out=self._out)
         return Frame(index, t, img.copy() if copy else img, lm, params)
 

@@ -18,7 +18,7 @@ vectorised over pixels; nothing per pixel runs in Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -63,6 +63,8 @@ class WarpState:
     lid_colours: np.ndarray  # [2,3] (image-left eye, image-right eye)
     teeth_colour: np.ndarray
     feather: np.ndarray  # [h,w,1] float32 paste-back weight, 0 at the ROI edge
+    #: Expression ratio maps on this source (engines.render.expression_texture); None off.
+    expression: object | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -114,12 +116,15 @@ def prepare(
     identity: Identity,
     image: np.ndarray | None = None,
     canon_to_image: np.ndarray | None = None,
+    expression: bool = True,
 ) -> WarpState:
     """Build the warp state for an identity.
 
     By default the output space is the full-resolution photo (``image`` = the photo,
     ``canon_to_image`` = canonical -> photo). Pass the canonical crop and an identity
     transform to render 256x256 canonical crops instead (the TextureEngine contract).
+    ``expression``: carry the learned expression texture onto this source (and take a
+    smiling photo's smile out of it); off, the photo's pixels are warped as they are.
     """
     if image is None:
         image, canon_to_image = identity.photo, identity.from_canonical
@@ -175,7 +180,7 @@ def prepare(
     feather = np.clip(np.minimum(dx, dy), 0.0, 1.0)
     feather = (feather * feather * (3 - 2 * feather))[..., None].astype(np.float32)
 
-    return WarpState(
+    state = WarpState(
         image=roi_img,
         roi=(x0, y0, w, h),
         canon_to_roi=canon_to_roi,
@@ -189,6 +194,12 @@ def prepare(
         teeth_colour=np.asarray(teeth, np.float32),
         feather=feather,
     )
+    if not expression:
+        return state
+    from engines.render import expression_texture
+
+    maps = expression_texture.prepare(state, identity)
+    return replace(state, image=maps.base, expression=maps)
 
 
 def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
@@ -204,10 +215,16 @@ def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
     return state.grid - refined
 
 
-def render_roi(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
-    """One output ROI [h,w,3] uint8 for canonical landmarks [68,2]."""
+def render_roi(state: WarpState, landmarks: np.ndarray,
+               source: np.ndarray | None = None) -> np.ndarray:
+    """One output ROI [h,w,3] uint8 for canonical landmarks [68,2].
+
+    ``source``: the pixels to warp (default ``state.image``); an
+    :class:`engines.render.expression_texture.ExpressionTexture` gives the emotion's.
+    """
     out = cv2.remap(
-        state.image, backward_map(state, landmarks), None, cv2.INTER_LINEAR,
+        state.image if source is None else source, backward_map(state, landmarks), None,
+        cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
     dst = apply_affine(state.canon_to_roi, landmarks)
@@ -325,16 +342,24 @@ class WarpTextureEngine:
     """The TextureEngine contract over the mesh warp: canonical 256x256 crops.
 
     ``prepare`` builds the warp in canonical space; ``render`` takes landmarks [B,68,2]
-    (canonical) and returns frames [B,256,256,3] uint8. Emotion is carried by the
-    landmarks here, so the emotion argument is accepted for the contract and unused.
+    (canonical) and returns frames [B,256,256,3] uint8. The emotion's geometry is in the
+    landmarks; its skin (the expression texture) comes from the emotion argument.
     """
 
     def prepare(self, identity: Identity) -> WarpState:
         return prepare(identity, image=identity.crop, canon_to_image=np.eye(2, 3))
 
     def render(self, state: WarpState, landmarks: np.ndarray, emotion=None) -> np.ndarray:
+        """``emotion``: blend vectors [B,7] (or one [7]) for the expression texture."""
+        from engines.render.expression_texture import ExpressionTexture
+
         landmarks = np.asarray(landmarks, np.float32).reshape(-1, 68, 2)
         out = np.empty((len(landmarks), CANON_SIZE, CANON_SIZE, 3), np.uint8)
+        tex = ExpressionTexture(state.expression) if state.expression is not None else None
+        emo = None if emotion is None else np.asarray(emotion, np.float32).reshape(-1, 7)
         for i, lm in enumerate(landmarks):  # batch of whole frames, not of pixels
-            out[i] = render_roi(state, lm)
+            src = None
+            if tex is not None and emo is not None:
+                src = tex.source(emo[min(i, len(emo) - 1)])
+            out[i] = render_roi(state, lm, src)
         return out

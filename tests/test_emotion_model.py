@@ -1,0 +1,224 @@
+"""Emotions learned from real faces: fields, expression texture, mixes, the shipped file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.face.default_face import default_identity
+from engines.motion import emotion_model as EM
+from engines.motion.emotion_state import EmotionState, mix_vector, parse_mix
+from engines.motion.face_motion import P
+from engines.render import texture_warp
+from engines.render.expression_texture import ExpressionTexture
+from engines.render.landmark_default import SpeechLandmarkEngine
+from etf_models.canonical_face import IOD, LOWER_INNER, UPPER_INNER
+from etf_models.emotions import EMOTIONS
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
+
+
+def one_hot(name: str) -> np.ndarray:
+    v = np.zeros(7, np.float32)
+    v[EMOTIONS.index(name)] = 1.0
+    return v
+
+
+@pytest.fixture(scope="module")
+def offsets() -> np.ndarray:
+    return EM.emotion_offsets(default_identity().neutral)
+
+
+def test_shipped_model_is_pinned_and_foreign_files_are_refused(tmp_path):
+    m = EM.default_model()
+    assert m.sha256 == EM.MODEL_SHA256
+    assert "MEAD" in m.source and "research" in m.source
+    assert np.all(m.fields[0] == 0) and np.all(m.ratio[0] == 1)
+    bad = tmp_path / "x.npz"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(EM.EmotionModelError, match="SHA-256"):
+        EM.EmotionModel.load(bad)
+    with pytest.raises(EM.EmotionModelError, match="not an emotion model"):
+        EM.EmotionModel.load(bad, sha256=None)
+    np.savez(bad, fields=np.zeros((3, 68, 2)), ratio=np.ones((7, 4, 4)),
+             template=np.zeros((78, 2)), source=np.array("x"))
+    with pytest.raises(EM.EmotionModelError, match="wrong shapes"):
+        EM.EmotionModel.load(bad, sha256=None)
+
+
+def _brow(d):
+    return d[17:27, 1].mean() / IOD
+
+
+def _gap(d):
+    return (d[LOWER_INNER, 1] - d[UPPER_INNER, 1]).mean() / IOD
+
+
+def test_each_emotion_moves_the_regions_real_faces_move(offsets):
+    """What MEAD's speakers do (image y grows downward): brows up in surprise and fear,
+    down in anger and disgust; the mouth opens in surprise and fear; a smile widens the
+    mouth; neutral moves nothing."""
+    e = {name: offsets[i] for i, name in enumerate(EMOTIONS)}
+    assert np.all(e["neutral"] == 0)
+    assert _brow(e["surprise"]) < -0.04 and _brow(e["fear"]) < -0.04
+    assert _brow(e["angry"]) > 0.04 and _brow(e["disgust"]) > 0.03
+    assert _gap(e["surprise"]) > 0.05 and _gap(e["fear"]) > 0.05
+    widen = (e["happy"][54, 0] - e["happy"][48, 0]) / IOD
+    assert widen > 0.05
+    # every emotion is a visible change somewhere (over 2% of the eye distance)
+    for name in EMOTIONS[1:]:
+        assert np.abs(e[name]).max() / IOD > 0.02, name
+
+
+def test_facs_geometry_stays_selectable(offsets):
+    facs = EM.emotion_offsets(default_identity().neutral,
+                              geometry=dict.fromkeys(EM.GEOMETRY, "facs"))
+    assert facs.shape == offsets.shape
+    assert not np.allclose(facs, offsets)
+
+
+def _frames(emotion: EmotionState, n: int = 6, seed: int = 3) -> np.ndarray:
+    ident = default_identity()
+    eng = SpeechLandmarkEngine(ident.neutral, seed=seed)
+    eng.push_audio(np.zeros(16000, np.float32))
+    eng.flush()
+    return np.stack([eng.next_frame(emotion.vector_at(i / 25))[0] for i in range(n)])
+
+
+def test_intensity_zero_is_neutral_and_a_pure_mix_is_its_emotion():
+    neutral = _frames(EmotionState("neutral"))
+    np.testing.assert_allclose(_frames(EmotionState("angry", 0.0)), neutral, atol=1e-5)
+    happy = _frames(EmotionState("happy", 0.7))
+    np.testing.assert_allclose(_frames(EmotionState(mix={"happy": 1.0}, intensity=0.7)), happy,
+                               atol=1e-5)
+    assert np.abs(happy - neutral).max() > 1.0
+
+
+def test_a_mix_is_the_blend_of_its_emotions(offsets):
+    v = mix_vector(parse_mix({"happy": 0.6, "surprise": 0.3}))
+    np.testing.assert_allclose(v.sum(), 1.0, atol=1e-6)
+    assert v[0] == pytest.approx(0.1)
+    blend = (v @ offsets.reshape(7, -1)).reshape(68, 2)
+    np.testing.assert_allclose(blend, 0.6 * offsets[1] + 0.3 * offsets[4], atol=1e-4)
+    s = EmotionState(mix="happy:0.6,surprise:0.3")
+    assert s.emotion == "happy" and s.mix == {"happy": 0.6, "surprise": 0.3}
+    s.set("sad", at=0.0, transition_s=0.0)
+    assert s.mix is None and s.emotion == "sad"
+
+
+@pytest.mark.parametrize("mix, message", [
+    ({}, "at least one"),
+    ({"joy": 0.5}, "unknown emotion 'joy'"),
+    ({"happy": 1.5}, "must be a number in 0..1"),
+    ({"happy": -0.1}, "must be a number in 0..1"),
+    ({"happy": "lots"}, "must be a number in 0..1"),
+    ({"happy": True}, "must be a number in 0..1"),
+    ({"happy": 0.7, "angry": 0.5}, "sum to 1.2, more than 1"),
+    ("happy=0.5", "not emotion:weight"),
+    ("happy:x", "is not a number"),
+    ([0.5] * 7, "at least one"),
+])
+def test_invalid_mixes_get_named_errors(mix, message):
+    with pytest.raises(ValueError, match=message):
+        parse_mix(mix)
+
+
+def test_emotion_and_mix_together_are_refused():
+    with pytest.raises(ValueError, match="not both"):
+        EmotionState().set("happy", mix={"sad": 0.5})
+
+
+def test_control_channel_validates_mixes():
+    from server.control import ControlError, parse_message
+
+    cmd = parse_message(json.dumps({"v": 1, "type": "set_emotion",
+                                    "mix": {"happy": 0.6, "surprise": 0.3}}))
+    assert cmd.mix == {"happy": 0.6, "surprise": 0.3} and cmd.emotion is None
+    for bad, words in (({"mix": {"happy": 0.9, "sad": 0.9}}, "sum to 1.8"),
+                       ({"mix": {"happy": 0.5}, "emotion": "sad"}, "not both"),
+                       ({"mix": {"smug": 1}}, "unknown emotion"),
+                       ({"mix": "happy"}, "not emotion:weight")):
+        with pytest.raises(ControlError, match=words) as err:
+            parse_message(json.dumps({"v": 1, "type": "set_emotion", **bad}))
+        assert err.value.code == "bad_field"
+
+
+@pytest.fixture(scope="module")
+def warp():
+    return texture_warp.prepare(default_identity())
+
+
+def test_expression_texture_is_identity_at_neutral_and_changes_skin_in_emotions(warp):
+    maps = warp.expression
+    assert maps is not None
+    tex = ExpressionTexture(maps)
+    np.testing.assert_array_equal(tex.source(one_hot("neutral")), maps.base)
+    np.testing.assert_array_equal(tex.source(None), maps.base)
+    np.testing.assert_array_equal(tex.source(EmotionState("angry", 0.0).vector_at(0)),
+                                  maps.base)
+    for name in ("angry", "surprise", "disgust"):
+        diff = np.abs(tex.source(one_hot(name)).astype(int) - maps.base.astype(int))
+        assert diff.max() >= 8, name  # a crease, not noise
+        assert (diff > 2).mean() < 0.5  # on the face only
+    # pixels outside the maps' box never change (the background and hair stay the photo's)
+    x0, y0, x1, y1 = maps.box
+    out = tex.source(one_hot("fear")).copy()
+    out[y0:y1, x0:x1] = maps.base[y0:y1, x0:x1]
+    np.testing.assert_array_equal(out, maps.base)
+
+
+def test_expression_texture_cache_returns_the_same_pixels(warp):
+    tex = ExpressionTexture(warp.expression)
+    a = tex.source(one_hot("happy")).copy()
+    tex.source(one_hot("sad"))
+    np.testing.assert_array_equal(tex.source(one_hot("happy")), a)
+
+
+def test_smiling_photo_texture_is_neutralised(warp):
+    """The built-in portrait smiles: its texture is divided by the smile's shading."""
+    ident = default_identity()
+    assert ident.expression[P["corner_pull"]] > 0.05
+    plain = texture_warp.prepare(ident, expression=False)
+    assert not np.array_equal(plain.image, warp.image)
+    x0, y0, x1, y1 = warp.expression.box
+    changed = np.abs(plain.image.astype(int) - warp.image.astype(int))
+    outside = changed.copy()
+    outside[y0:y1, x0:x1] = 0
+    assert outside.max() == 0
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/emotion")
+def test_fields_fitted_without_a_speaker_predict_that_speaker():
+    """Leave W011 out: the fitted fields point the way W011's own expressions go."""
+    from engines.recordings import emotion_fit as F
+
+    measured: dict = {}
+    held = F.fit(DATA, hold_out="W011", measured=measured)
+    alone = F.fit(DATA, hold_out=None, measured=measured)  # reuses the measurements
+    assert list(held["speakers"]) == ["M030", "W009"]
+    clips = F.find_mead_clips(DATA)["W011"]
+    lm_n = measured[clips["neutral"]][0]
+    ref = np.median(lm_n, axis=0)
+    for _ in range(2):
+        ref = np.median(F.pose_free(lm_n, ref), axis=0)
+    for k, name in enumerate(EMOTIONS[1:], start=1):
+        own = F.clip_field(F.pose_free(measured[clips[name]][0], ref), ref).ravel()
+        pred = held["fields"][k].ravel()
+        cos = own @ pred / (np.linalg.norm(own) * np.linalg.norm(pred))
+        assert cos > 0.3, (name, cos)
+    assert alone["fields"].shape == (7, 68, 2)
+
+
+def test_lip_closure_wins_over_an_open_emotion(offsets):
+    """A bilabial closes the lips even in surprise and fear; the brows keep the emotion."""
+    for name in ("surprise", "fear"):
+        off = offsets[EMOTIONS.index(name)]
+        assert _gap(off) > 0.05
+        closed = EM.close_lips(off, 1.0)
+        assert abs(_gap(closed)) < 1e-5
+        np.testing.assert_array_equal(closed[17:27], off[17:27])
+        half = EM.close_lips(off, 0.5)
+        assert _gap(half) == pytest.approx(_gap(off) / 2, rel=1e-4)
