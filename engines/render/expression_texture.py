@@ -114,7 +114,10 @@ class ExpressionTexture:
             return self._image
         self._key = w
         x0, y0, x1, y1 = self.maps.box
-        gain = 1.0 + np.tensordot(w[1:], self.maps.delta[1:], axes=(0, 0))
+        live = np.flatnonzero(w[1:]) + 1  # a transition mixes one or two emotions, not six
+        gain = np.ones(self.maps.delta.shape[1:], np.float32)
+        for k in live:
+            gain += w[k] * self.maps.delta[k]
         region = self.maps.base[y0:y1, x0:x1].astype(np.float32)
         region *= gain[..., None]
         # Where a bright skin would clip, scale the pixel's three channels together: the
