@@ -136,14 +136,11 @@ def render_emotion(identity, emotion: str, intensity: float = 1.0, seconds: floa
 
 class FaceEmbedder:
     def __init__(self) -> None:
-        import dlib
+        from engines.face.enrollment import _dlib_models, face_model_file
 
-        from engines.face.enrollment import face_model_file
-
-        self.net = dlib.face_recognition_model_v1(
+        _, self.sp, self.dlib = _dlib_models()  # enrollment's own 68-point model
+        self.net = self.dlib.face_recognition_model_v1(
             face_model_file("dlib_face_recognition_resnet_model_v1.dat"))
-        self.sp = dlib.shape_predictor(face_model_file("shape_predictor_68_face_landmarks.dat"))
-        self.dlib = dlib
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         from engines.face.enrollment import detect_faces

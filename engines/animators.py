@@ -58,8 +58,7 @@ class NeuralAnimator:
             self.flow_state = self.flow.prepare(identity, adapt_iterations, adapted)
         elif texture == "warp":
             self.warp = texture_warp.prepare(identity)
-            if self.warp.expression is not None:
-                self.texture = ExpressionTexture(self.warp.expression)
+            self.texture = ExpressionTexture(self.warp.expression)
         else:
             raise ValueError(f"unknown texture engine {texture!r}: warp or flow")
         self.blinker = Blinker(np.random.default_rng(seed))
@@ -104,8 +103,6 @@ class NeuralAnimator:
                 crop = self.flow.render(self.flow_state, lm[None], vec)[0]
                 yield paste_crop(self.identity, crop), lm
             else:
-                src = None
-                if self.texture is not None:
-                    src = self.texture.source(self.emotion.vector_at(k / self.fps))
+                src = self.texture.source(self.emotion.vector_at(k / self.fps))
                 roi = texture_warp.render_roi(self.warp, lm, src)
                 yield paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather), lm

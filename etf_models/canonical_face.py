@@ -9,6 +9,7 @@ they mean the same on every face.
 from __future__ import annotations
 
 import numpy as np
+from scipy import sparse
 from scipy.spatial import Delaunay
 
 CANON_SIZE = 256
@@ -93,6 +94,30 @@ def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
 def delaunay_triangles(points: np.ndarray) -> np.ndarray:
     """Delaunay triangles [T,3] (vertex indices) of a point set [N,2]."""
     return Delaunay(points).simplices.astype(np.int32)
+
+
+def barycentric_matrix(vertices: np.ndarray, h: int, w: int) -> sparse.csr_matrix:
+    """Sparse [h*w, V] barycentric weights of each pixel of an h x w grid in the Delaunay
+    mesh of ``vertices`` [V,2]: ``B @ values`` interpolates per-vertex values (a
+    displacement, a position) piecewise-linearly over every pixel (a piecewise-affine warp)."""
+    tri = Delaunay(vertices)
+    ys, xs = np.mgrid[0:h, 0:w]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    simplex = tri.find_simplex(pts)
+    outside = simplex < 0
+    if outside.any():  # numerically on the hull's edge: snap to the nearest triangle
+        simplex[outside] = tri.find_simplex(
+            np.clip(pts[outside], vertices.min(0) + 1e-3, vertices.max(0) - 1e-3)
+        )
+        simplex[simplex < 0] = 0
+    trans = tri.transform[simplex]  # [N, 3, 2]
+    b = np.einsum("nij,nj->ni", trans[:, :2], pts - trans[:, 2])
+    bary = np.c_[b, 1.0 - b.sum(axis=1)]
+    rows = np.repeat(np.arange(len(pts)), 3)
+    cols = tri.simplices[simplex].ravel()
+    return sparse.csr_matrix(
+        (bary.ravel().astype(np.float32), (rows, cols)), shape=(len(pts), len(vertices))
+    )
 
 
 def triangle_edges(triangles: np.ndarray) -> np.ndarray:

@@ -139,11 +139,16 @@ def retarget(fields: np.ndarray, template: np.ndarray, neutral: np.ndarray) -> n
 
 
 def emotion_offsets(neutral: np.ndarray, model: EmotionModel | None = None,
-                    geometry: dict[str, str] | None = None) -> np.ndarray:
-    """``E`` [7,68,2]: each emotion's landmark displacement at intensity 1 for this face."""
+                    geometry: dict[str, str] | None = None,
+                    fields: np.ndarray | None = None) -> np.ndarray:
+    """``E`` [7,68,2]: each emotion's landmark displacement at intensity 1 for this face.
+
+    ``fields``: the face's FACS fields (:func:`build_fields` of ``neutral``) when the
+    caller has them already."""
     geometry = GEOMETRY if geometry is None else geometry
     neutral = np.asarray(neutral, np.float32)
-    facs = np.tensordot(EMOTION_MATRIX, build_fields(neutral), axes=([1], [0]))
+    fields = build_fields(neutral) if fields is None else fields
+    facs = np.tensordot(EMOTION_MATRIX, fields, axes=([1], [0]))
     if all(v == "facs" for v in geometry.values()):
         return facs.astype(np.float32)
     model = model or default_model()

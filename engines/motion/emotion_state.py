@@ -94,11 +94,12 @@ def dominant(mix: dict[str, float]) -> str:
 
 
 class EmotionState:
-    """Current emotion of one session, sampled per frame with :meth:`params_at` (the AU
-    parameters of the default engines) or :meth:`vector_at` (the networks' emotion input).
+    """Current emotion of one session, sampled per frame with :meth:`vector_at` (the blend
+    vector the default engines and the networks take) or :meth:`params_at` (the same blend
+    as hand-made FACS parameters, linear in it: neutral has none).
 
-    The state is the blended emotion vector; AU parameters are linear in it (neutral has
-    none), so both views move together through a transition."""
+    The state is the blended emotion vector, so every view moves together through a
+    transition."""
 
     def __init__(self, emotion: str = "neutral", intensity: float = 1.0,
                  mix: dict[str, float] | str | None = None) -> None:

@@ -34,7 +34,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from scipy import sparse
-from scipy.spatial import Delaunay
 
 from etf_models.canonical_face import (
     CANON_SIZE,
@@ -44,6 +43,7 @@ from etf_models.canonical_face import (
     IOD,
     JAW,
     apply_affine,
+    barycentric_matrix,
     similarity_to_canonical,
 )
 from etf_models.emotions import EMOTIONS
@@ -94,26 +94,6 @@ def _border() -> np.ndarray:
 def mesh_vertices(lm: np.ndarray, forehead: np.ndarray) -> np.ndarray:
     """68 landmarks + forehead points + the fixed frame border: the warp's vertices."""
     return np.vstack([lm, forehead, _border()]).astype(np.float64)
-
-
-def barycentric(vertices: np.ndarray, h: int, w: int) -> sparse.csr_matrix:
-    """Sparse [h*w, V] barycentric weights of each pixel centre in the vertices' mesh."""
-    tri = Delaunay(vertices)
-    ys, xs = np.mgrid[0:h, 0:w]
-    pts = np.stack([xs.ravel(), ys.ravel()], 1).astype(np.float64)
-    simplex = tri.find_simplex(pts)
-    bad = simplex < 0
-    if bad.any():
-        lo, hi = vertices.min(0) + 1e-3, vertices.max(0) - 1e-3
-        simplex[bad] = tri.find_simplex(np.clip(pts[bad], lo, hi))
-        simplex[simplex < 0] = 0
-    trans = tri.transform[simplex]
-    b = np.einsum("nij,nj->ni", trans[:, :2], pts - trans[:, 2])
-    bary = np.c_[b, 1.0 - b.sum(1)]
-    return sparse.csr_matrix(
-        (bary.ravel().astype(np.float32), (np.repeat(np.arange(len(pts)), 3),
-                                           tri.simplices[simplex].ravel())),
-        shape=(len(pts), len(vertices)))
 
 
 def measure_clip(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -260,7 +240,7 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
         neutrals[s] = ref
     template_lm = np.mean([neutrals[s] for s in speakers], axis=0)
     template = np.vstack([template_lm, forehead_points(template_lm)])
-    bary = barycentric(mesh_vertices(template_lm, template[68:]), CANON_SIZE, CANON_SIZE)
+    bary = barycentric_matrix(mesh_vertices(template_lm, template[68:]), CANON_SIZE, CANON_SIZE)
     face_w, mouth_w = _face_masks(template)
 
     fields = np.zeros((len(EMOTIONS), 68, 2), np.float32)

@@ -47,7 +47,7 @@ class ExpressionMaps:
     base: np.ndarray  # [h, w, 3] uint8: the neutralised source image
 
 
-def _template_coords(state, identity: Identity, model: EmotionModel) -> np.ndarray:
+def _template_coords(state, model: EmotionModel) -> np.ndarray:
     """For every ROI pixel its position [h,w,2] on the template (canonical pixels)."""
     h, w = state.shape
     lm_src = state.src_vertices[:68]
@@ -69,7 +69,7 @@ def prepare(state, identity: Identity, model: EmotionModel | None = None,
     """
     model = model or default_model()
     h, w = state.shape
-    coords = _template_coords(state, identity, model) * (model.ratio.shape[-1] / CANON_SIZE)
+    coords = _template_coords(state, model) * (model.ratio.shape[-1] / CANON_SIZE)
     maps = np.stack([
         cv2.remap(r, coords[..., 0], coords[..., 1], cv2.INTER_LINEAR,
                   borderMode=cv2.BORDER_CONSTANT, borderValue=1.0)
@@ -96,17 +96,21 @@ def prepare(state, identity: Identity, model: EmotionModel | None = None,
 
 
 class ExpressionTexture:
-    """One stream's expression texture: source pixels for the current emotion blend."""
+    """One stream's expression texture: source pixels for the current emotion blend.
 
-    def __init__(self, maps: ExpressionMaps) -> None:
+    Built from a warp's ``expression`` maps; None (a warp prepared without them) gives a
+    texture whose :meth:`source` is None, i.e. the warp's own pixels."""
+
+    def __init__(self, maps: ExpressionMaps | None) -> None:
         self.maps = maps
-        self._image = maps.base.copy()
+        self._image = None if maps is None else maps.base.copy()
         self._key: np.ndarray | None = None
 
-    def source(self, emotion: np.ndarray | None) -> np.ndarray:
-        """Source ROI pixels [h,w,3] uint8 for the blend vector [7] (None: neutral).
-
-        The returned buffer is reused: it is valid until the next call."""
+    def source(self, emotion: np.ndarray | None) -> np.ndarray | None:
+        """Source ROI pixels [h,w,3] uint8 for the blend vector [7] (None: neutral), or
+        None without maps. The returned buffer is reused: valid until the next call."""
+        if self.maps is None:
+            return None
         w = np.zeros(len(EMOTIONS), np.float32) if emotion is None else \
             np.asarray(emotion, np.float32)
         w = np.round(w, 3)  # below a thousandth no pixel changes: keep the cache

@@ -98,7 +98,7 @@ class SpeechLandmarkEngine:
         row it reaches. Both trade lip-sync quality for latency (see ``lookahead_ms``)."""
         self.neutral = np.asarray(neutral, np.float32)
         self.fields = build_fields(self.neutral)
-        self.emotion_offsets = emotion_offsets(self.neutral).reshape(7, -1)
+        self.emotion_offsets = emotion_offsets(self.neutral, fields=self.fields).reshape(7, -1)
         self.fps = float(fps)
         self.sample_rate = sample_rate
         self.seed = seed
@@ -216,8 +216,7 @@ class SpeechLandmarkEngine:
         speech[P["inner_brow_raise"]] += 0.12 * self._slow_level
         speech[P["outer_brow_raise"]] += 0.10 * self._slow_level
         speech[P["blink"]] = self.blinker.at(t)
-        params = speech
-        lm = apply(self.neutral, self.fields, params)
+        lm = apply(self.neutral, self.fields, speech)
         if emotion is not None:
             offset = (np.asarray(emotion, np.float32) @ self.emotion_offsets).reshape(68, 2)
             lm = lm + close_lips(offset, float(speech[P["lip_press"]]))
@@ -226,7 +225,7 @@ class SpeechLandmarkEngine:
         c_, s_ = math.cos(roll) * zoom, math.sin(roll) * zoom
         rot = np.array([[c_, -s_], [s_, c_]], np.float32)
         lm = (lm - centre) @ rot.T + centre + np.array([dx, dy], np.float32)
-        return lm.astype(np.float32), params
+        return lm.astype(np.float32), speech
 
     @property
     def frame_index(self) -> int:

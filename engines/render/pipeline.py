@@ -53,8 +53,7 @@ class FaceAnimator:
             coart_future_ms=coart_future_ms,
         )
         self._out = np.empty_like(identity.photo)
-        self.texture = (ExpressionTexture(self.warp.expression)
-                        if self.warp.expression is not None else None)
+        self.texture = ExpressionTexture(self.warp.expression)
 
     @property
     def lookahead_ms(self) -> float:
@@ -81,8 +80,7 @@ class FaceAnimator:
         t = index / self.fps
         emotion = self.emotion.vector_at(t if emotion_at is None else emotion_at)
         lm, params = self.engine.next_frame(emotion)
-        source = self.texture.source(emotion) if self.texture is not None else None
-        roi = texture_warp.render_roi(self.warp, lm, source)
+        roi = texture_warp.render_roi(self.warp, lm, self.texture.source(emotion))
         img = paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather, out=self._out)
         return Frame(index, t, img.copy() if copy else img, lm, params)
 

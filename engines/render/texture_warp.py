@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 from scipy import sparse
-from scipy.spatial import Delaunay
 
 from engines.face.identity import Identity
 from etf_models.canonical_face import (
@@ -34,6 +33,7 @@ from etf_models.canonical_face import (
     LOWER_INNER,
     UPPER_INNER,
     apply_affine,
+    barycentric_matrix,
     invert_affine,
 )
 
@@ -69,28 +69,6 @@ class WarpState:
     @property
     def shape(self) -> tuple[int, int]:
         return self.image.shape[0], self.image.shape[1]
-
-
-def _barycentric_matrix(vertices: np.ndarray, h: int, w: int) -> sparse.csr_matrix:
-    """Sparse [h*w, V] barycentric weights of each pixel in the Delaunay mesh of vertices."""
-    tri = Delaunay(vertices)
-    ys, xs = np.mgrid[0:h, 0:w]
-    pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
-    simplex = tri.find_simplex(pts)
-    outside = simplex < 0
-    if outside.any():  # numerically on the hull's edge: snap to the nearest triangle
-        simplex[outside] = tri.find_simplex(
-            np.clip(pts[outside], vertices.min(0) + 1e-3, vertices.max(0) - 1e-3)
-        )
-        simplex[simplex < 0] = 0
-    trans = tri.transform[simplex]  # [N, 3, 2]
-    b = np.einsum("nij,nj->ni", trans[:, :2], pts - trans[:, 2])
-    bary = np.c_[b, 1.0 - b.sum(axis=1)]
-    rows = np.repeat(np.arange(len(pts)), 3)
-    cols = tri.simplices[simplex].ravel()
-    return sparse.csr_matrix(
-        (bary.ravel().astype(np.float32), (rows, cols)), shape=(len(pts), len(vertices))
-    )
 
 
 def _separate_lips(lm: np.ndarray, min_gap: float) -> np.ndarray:
@@ -150,7 +128,7 @@ def prepare(
         np.c_[(1 - t) * ex, np.full_like(t, ey)], np.c_[np.zeros_like(t), (1 - t) * ey],
     ])
     vertices = np.vstack([lm_src, anchors])
-    weights = _barycentric_matrix(vertices, h, w)
+    weights = barycentric_matrix(vertices, h, w)
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
 
     # Colours from the photo itself so the synthesized parts match its light and skin.
@@ -355,11 +333,9 @@ class WarpTextureEngine:
 
         landmarks = np.asarray(landmarks, np.float32).reshape(-1, 68, 2)
         out = np.empty((len(landmarks), CANON_SIZE, CANON_SIZE, 3), np.uint8)
-        tex = ExpressionTexture(state.expression) if state.expression is not None else None
+        tex = ExpressionTexture(state.expression)
         emo = None if emotion is None else np.asarray(emotion, np.float32).reshape(-1, 7)
         for i, lm in enumerate(landmarks):  # batch of whole frames, not of pixels
-            src = None
-            if tex is not None and emo is not None:
-                src = tex.source(emo[min(i, len(emo) - 1)])
+            src = None if emo is None else tex.source(emo[min(i, len(emo) - 1)])
             out[i] = render_roi(state, lm, src)
         return out
