@@ -105,6 +105,11 @@ class ExpressionTexture:
         self.maps = maps
         self._image = None if maps is None else maps.base.copy()
         self._key: np.ndarray | None = None
+        if maps is not None:  # per stream, once: the face box as floats and its headroom
+            x0, y0, x1, y1 = maps.box
+            self._region = maps.base[y0:y1, x0:x1].astype(np.float32)
+            # The largest gain each pixel takes before its brightest channel clips.
+            self._headroom = 255.0 / np.maximum(self._region.max(axis=-1), 1.0)
 
     def source(self, emotion: np.ndarray | None) -> np.ndarray | None:
         """Source ROI pixels [h,w,3] uint8 for the blend vector [7] (None: neutral), or
@@ -122,11 +127,9 @@ class ExpressionTexture:
         gain = np.ones(self.maps.delta.shape[1:], np.float32)
         for k in live:
             gain += w[k] * self.maps.delta[k]
-        region = self.maps.base[y0:y1, x0:x1].astype(np.float32)
-        region *= gain[..., None]
-        # Where a bright skin would clip, scale the pixel's three channels together: the
-        # hue stays the skin's (clipping one channel turns a lit cheek grey or cyan).
-        peak = region.max(axis=-1, keepdims=True)
-        np.divide(region * 255.0, peak, out=region, where=peak > 255.0)
-        self._image[y0:y1, x0:x1] = region.astype(np.uint8)
+        # Where a bright skin would clip, the gain stops at the pixel's headroom, so its
+        # three channels scale together: the hue stays the skin's (clipping one channel
+        # turns a lit cheek grey or cyan).
+        np.minimum(gain, self._headroom, out=gain)
+        self._image[y0:y1, x0:x1] = (self._region * gain[..., None]).astype(np.uint8)
         return self._image
