@@ -483,6 +483,20 @@ def cmd_fit_emotions(args) -> int:
     print(f"{len(clips)} speakers: {', '.join(sorted(clips))}"
           + (f" (holding out {args.hold_out})" if args.hold_out else ""))
     model = fit(args.root, hold_out=args.hold_out)
+    if not args.no_calibrate:
+        from engines.motion.emotion_model import EmotionModel
+        from engines.recordings.emotion_fit import neutral_still
+        from engines.render.emotion_calibration import calibrate, instrument_gains
+
+        print("calibrating: rendering each emotion on the speakers' neutral faces and "
+              "reading it back")
+        stills = {s: neutral_still(clips[s]["neutral"]) for s in model["speakers"]}
+        measured = EmotionModel(model["fields"], model["ratio"].astype(np.float32),
+                                model["template"], str(model["source"]), "unsaved")
+        gains = instrument_gains(measured, stills)
+        model["measured_fields"] = model["fields"]
+        model["instrument_gain"] = gains
+        model["fields"] = calibrate(model["fields"], gains)
     digest = save(model, args.output)
     print(f"etf fit-emotions: {args.output} sha256 {digest}")
     return 0
@@ -756,6 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("root", help="folder with mead_<speaker>_front_<emotion>_level<k>_001.mp4")
     fe.add_argument("-o", "--output", default="etf_models/weights/emotion_mead.npz")
     fe.add_argument("--hold-out", help="leave this speaker out (for judging on it)")
+    fe.add_argument("--no-calibrate", action="store_true",
+                    help="keep the fields as dlib measured them (no render read-back gains)")
     fe.set_defaults(func=cmd_fit_emotions)
 
     tr = sub.add_parser("train", help="train models")

@@ -161,4 +161,8 @@ def test_say_speaks_text_with_a_moving_mouth(server, identity):
     assert loud_s > 0.5 * said["duration_ms"] / 1000.0
     during = (v_t > start + 0.2) & (v_t < end - 0.2)
     assert np.nanmax(mouth[during]) > 0.25
-    assert np.nanmax(mouth[v_t > end + 0.4]) < CLOSED
+    # After it, the mouth stops talking and holds the smile (a broad smile, measured on
+    # MEAD's happy faces, parts the lips over the teeth: not shut, but still).
+    rest = mouth[v_t > end + 0.4]
+    assert np.nanmax(rest) < 0.6 * np.nanmax(mouth[during]), np.round(rest, 3)
+    assert np.nanstd(rest) < 0.02, np.round(rest, 3)

@@ -222,3 +222,52 @@ def test_lip_closure_wins_over_an_open_emotion(offsets):
         np.testing.assert_array_equal(closed[17:27], off[17:27])
         half = EM.close_lips(off, 0.5)
         assert _gap(half) == pytest.approx(_gap(off) / 2, rel=1e-4)
+
+
+def test_pooling_restores_strength_only_where_speakers_agree():
+    from engines.recordings.emotion_fit import _LOWER, _UPPER, pooled_field
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=(68, 2)).astype(np.float32)
+    # Upper face: same direction, spread in place -> the mean is as strong as they are.
+    # Lower face: each speaker moves a different way -> the mean is weak and stays weak.
+    speakers = np.stack([shared + 0.6 * rng.normal(size=(68, 2)) for _ in range(3)])
+    speakers[:, _LOWER] = rng.normal(size=(3, len(_LOWER), 2))
+    speakers = speakers.astype(np.float32)
+    pooled = pooled_field(speakers)
+    mean = speakers.mean(axis=0)
+    typical = np.mean([np.linalg.norm(s[_UPPER]) for s in speakers])
+    assert np.linalg.norm(pooled[_UPPER]) == pytest.approx(typical, rel=1e-4)
+    cos = (pooled[_UPPER] * mean[_UPPER]).sum() / (
+        np.linalg.norm(pooled[_UPPER]) * np.linalg.norm(mean[_UPPER]))
+    assert cos == pytest.approx(1.0, abs=1e-5)  # direction kept
+    np.testing.assert_allclose(pooled[_LOWER], mean[_LOWER])
+
+
+def test_shipped_fields_are_the_measured_fields_times_their_read_back_gains():
+    from engines.render.emotion_calibration import GAIN_RANGE, REGIONS, calibrate
+
+    with np.load(EM.files("etf_models") / "weights" / EM.MODEL_FILE) as z:
+        measured, gains = z["measured_fields"], z["instrument_gain"]
+    assert gains.shape == (7, len(REGIONS)) and np.all(gains[0] == 1)
+    assert np.all((gains >= GAIN_RANGE[0]) & (gains <= GAIN_RANGE[1]))
+    np.testing.assert_allclose(EM.default_model().fields, calibrate(measured, gains), atol=1e-5)
+    eyes = np.r_[36:48]  # not calibrated: see emotion_calibration.REGIONS
+    np.testing.assert_array_equal(EM.default_model().fields[:, eyes], measured[:, eyes])
+
+
+def test_renders_read_back_moving_the_way_the_fields_say():
+    """The calibration's instrument on the built-in face: dlib, reading our renders, sees
+    surprise lift the brows and angry lower them, in proportion to the field."""
+    from engines.face.default_face import default_photo
+    from engines.face.face_metrics import brow_raise
+    from engines.render.emotion_calibration import response
+
+    read, intended = response(EM.default_model(), default_photo(), "astronaut")
+    neutral = default_identity().neutral
+    for emo, sign in (("surprise", 1), ("angry", -1)):
+        k = EMOTIONS.index(emo)
+        got = brow_raise(neutral + read[k]) - brow_raise(neutral)
+        want = brow_raise(neutral + intended[k]) - brow_raise(neutral)
+        assert sign * got > 0.02 and sign * want > 0.02, (emo, got, want)
+        assert 0.3 < got / want < 1.5, (emo, got, want)

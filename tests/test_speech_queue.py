@@ -116,9 +116,11 @@ def test_avatar_stream_pairs_frames_with_their_audio(identity):
     seg = audio[start - ref_start:start - ref_start + len(ref)]
     assert np.corrcoef(seg, ref)[0, 1] > 0.99
     assert stream.emotion.emotion == "happy", "the utterance's emotion applies when it plays"
-    # The mouth moves while its own audio is loud, and not before.
+    # The mouth moves while its own audio is loud, and not before the utterance plays (from
+    # then on the happy smile it carries parts the lips a little, as MEAD's smiles do).
     mouth = mouth_openings([f[2] for f in frames], face_box(identity.landmarks_photo))
     rms = np.array([np.sqrt(np.mean(f[3] ** 2)) for f in frames])
     assert np.nanmax(mouth[rms > 0.05]) > 0.25
-    assert np.nanmax(mouth[: max(1, start // (NET_RATE // 25) - 2)]) < 0.12
+    plays = (start - ref_start) // (NET_RATE // 25)
+    assert np.nanmax(mouth[: max(1, plays - 1)]) < 0.12
     assert np.corrcoef(np.nan_to_num(mouth), rms)[0, 1] > 0.4

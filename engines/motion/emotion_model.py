@@ -39,7 +39,7 @@ from etf_models.emotions import EMOTIONS
 
 MODEL_FILE = "emotion_mead.npz"
 #: The shipped file is pinned: a different file is refused, never silently used.
-MODEL_SHA256 = "163d3668c62d2bc10fb4beada1ab1619400ff5f37cd6ecc91ed6d21676a7cadf"
+MODEL_SHA256 = "da0b34574061bf5905c100463a27a8b33aebbb053ac577a3f55792b1678e78e5"
 
 #: Which geometry each face region takes: "mead" (measured) or "facs" (hand-made).
 GEOMETRY: dict[str, str] = {"brows": "mead", "eyes": "mead", "nose": "mead", "mouth": "mead",
@@ -73,6 +73,10 @@ class EmotionModel:
         """Load ``path`` (default: the shipped file, checked against its pinned hash)."""
         if path is None:
             path = files("etf_models") / "weights" / MODEL_FILE
+        elif isinstance(path, str):
+            from pathlib import Path
+
+            path = Path(path)
         try:
             raw = path.read_bytes()
         except OSError as e:

@@ -12,10 +12,15 @@ skin however the expression moved it.
 
 Output (:mod:`engines.motion.emotion_model` reads it):
   * ``fields`` [7,68,2]: per emotion, the median aligned landmarks minus the same speaker's
-    neutral median, averaged over speakers, in canonical pixels (a fixed scale: the
+    neutral median, averaged over speakers (:func:`pooled_field`: scaled back to a typical
+    speaker's strength where they agree), in canonical pixels (a fixed scale: the
     canonical inter-ocular distance). Neutral is zero. Intensity 1 = MEAD level 3.
+    ``etf fit-emotions`` then calibrates them through the instrument
+    (:mod:`engines.render.emotion_calibration`) and keeps the uncalibrated ones as
+    ``measured_fields`` with the gains as ``instrument_gain``.
   * ``ratio`` [7,R,R]: expression ratio images on the template, luminance of the emotion
-    over luminance of neutral (geometric mean over speakers), smoothed, 1 off the face and
+    over luminance of neutral (median over speakers, scaled back to a typical speaker's
+    strength: ``texture_gain``), smoothed, 1 off the face and
     inside the mouth (teeth and cavity are the mouth renderer's business). Neutral is 1.
   * ``template`` [V,2]: the template's vertices (68 landmarks + forehead points), so any
     identity's own landmarks can carry the ratio images onto its photo.
@@ -42,6 +47,8 @@ from etf_models.canonical_face import (
     INNER_LIP_RING,
     IOD,
     JAW,
+    LOWER_INNER,
+    UPPER_INNER,
     apply_affine,
     barycentric_matrix,
     similarity_to_canonical,
@@ -117,6 +124,25 @@ def measure_clip(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(out_lm, np.float32), np.asarray(out_y, np.float32)
 
 
+def neutral_still(path: Path) -> np.ndarray:
+    """The neutral clip's most typical closed-mouth frame, RGB uint8: the frame nearest the
+    clip's median eye-aligned landmarks, its lips' gap counted five times (the speakers
+    talk). A face to render the fitted emotions on and read back (see
+    :mod:`engines.render.emotion_calibration`)."""
+    from engines.recordings.preprocess import _frames_at, _track_landmarks
+
+    frames = _frames_at(str(path), 25.0)
+    lms = _track_landmarks(frames)
+    ok = [i for i in range(len(frames)) if not np.isnan(lms[i]).any()]
+    if not ok:
+        raise ValueError(f"{path.name}: no face in any frame")
+    aligned = np.stack([apply_affine(similarity_to_canonical(lms[i]), lms[i]) for i in ok])
+    med = np.median(aligned, axis=0)
+    gap = (aligned[:, LOWER_INNER, 1].mean(axis=1) - aligned[:, UPPER_INNER, 1].mean(axis=1))
+    score = np.linalg.norm(aligned - med, axis=-1).mean(axis=1) + 5.0 * np.abs(gap)
+    return frames[ok[int(np.argmin(score))]]
+
+
 #: Rough depth of each landmark in front of the eye corners' plane, in canonical pixels
 #: (1 px ~ 1 mm at the canonical eye distance), from typical adult head proportions. Enough
 #: to tell a nod from an expression: when the head pitches by a, a point's image height
@@ -176,6 +202,41 @@ def clip_field(lms: np.ndarray, neutral: np.ndarray) -> np.ndarray:
     out = np.zeros((68, 2), np.float32)
     out[_UPPER] = _apex(d[:, _UPPER])
     out[_LOWER] = _apex(d[:, _LOWER])
+    return out
+
+
+#: Pooling never strengthens a measurement by more than this (a speaker's idiosyncrasy,
+#: cancelled by the pooling, must not come back as strength).
+MAX_POOL_GAIN = 2.0
+
+
+#: Below this agreement (pooled size over the speakers' typical size) the speakers pose
+#: the region in different directions, and the pooled map is left as weak as it is:
+#: scaling it up would make a direction none of them shows.
+MIN_AGREEMENT = 0.7
+
+
+def _restore_gain(each: list[float], pooled: float) -> float:
+    """How much a pooled map shrank against its speakers' typical size, clipped to
+    1..MAX_POOL_GAIN; 1 where the speakers disagree (see MIN_AGREEMENT)."""
+    gain = np.mean(each) / max(pooled, 1e-6)
+    if gain > 1.0 / MIN_AGREEMENT:
+        return 1.0
+    return float(np.clip(gain, 1.0, MAX_POOL_GAIN))
+
+
+def pooled_field(per_speaker: np.ndarray) -> np.ndarray:
+    """One emotion's field [68,2] from the speakers' fields [S,68,2]: their mean, which
+    keeps the displacement they share, scaled per region (upper face, lower face) back to
+    the speakers' typical size; speakers who pose the same emotion a little differently
+    (brows in or out, mouth wider or taller) average to a weaker expression than any of
+    them shows."""
+    mean = per_speaker.mean(axis=0)
+    out = mean.copy()
+    for region in (_UPPER, _LOWER):
+        g = _restore_gain([np.linalg.norm(f[region]) for f in per_speaker],
+                          np.linalg.norm(mean[region]))
+        out[region] = mean[region] * g
     return out
 
 
@@ -243,7 +304,7 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
     bary = barycentric_matrix(mesh_vertices(template_lm, template[68:]), CANON_SIZE, CANON_SIZE)
     face_w, mouth_w = _face_masks(template)
 
-    fields = np.zeros((len(EMOTIONS), 68, 2), np.float32)
+    per_speaker: dict[int, list[np.ndarray]] = {}
     log_ratios: dict[int, list[np.ndarray]] = {}
     counts = np.zeros(len(EMOTIONS), np.int32)
     frames = {}
@@ -257,7 +318,8 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
                 continue
             k = EMOTIONS.index(emo)
             lm_e, y_e = get(path)
-            fields[k] += clip_field(pose_free(lm_e, neutrals[s]), neutrals[s])
+            per_speaker.setdefault(k, []).append(clip_field(pose_free(lm_e, neutrals[s]),
+                                                            neutrals[s]))
             warped = np.median(_to_template(bary, _vertices(lm_e, neutrals[s], fore), y_e),
                                axis=0) + 4.0
             lr = np.log(warped / base)
@@ -269,13 +331,24 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
             counts[k] += 1
             frames[f"{s}/{emo}"] = len(lm_e)
     have = counts > 0
-    fields[have] /= counts[have, None, None]
+    fields = np.zeros((len(EMOTIONS), 68, 2), np.float32)
+    for k in np.flatnonzero(have):
+        fields[k] = pooled_field(np.stack(per_speaker[k]))
     ratio = np.ones((len(EMOTIONS), RATIO_SIZE, RATIO_SIZE), np.float32)
     keep = face_w * (1.0 - mouth_w)
+    texture_gain = np.ones(len(EMOTIONS), np.float32)
     for k in np.flatnonzero(have):
         # The median over speakers: one speaker's hair or glint does not make a wrinkle.
-        lr = np.median(np.stack(log_ratios[k]), axis=0)
-        r = np.exp(cv2.GaussianBlur(lr, (0, 0), RATIO_BLUR_PX))
+        # It also shrinks what they share wherever their creases sit a little apart, so
+        # it is scaled back to a typical speaker's strength (on the skin, after blurring).
+        each = [cv2.GaussianBlur(x, (0, 0), RATIO_BLUR_PX) for x in log_ratios[k]]
+        lr = cv2.GaussianBlur(np.median(np.stack(log_ratios[k]), axis=0), (0, 0), RATIO_BLUR_PX)
+        # (No agreement test here: a speaker's own creases and glints make every single
+        # map larger, not differently directed.)
+        size = np.mean([np.linalg.norm(x * keep) for x in each])
+        texture_gain[k] = np.clip(size / max(np.linalg.norm(lr * keep), 1e-6), 1.0,
+                                  MAX_POOL_GAIN)
+        r = np.exp(lr * texture_gain[k])
         r = 1.0 + (np.clip(r, *RATIO_RANGE) - 1.0) * keep
         ratio[k] = cv2.resize(r, (RATIO_SIZE, RATIO_SIZE), interpolation=cv2.INTER_AREA)
     missing = [EMOTIONS[k] for k in range(1, len(EMOTIONS)) if not have[k]]
@@ -285,6 +358,7 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
         "fields": fields,
         "ratio": ratio.astype(np.float16),
         "template": template.astype(np.float32),
+        "texture_gain": texture_gain,
         "speakers": np.array(speakers),
         "frames": np.array(json.dumps(frames)),
         "source": np.array("MEAD (Wang et al., ECCV 2020), front view, neutral level 1 and "

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from engines.audio.phone_stream import StreamingPhoneRecognizer
-from engines.motion.emotion_model import close_lips, emotion_offsets
+from engines.motion.emotion_model import EmotionModel, close_lips, emotion_offsets
 from engines.motion.face_motion import P, apply, build_fields
 from engines.motion.idle import Blinker, IdleMotion
 from engines.render.visemes import (
@@ -91,14 +91,17 @@ class SpeechLandmarkEngine:
         idle_amplitude: float = 1.0,
         phone_lookahead_ms: float | None = None,
         coart_future_ms: float | None = None,
+        emotion_model: EmotionModel | None = None,
     ) -> None:
         """``phone_lookahead_ms``: the phone recogniser's commit delay (default 150 ms).
         ``coart_future_ms``: how far the coarticulation window reaches into the future
         (default and at most ``COART_ROWS`` rows, 100 ms); rows beyond it repeat the last
-        row it reaches. Both trade lip-sync quality for latency (see ``lookahead_ms``)."""
+        row it reaches. Both trade lip-sync quality for latency (see ``lookahead_ms``).
+        ``emotion_model``: the emotions' geometry (default: the shipped model)."""
         self.neutral = np.asarray(neutral, np.float32)
         self.fields = build_fields(self.neutral)
-        self.emotion_offsets = emotion_offsets(self.neutral, fields=self.fields).reshape(7, -1)
+        self.emotion_offsets = emotion_offsets(self.neutral, emotion_model,
+                                               fields=self.fields).reshape(7, -1)
         self.fps = float(fps)
         self.sample_rate = sample_rate
         self.seed = seed

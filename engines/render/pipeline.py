@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.face.identity import Identity
+from engines.motion.emotion_model import EmotionModel
 from engines.motion.emotion_state import EmotionState
 from engines.render import texture_warp
 from engines.render.compositor import paste_roi
@@ -43,6 +44,7 @@ class FaceAnimator:
         warp: texture_warp.WarpState | None = None,
         phone_lookahead_ms: float | None = None,
         coart_future_ms: float | None = None,
+        emotion_model: EmotionModel | None = None,
     ) -> None:
         self.identity = identity
         self.fps = fps
@@ -50,7 +52,7 @@ class FaceAnimator:
         self.warp = warp or texture_warp.prepare(identity)
         self.engine = SpeechLandmarkEngine(
             identity.neutral, fps=fps, seed=seed, phone_lookahead_ms=phone_lookahead_ms,
-            coart_future_ms=coart_future_ms,
+            coart_future_ms=coart_future_ms, emotion_model=emotion_model,
         )
         self._out = np.empty_like(identity.photo)
         self.texture = ExpressionTexture(self.warp.expression)
