@@ -39,7 +39,7 @@ from etf_models.emotions import EMOTIONS
 
 MODEL_FILE = "emotion_mead.npz"
 #: The shipped file is pinned: a different file is refused, never silently used.
-MODEL_SHA256 = "da0b34574061bf5905c100463a27a8b33aebbb053ac577a3f55792b1678e78e5"
+MODEL_SHA256 = "63f8b9248f387b7b9d5d42186d71452bb9443cd4fe4fe598c646da93add53f5d"
 
 #: Which geometry each face region takes: "mead" (measured) or "facs" (hand-made).
 GEOMETRY: dict[str, str] = {"brows": "mead", "eyes": "mead", "nose": "mead", "mouth": "mead",
