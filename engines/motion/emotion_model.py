@@ -19,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 
@@ -74,8 +75,6 @@ class EmotionModel:
         if path is None:
             path = files("etf_models") / "weights" / MODEL_FILE
         elif isinstance(path, str):
-            from pathlib import Path
-
             path = Path(path)
         try:
             raw = path.read_bytes()

@@ -216,11 +216,11 @@ MAX_POOL_GAIN = 2.0
 MIN_AGREEMENT = 0.7
 
 
-def _restore_gain(each: list[float], pooled: float) -> float:
+def _restore_gain(each: list[float], pooled: float, agreement: bool = True) -> float:
     """How much a pooled map shrank against its speakers' typical size, clipped to
-    1..MAX_POOL_GAIN; 1 where the speakers disagree (see MIN_AGREEMENT)."""
+    1..MAX_POOL_GAIN; with ``agreement``, 1 where the speakers disagree (MIN_AGREEMENT)."""
     gain = np.mean(each) / max(pooled, 1e-6)
-    if gain > 1.0 / MIN_AGREEMENT:
+    if agreement and gain > 1.0 / MIN_AGREEMENT:
         return 1.0
     return float(np.clip(gain, 1.0, MAX_POOL_GAIN))
 
@@ -345,9 +345,8 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
         lr = cv2.GaussianBlur(np.median(np.stack(log_ratios[k]), axis=0), (0, 0), RATIO_BLUR_PX)
         # (No agreement test here: a speaker's own creases and glints make every single
         # map larger, not differently directed.)
-        size = np.mean([np.linalg.norm(x * keep) for x in each])
-        texture_gain[k] = np.clip(size / max(np.linalg.norm(lr * keep), 1e-6), 1.0,
-                                  MAX_POOL_GAIN)
+        texture_gain[k] = _restore_gain([np.linalg.norm(x * keep) for x in each],
+                                        np.linalg.norm(lr * keep), agreement=False)
         r = np.exp(lr * texture_gain[k])
         r = 1.0 + (np.clip(r, *RATIO_RANGE) - 1.0) * keep
         ratio[k] = cv2.resize(r, (RATIO_SIZE, RATIO_SIZE), interpolation=cv2.INTER_AREA)

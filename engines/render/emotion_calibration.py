@@ -10,9 +10,10 @@ surprise rendered from the MEAD field as ~0.6 of the field's brow lift).
 :func:`instrument_gains` closes that loop: it enrolls real neutral faces (the fit's own
 speakers, the neutral clip's typical frame), renders every emotion at intensity 1 with
 silent audio, reads the renders back with dlib exactly as the real clips were read, and
-finds per emotion and per face region (upper face: brows, eyes, nose; lower face: lips,
-jaw) the gain that makes the read-back displacement equal the measured one. No classifier
-and no evaluation photo takes part.
+finds per emotion and per face region (the brows; the lower face: lips and jaw; see
+``REGIONS`` for why the eyes and nose are left as measured) the gain that makes the
+read-back displacement equal the measured one. No classifier and no evaluation photo
+takes part.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import logging
 import cv2
 import numpy as np
 
-from engines.face.enrollment import EnrollOptions, detect_faces, detect_landmarks, enroll_image
+from engines.face.enrollment import EnrollOptions, enroll_image
+from engines.face.face_metrics import frame_landmarks
 from engines.motion.emotion_model import EmotionModel, emotion_offsets
 from engines.motion.emotion_state import EmotionState
 from engines.render import texture_warp
@@ -49,13 +51,9 @@ _READ = slice(10, 50, 4)
 
 def _read_back(frames: list[np.ndarray]) -> np.ndarray | None:
     """Median eye-aligned dlib landmarks [68,2] over ``frames``, None if no face is found."""
-    out = []
-    for img in frames:
-        faces = detect_faces(img)
-        if not faces:
-            continue
-        lm = detect_landmarks(img, faces[0][0])
-        out.append(apply_affine(similarity_to_canonical(lm), lm))
+    # dlib's points are whole pixels (exact in float32); aligned in float64 as fitted
+    out = [apply_affine(similarity_to_canonical(lm), lm)
+           for lm in frame_landmarks(frames).astype(np.float64) if not np.isnan(lm).any()]
     return np.median(np.stack(out), axis=0) if out else None
 
 
