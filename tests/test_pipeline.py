@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from conftest import synth_speech
@@ -10,7 +11,7 @@ from engines.motion.emotion_state import EmotionState
 from engines.motion.face_motion import P
 from engines.render import texture_warp
 from engines.render.pipeline import FaceAnimator
-from etf_models.canonical_face import mouth_opening
+from etf_models.canonical_face import apply_affine, mouth_opening
 
 
 @pytest.fixture(scope="module")
@@ -135,3 +136,19 @@ def test_shorter_coarticulation_reach_is_chunking_independent(identity, tmp_path
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="coart_future_ms"):
         SpeechLandmarkEngine(identity.neutral, 25.0, coart_future_ms=150)
+
+
+def test_open_mouthed_photo_shuts_without_its_teeth(identity, warp):
+    """The built-in photo smiles with its teeth showing; at rest its lips meet over a lip
+    seam, not over a strip of those teeth squeezed between them."""
+    assert identity.expression[:2].sum() > 0.3  # the photo's mouth is open
+    out = texture_warp.render_roi(warp, identity.neutral)
+    dst = apply_affine(warp.canon_to_roi, identity.neutral)
+    mid = 0.5 * (dst[[60, 61, 62, 63, 64]] + dst[[60, 67, 66, 65, 64]])
+    seam = np.zeros(out.shape[:2], np.uint8)
+    cv2.polylines(seam, [np.round(mid).astype(np.int32)], False, 1, 5)
+    px = out[seam > 0].astype(float)
+    grey = (px.max(axis=1) - px.min(axis=1)) / np.maximum(px.max(axis=1), 1) < 0.16
+    toothy = grey & (px.mean(axis=1) > 150)
+    # Squeezed teeth made ~10% of this band bright and grey; lips meeting make ~3%.
+    assert toothy.mean() < 0.05, f"{toothy.mean():.1%} of where the lips meet looks like teeth"

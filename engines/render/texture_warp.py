@@ -90,6 +90,36 @@ def _polygon_median(img: np.ndarray, outer: np.ndarray, inner: np.ndarray | None
     return np.median(px, axis=0).astype(np.float32) if len(px) else None
 
 
+#: Inner-lip gap (ROI pixels) above which the photo's open mouth is filled in.
+PHOTO_MOUTH_FILL_GAP = 1.5
+
+
+def _close_photo_mouth(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The photo with its open mouth's interior (teeth, cavity) filled with its own lips.
+
+    The warp closes an open-mouthed photo's lips by squeezing what lies between them into
+    a seam, so a smiling photo showed a strip of its teeth between shut lips. Filled from
+    the surrounding lips (OpenCV's Telea inpainting) with a soft dark line where the lips
+    meet, the shut mouth shows lips meeting lips; when the mouth opens, the interior
+    painted over the parted lips covers the fill.
+    """
+    gap = float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).max())
+    if gap < PHOTO_MOUTH_FILL_GAP:
+        return img
+    ring = _smooth_ring(lm[INNER_LIP_RING])
+    mask = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(ring).astype(np.int32)], 255)
+    mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))  # the landmarks are whole pixels
+    out = cv2.inpaint(img, mask, max(2.0, gap / 2), cv2.INPAINT_TELEA)
+    mid = 0.5 * (lm[[60, 61, 62, 63, 64]] + lm[[60, 67, 66, 65, 64]])
+    seam = np.zeros(img.shape[:2], np.uint8)
+    cv2.polylines(seam, [np.round(mid * 8).astype(np.int32)], False, 255, 1, cv2.LINE_AA,
+                  shift=3)
+    line = cv2.GaussianBlur(seam.astype(np.float32) / 255.0, (0, 0), 0.7)
+    line = line / max(float(line.max()), 1e-6) * 0.35 * (mask > 0)
+    return np.clip(out * (1.0 - line[..., None]), 0, 255).astype(np.uint8)
+
+
 def prepare(
     identity: Identity,
     image: np.ndarray | None = None,
@@ -150,6 +180,8 @@ def prepare(
         inner = _polygon_median(roi_img, lm_roi[INNER_LIP_RING])
         if inner is not None and inner.mean() > 0.9 * skin.mean():
             teeth = inner
+
+    roi_img = _close_photo_mouth(roi_img, lm_roi)
 
     # Paste-back weight: 1 inside, smooth to 0 over the outer band where the warp is ~0.
     band = max(2.0, 0.05 * min(w, h))
