@@ -40,7 +40,7 @@ from etf_models.emotions import EMOTIONS
 
 MODEL_FILE = "emotion_mead.npz"
 #: The shipped file is pinned: a different file is refused, never silently used.
-MODEL_SHA256 = "63f8b9248f387b7b9d5d42186d71452bb9443cd4fe4fe598c646da93add53f5d"
+MODEL_SHA256 = "18ee627844de18af45d116ffe9cdf57e234ea396c6b6c12cfde403af939b0caa"
 
 #: Which geometry each face region takes: "mead" (measured) or "facs" (hand-made).
 GEOMETRY: dict[str, str] = {"brows": "mead", "eyes": "mead", "nose": "mead", "mouth": "mead",

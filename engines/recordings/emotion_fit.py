@@ -73,6 +73,13 @@ RATIO_BLUR_PX = 2.5  # on the 256 frame
 #: clips or the head turning toward it, not the expression: it is divided out.
 RATIO_BROAD_PX = 14.0
 RATIO_RANGE = (0.7, 1.3)
+#: Emotions that raise the brows with the frontalis (AU1+2) crease the forehead in
+#: horizontal lines; their maps above the brows are smoothed along the lines (sigma px on
+#: the 256 frame, across / along), so creases that sit a little apart in each speaker pool
+#: into lines instead of blotches. Angry's and disgust's creases between the brows run
+#: vertically and keep their maps.
+FOREHEAD_LINE_EMOTIONS = ("surprise", "fear")
+FOREHEAD_LINE_SIGMA = (0.8, 9.0)
 
 
 def find_mead_clips(data_dir: str | Path) -> dict[str, dict[str, Path]]:
@@ -258,6 +265,24 @@ def _vertices(lms: np.ndarray, ref: np.ndarray, fore: np.ndarray) -> np.ndarray:
     return np.stack([mesh_vertices(x, fore + p[17:27]) for x, p in zip(lms, posed, strict=True)])
 
 
+def forehead_weight(template: np.ndarray) -> np.ndarray:
+    """Weight [256,256] that is 1 on the forehead (from 10 px above the brows up), 0 from
+    4 px above them down, in the template frame."""
+    brows = template[17:27]
+    xs = np.arange(CANON_SIZE, dtype=np.float32)
+    order = np.argsort(brows[:, 0])
+    top = np.interp(xs, brows[order, 0], brows[order, 1])  # brow line per column
+    ys = np.arange(CANON_SIZE, dtype=np.float32)[:, None]
+    return np.clip((top[None, :] - 4.0 - ys) / 6.0, 0.0, 1.0).astype(np.float32)
+
+
+def forehead_lines(log_ratio: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``log_ratio`` with its forehead (``weight``) smoothed along horizontal lines."""
+    along = cv2.GaussianBlur(log_ratio, (0, 0), sigmaX=FOREHEAD_LINE_SIGMA[1],
+                             sigmaY=FOREHEAD_LINE_SIGMA[0])
+    return log_ratio * (1.0 - weight) + along * weight
+
+
 def _face_masks(template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(face weight, mouth-interior weight) on the 256 template frame, soft-edged."""
     face = np.zeros((CANON_SIZE, CANON_SIZE), np.float32)
@@ -303,6 +328,7 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
     template = np.vstack([template_lm, forehead_points(template_lm)])
     bary = barycentric_matrix(mesh_vertices(template_lm, template[68:]), CANON_SIZE, CANON_SIZE)
     face_w, mouth_w = _face_masks(template)
+    fore_w = forehead_weight(template)
 
     per_speaker: dict[int, list[np.ndarray]] = {}
     log_ratios: dict[int, list[np.ndarray]] = {}
@@ -327,7 +353,10 @@ def fit(data_dir: str | Path, hold_out: str | None = None,
             # (a blur weighted to the face, so the background does not leak in).
             broad = cv2.GaussianBlur(lr * face_w, (0, 0), RATIO_BROAD_PX) / np.maximum(
                 cv2.GaussianBlur(face_w, (0, 0), RATIO_BROAD_PX), 1e-3)
-            log_ratios.setdefault(k, []).append(lr - broad)
+            lr = lr - broad
+            if emo in FOREHEAD_LINE_EMOTIONS:
+                lr = forehead_lines(lr, fore_w)
+            log_ratios.setdefault(k, []).append(lr)
             counts[k] += 1
             frames[f"{s}/{emo}"] = len(lm_e)
     have = counts > 0
