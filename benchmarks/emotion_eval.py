@@ -98,16 +98,21 @@ def _confusion(pairs: list[tuple[str, str]], names: tuple[str, ...]) -> list[lis
     return m.tolist()
 
 
-def real_mead(judge: ExpressionJudge, speakers: set[str] | None = None) -> dict:
+def real_mead(judge: ExpressionJudge, speakers: set[str] | None = None,
+              embed: FaceEmbedder | None = None) -> dict:
+    """The judge on real MEAD frames; with ``embed``, also each frame's dlib embedding
+    distance to its speaker's neutral face (the mean embedding of the neutral clip's
+    frames): how far real expressions move a face in the identity metric."""
     from engines.recordings.emotion_fit import find_mead_clips
     from engines.recordings.preprocess import _frames_at
 
-    pairs, per = [], {}
+    pairs, per, dist = [], {}, {}
     for spk, clips in sorted(find_mead_clips(DATA / "data" / "emotion").items()):
         if speakers and spk not in speakers:
             continue
-        for emo, path in clips.items():
-            frames = _frames_at(str(path), 25.0)
+        ref, embs = None, []
+        for emo in sorted(clips, key=lambda e: e != "neutral"):  # neutral first
+            frames = _frames_at(str(clips[emo]), 25.0)
             n = len(frames)
             for img in frames[n // 4 : 3 * n // 4 : 4]:
                 s = judge.scores(img)
@@ -116,9 +121,23 @@ def real_mead(judge: ExpressionJudge, speakers: set[str] | None = None) -> dict:
                 pred = max(s, key=s.get)
                 pairs.append((emo, pred))
                 per.setdefault(spk, []).append(pred == emo)
+                e = embed(img) if embed is not None else None
+                if e is None:
+                    continue
+                if emo == "neutral":
+                    embs.append(e)
+                elif ref is not None:
+                    dist.setdefault(emo, []).append(float(np.linalg.norm(e - ref)))
+            if emo == "neutral" and embs:
+                ref = np.mean(embs, axis=0)
     return {"frames": len(pairs), "accuracy": float(np.mean([t == p for t, p in pairs])),
             "per_speaker": {k: float(np.mean(v)) for k, v in per.items()},
-            "pairs": pairs}
+            "pairs": pairs, "identity_distance": dist}
+
+
+def _spread(d: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {k: {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)),
+                "max": float(np.max(v)), "n": len(v)} for k, v in d.items() if v}
 
 
 def render_emotion(identity, emotion: str, intensity: float = 1.0, seconds: float = 2.0,
@@ -169,10 +188,10 @@ def main() -> None:
         emotion_model.GEOMETRY.update({k: args.geometry for k in emotion_model.GEOMETRY})
     judge, embed = ExpressionJudge(), FaceEmbedder()
     t0 = time.time()
-    real = real_mead(judge)
+    real = real_mead(judge, embed=embed)
     print(f"real MEAD: {real['accuracy']:.1%} of {real['frames']} frames "
           f"{ {k: round(v, 3) for k, v in real['per_speaker'].items()} }", flush=True)
-    pairs, per_photo, dist, rows = [], {}, {}, []
+    pairs, per_photo, dist, rows, by_emotion = [], {}, {}, [], {}
     for name in args.photos:
         path = DATA / "devset" / name
         ident = enroll(path, EnrollOptions(log_warnings=False))
@@ -187,6 +206,7 @@ def main() -> None:
             e = embed(img)
             if ref is not None and e is not None:
                 dist.setdefault(name, []).append(float(np.linalg.norm(e - ref)))
+                by_emotion.setdefault(emo, []).append(dist[name][-1])
             if args.sheet:
                 row.append(_cell(ident, img, f"{emo}->{pred}"))
         per_photo[name] = float(np.mean(ok))
@@ -210,8 +230,13 @@ def main() -> None:
                       "per_emotion": {e: float(np.mean([p == e for t, p in real["pairs"]
                                                         if t == e])) for e in EMOTIONS},
                       "confusion_rows_true_cols_pred": _confusion(real["pairs"], EMOTIONS)},
-        "identity_distance": {"max": max(max(v) for v in dist.values()),
-                              "per_photo_max": {k: max(v) for k, v in dist.items()}},
+        "identity_distance": {
+            "max": max(max(v) for v in dist.values()),
+            "per_photo_max": {k: max(v) for k, v in dist.items()},
+            "renders_per_emotion": _spread(by_emotion),
+            "real_mead_per_emotion": _spread(real["identity_distance"]),
+            "note": "renders: each render vs its photo; real MEAD: each frame vs the mean "
+                    "embedding of the same speaker's neutral clip"},
         "seconds": time.time() - t0,
         "machine": machine_info(),
     }
