@@ -81,6 +81,11 @@ def _separate_lips(lm: np.ndarray, min_gap: float) -> np.ndarray:
     return lm
 
 
+def _inner_gap(lm: np.ndarray) -> float:
+    """The widest vertical gap between paired inner-lip points (in ``lm``'s units)."""
+    return float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).max())
+
+
 def _polygon_median(img: np.ndarray, outer: np.ndarray, inner: np.ndarray | None = None):
     m = np.zeros(img.shape[:2], np.uint8)
     cv2.fillPoly(m, [np.round(outer).astype(np.int32)], 1)
@@ -103,7 +108,7 @@ def _close_photo_mouth(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
     meet, the shut mouth shows lips meeting lips; when the mouth opens, the interior
     painted over the parted lips covers the fill.
     """
-    gap = float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).max())
+    gap = _inner_gap(lm)
     if gap < PHOTO_MOUTH_FILL_GAP:
         return img
     ring = _smooth_ring(lm[INNER_LIP_RING])
@@ -111,7 +116,7 @@ def _close_photo_mouth(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
     cv2.fillPoly(mask, [np.round(ring).astype(np.int32)], 255)
     mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))  # the landmarks are whole pixels
     out = cv2.inpaint(img, mask, max(2.0, gap / 2), cv2.INPAINT_TELEA)
-    mid = 0.5 * (lm[[60, 61, 62, 63, 64]] + lm[[60, 67, 66, 65, 64]])
+    mid = np.vstack([lm[60], 0.5 * (lm[UPPER_INNER] + lm[LOWER_INNER]), lm[64]])
     seam = np.zeros(img.shape[:2], np.uint8)
     cv2.polylines(seam, [np.round(mid * 8).astype(np.int32)], False, 255, 1, cv2.LINE_AA,
                   shift=3)
@@ -264,7 +269,7 @@ def _poly_alpha(shape: tuple[int, int], poly: np.ndarray, offset: np.ndarray) ->
 def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndarray) -> None:
     """Paint cavity, tongue and teeth inside the parted inner lips (in place)."""
     ring = _smooth_ring(dst[INNER_LIP_RING])
-    gap = float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).max())
+    gap = _inner_gap(lm)
     if gap < 0.01 * IOD:
         return
     h, w = state.shape
