@@ -13,6 +13,12 @@ with a reason, never fatal.
 - **CREMA-D** (``<actor>_<sentence>_<EMO>_<LEVEL>.flv|mp4`` in ``VideoFlash`` or anywhere,
   audio ``AudioWAV/<same stem>.wav`` when present, else the video's own track): ANG, DIS,
   FEA, HAP, NEU, SAD; LO / MD / HI = 1/3, 2/3, 1 (XX, unspecified, = 2/3).
+- **talking** (any folder of talking-to-camera clips, e.g. ``../shared/data/talking``):
+  every video (``.mp4 .mpg .avi .mov .mkv .flv``) with its speech in a ``.wav`` of the same
+  stem beside it, else its own audio track. The speaker is the sub-folder for
+  ``<speaker>/<clip>.mp4``, else the file name without clip numbering (``_clip2``,
+  ``_001``, ``_short``, a trailing digit run); a name token that is one of the seven
+  emotions (or MEAD's spelling) sets the emotion at full intensity, else neutral.
 - **RAVDESS** (``MM-VV-EE-II-SS-RR-AA.mp4``): audio-visual (modality 01) speech (vocal
   channel 01) only; emotions 01 neutral, 03 happy, 04 sad, 05 angry, 06 fearful, 07
   disgust, 08 surprised (02 calm is skipped); intensity 01 normal = 0.5, 02 strong = 1.
@@ -29,6 +35,7 @@ from pathlib import Path
 from etf_models.emotions import EMOTIONS
 
 VIDEO_EXT = (".mp4", ".flv", ".avi", ".mov", ".mkv")
+TALKING_EXT = (*VIDEO_EXT, ".mpg", ".mpeg", ".webm")
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,38 @@ def scan_ravdess(root: str | os.PathLike) -> ScanResult:
     return res
 
 
-SCANNERS = {"mead": scan_mead, "crema-d": scan_crema_d, "ravdess": scan_ravdess}
+# ------------------------------------------------------------------------------ talking
+
+_CLIP_NUMBER = re.compile(r"(?:[_-](?:clip[_-]?\d*|short|\d+))+$", re.IGNORECASE)
+
+
+def talking_speaker(stem: str) -> str:
+    """A clip's speaker from its file name, the clip numbering dropped:
+    ``styletalk_Obama_clip2`` -> ``styletalk_Obama``, ``andrew_clip_1`` -> ``andrew``."""
+    return _CLIP_NUMBER.sub("", stem) or stem
+
+
+def scan_talking(root: str | os.PathLike) -> ScanResult:
+    root = Path(root)
+    res = ScanResult()
+    words = {**{e: e for e in EMOTIONS}, **MEAD_EMOTIONS}
+    for video in sorted(p for p in root.rglob("*") if p.suffix.lower() in TALKING_EXT):
+        wav = video.with_suffix(".wav")
+        rel = video.relative_to(root)
+        speaker = rel.parts[0] if len(rel.parts) > 1 else talking_speaker(video.stem)
+        tokens = [t.lower() for t in re.split(r"[_\-.]", video.stem)]
+        emotion = next((words[t] for t in tokens if t in words), "neutral")
+        clip_id = "_".join(rel.with_suffix("").parts)
+        res.clips.append(ClipRecord("talking", speaker, emotion,
+                                    0.0 if emotion == "neutral" else 1.0, str(video),
+                                    str(wav if wav.exists() else video), clip_id))
+    if not res.clips:
+        res.skip("no video files")
+    return res
+
+
+SCANNERS = {"mead": scan_mead, "crema-d": scan_crema_d, "ravdess": scan_ravdess,
+            "talking": scan_talking}
 
 
 def detect_kind(root: str | os.PathLike) -> str:

@@ -70,3 +70,24 @@ def test_bad_roots(tmp_path):
         scan(tmp_path)
     with pytest.raises(ValueError, match="unknown dataset kind"):
         scan(tmp_path, "voxceleb")
+
+
+def test_talking_folder(tmp_path):
+    _touch(tmp_path, "styletalk_Obama_clip1.mp4", "styletalk_Obama_clip1.wav",
+           "styletalk_Obama_clip2.mp4", "styletalk_andrew_clip_1.mp4", "grid_bbaf2n.mpg",
+           "mead_M030_sad_3_001.mp4", "notes.txt", "Ann/take_1.mov")
+    res = scan(tmp_path, "talking")
+    got = {c.clip_id: (c.speaker, c.emotion, c.intensity, c.audio.rsplit(".", 1)[1])
+           for c in res.clips}
+    assert got == {
+        "styletalk_Obama_clip1": ("styletalk_Obama", "neutral", 0.0, "wav"),  # sidecar
+        "styletalk_Obama_clip2": ("styletalk_Obama", "neutral", 0.0, "mp4"),  # own track
+        "styletalk_andrew_clip_1": ("styletalk_andrew", "neutral", 0.0, "mp4"),
+        "grid_bbaf2n": ("grid_bbaf2n", "neutral", 0.0, "mpg"),
+        "mead_M030_sad_3_001": ("mead_M030_sad", "sad", 1.0, "mp4"),
+        "Ann_take_1": ("Ann", "neutral", 0.0, "mov"),  # <speaker>/<clip>
+    }
+    assert scan(tmp_path / "Ann", "talking").clips[0].speaker == "take"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert scan(empty, "talking").skipped["no video files"] == 1

@@ -167,3 +167,37 @@ def test_canonical_affine_is_similarity(identity):
     np.testing.assert_allclose(m @ m.T, np.eye(2) * (m[0] @ m[0]), atol=1e-9)
     pts = apply_affine(identity.to_canonical, identity.landmarks_photo)
     np.testing.assert_allclose(pts, identity.landmarks_canonical, atol=1e-6)
+
+
+def test_face_tracking_window_finds_the_detectors_box():
+    """``detect_face_near`` (video tracking) returns what the full-frame detector returns,
+    at any resolution, and None where the face has gone."""
+    import cv2
+
+    photo = default_photo()
+    full = enrollment.detect_faces(photo)[0][0]
+    for scale in (1.0, 3.0):  # a 3x frame is searched at the same cost
+        img = cv2.resize(photo, None, fx=scale, fy=scale) if scale != 1 else photo
+        prev = tuple(int(v * scale) + 6 for v in full)  # last frame's box, a little off
+        box = enrollment.detect_face_near(img, prev)
+        assert box is not None
+        size = (full[2] - full[0]) * scale
+        assert np.abs(np.array(box) - np.array(full) * scale).max() < 0.12 * size
+    blank = np.full_like(photo, 127)
+    assert enrollment.detect_face_near(blank, full) is None
+
+
+def test_padded_video_rows_detect_like_packed_ones():
+    """A frame whose rows are padded (PyAV's view of a 360-px-wide MPEG) is a strided
+    array; dlib must see the same pixels as in a packed copy."""
+    photo = default_photo()
+    h, w = photo.shape[:2]
+    padded = np.zeros((h, w + 8, 3), np.uint8)
+    padded[:, :w] = photo
+    view = padded[:, :w]
+    assert not view.flags["C_CONTIGUOUS"]
+    want = enrollment.detect_faces(photo)[0][0]
+    for _ in range(3):
+        assert enrollment.detect_faces(view)[0][0] == want
+    assert np.array_equal(enrollment.detect_landmarks(view, want),
+                          enrollment.detect_landmarks(photo, want))

@@ -122,6 +122,9 @@ def to_rgb8(img: np.ndarray, name: str = "image", bgr: bool = False) -> np.ndarr
 def detect_faces(img: np.ndarray) -> list[tuple[tuple[int, int, int, int], float]]:
     """Faces as ((left, top, right, bottom), score) in image pixels, best score first."""
     detector, _, _ = _dlib_models()
+    # dlib reads the buffer as packed rows: a strided view (a video frame whose rows are
+    # padded, as PyAV gives for 360-px-wide MPEG) made it miss faces at random
+    img = np.ascontiguousarray(img)
     h, w = img.shape[:2]
     # HOG finds faces down to ~80 px; upsample small photos, downsample huge ones.
     scale = 1024.0 / max(h, w) if max(h, w) > 1024 else 1.0
@@ -137,10 +140,35 @@ def detect_faces(img: np.ndarray) -> list[tuple[tuple[int, int, int, int], float
     return sorted(out, key=lambda t: -t[1])
 
 
+def detect_face_near(img: np.ndarray, box: tuple[int, int, int, int]
+                 ) -> tuple[int, int, int, int] | None:
+    """The detector's box for the face near ``box`` (the largest there), or None: the
+    detector runs on a window around ``box`` scaled so the face is about 160 px, so
+    tracking a face through a video costs the same at any resolution."""
+    detector = _dlib_models()[0]
+    h, w = img.shape[:2]
+    size = max(box[2] - box[0], box[3] - box[1])
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    x0, y0 = max(0, int(cx - 1.5 * size)), max(0, int(cy - 1.5 * size))
+    x1, y1 = min(w, int(cx + 1.5 * size)), min(h, int(cy + 1.5 * size))
+    scale = 160.0 / size
+    win = img[y0:y1, x0:x1]
+    if scale < 1:
+        win = cv2.resize(win, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    else:
+        scale = 1.0
+    rects = detector(np.ascontiguousarray(win), 0 if size * scale >= 100 else 1)
+    if not len(rects):
+        return None
+    r = max(rects, key=lambda r: r.width() * r.height())
+    return (int(round(r.left() / scale + x0)), int(round(r.top() / scale + y0)),
+            int(round(r.right() / scale + x0)), int(round(r.bottom() / scale + y0)))
+
+
 def detect_landmarks(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """68 landmarks [68,2] float64 in image pixels for one face box."""
     _, predictor, dlib = _dlib_models()
-    shape = predictor(img, dlib.rectangle(*box))
+    shape = predictor(np.ascontiguousarray(img), dlib.rectangle(*box))
     return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
 
 

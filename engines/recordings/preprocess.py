@@ -67,16 +67,23 @@ def _track_landmarks(frames: list[np.ndarray]) -> np.ndarray:
     dlib's shape model is fitted to its own detector's boxes: a box made from the previous
     frame's landmarks is larger than those, and the points drift down the face frame by
     frame (on MEAD clips the mouth ended on the chin). So the detector's box is used,
-    and the last one is kept only for frames where it finds no face.
+    and the last one is kept only for frames where it finds no face. After the first
+    detection the detector looks in a window around the last box, scaled so the face is
+    about 160 px (a 1080x1920 frame costs what a 256x256 one does); the whole frame is
+    searched again whenever the window finds nothing.
     """
-    from engines.face.enrollment import detect_faces, detect_landmarks
+    from engines.face.enrollment import detect_face_near, detect_faces, detect_landmarks
 
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     box = None
     for i, img in enumerate(frames):
-        faces = detect_faces(img)
-        if faces:
-            box = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[0]
+        found = detect_face_near(img, box) if box is not None else None
+        if found is None:
+            faces = detect_faces(img)
+            if faces:
+                found = max(faces, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[0]
+        if found is not None:
+            box = found
         if box is None:
             continue
         out[i] = detect_landmarks(img, box)
