@@ -90,11 +90,12 @@ def _numbers(m: re.Match) -> str:
     return " " + number_words(n) + " "
 
 
-def normalise_sentence(text: str) -> tuple[str, str] | None:
+def normalise_sentence(text: str, max_words: int | None = 28) -> tuple[str, str] | None:
     """``(what the voice reads, the label)`` for one sentence, or None to drop it.
 
     The voice gets the label's words plus sentence punctuation for prosody; the label is
-    lower-case ``a-z``, apostrophes and single spaces (the model's alphabet).
+    lower-case ``a-z``, apostrophes and single spaces (the model's alphabet). ``max_words``
+    None keeps sentences of any length (real transcripts; ``speech_real``).
     """
     text = text.replace("’", "'").replace("‘", "'").replace("`", "'")
     if re.search(r"\b[A-Z]{2,}\b", text):  # acronyms are spelled out by voices
@@ -117,7 +118,7 @@ def normalise_sentence(text: str) -> tuple[str, str] | None:
     if not label or not LABEL_RE.match(label):
         return None
     n_words = label.count(" ") + 1
-    if n_words < 2 or n_words > 28 or len(label) > 160:
+    if n_words < 2 or max_words is not None and (n_words > max_words or len(label) > 160):
         return None
     return tts, label
 

@@ -369,6 +369,26 @@ def _default_corpus(hours: float, seed: int) -> str:
                         f"speech-corpus-{hours:g}h-seed{seed}")
 
 
+def cmd_speech_real_corpus(args) -> int:
+    from tqdm import tqdm
+
+    from etf_models.speech_real import build_real_corpus
+
+    print(f"real-speech corpus: {args.speech} -> {args.output}")
+    try:
+        with tqdm(unit="utt", disable=args.quiet) as bar:
+            summary = build_real_corpus(args.speech, args.output, copies=args.copies,
+                                        seed=args.seed, threads=args.threads,
+                                        progress=bar.update)
+    except (FileNotFoundError, RuntimeError) as e:
+        return _fail(str(e))
+    print(f"corpus ready: {summary['hours']} h to train on ({summary['copies']} copies), "
+          f"{summary['utterances']['train']} utterances; held out "
+          f"{summary['utterances']['heldout']} ({summary['heldout_hours']} h); labels: "
+          + ", ".join(f"{k} {v['labels']}" for k, v in summary["by_source"].items()))
+    return 0
+
+
 def cmd_speech_corpus(args) -> int:
     done = _build_speech_corpus(args, args.output or _default_corpus(args.hours, args.seed))
     return done if isinstance(done, int) else 0
@@ -394,14 +414,21 @@ def cmd_train_speech(args) -> int:
                             init=args.init or "", precision=args.precision,
                             extra_corpora=[os.path.abspath(os.path.expanduser(d))
                                            for d in args.extra_corpus])
+    from etf_models.speech_real import is_real_corpus
+
     corpus = args.corpus or _default_corpus(args.hours, args.seed)
     work = args.work or args.output + ".work"
-    done = _build_speech_corpus(args, corpus)
-    if isinstance(done, int):
-        return done
-    real_eval = None
+    if not is_real_corpus(corpus):  # a real one is built by 'etf speech real-corpus'
+        done = _build_speech_corpus(args, corpus)
+        if isinstance(done, int):
+            return done
+    evals = []
     if args.eval_pocketsphinx:
-        real_eval = _commands_eval(args.eval_pocketsphinx)
+        evals.append(_commands_eval(args.eval_pocketsphinx))
+    for folder in (corpus, *cfg.extra_corpora):
+        if is_real_corpus(folder):
+            evals.append(_heldout_eval(folder))
+    real_eval = (lambda m: {k: v for ev in evals for k, v in ev(m).items()}) if evals else None
     try:
         meta = train_speech(corpus, work, args.output, cfg, real_eval=real_eval,
                             minutes=args.minutes, device=args.device)
@@ -432,6 +459,36 @@ def cmd_speech_calibrate(args) -> int:
           f"{report['cer'][0]:.3f} -> {min(report['cer']):.3f}; wrote {args.output} "
           f"(sha256 {sha})")
     return 0
+
+
+def _heldout_eval(folder: str):
+    """CER per source on a real corpus's held-out speakers (greedy, whole utterance; their
+    labels may be pseudo-labels: see its corpus.json)."""
+    from etf_models.deepspeech import greedy_decode
+    from etf_models.speech_metrics import cer
+    from etf_models.speech_real import read_heldout
+
+    held = read_heldout(folder)
+
+    def run(model) -> dict:
+        import torch
+
+        from etf_models.speech_features import context_windows
+
+        out: dict = {}
+        for source in sorted({h[3] for h in held}):
+            refs, hyps = [], []
+            for feats, label, _kind, src in held:
+                if src != source:
+                    continue
+                w = context_windows(np.asarray(feats, np.float32), model.config.n_context)
+                with torch.inference_mode():
+                    hyps.append(greedy_decode(model(torch.from_numpy(w)[None])[0]))
+                refs.append(label)
+            out[f"heldout_{source}_cer"] = round(cer(refs, hyps), 4)
+        return out
+
+    return run
 
 
 def _commands_eval(src: str):
@@ -734,6 +791,17 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--weights", help="speech model checkpoint from 'etf speech import' or "
                     "'etf train speech' (default: the shipped model)")
     sf.set_defaults(func=cmd_speech_features)
+    sr = ssub.add_parser("real-corpus", help="real recordings (LJSpeech with its transcripts; "
+                         "LibriSpeech and interviews pseudo-labelled by faster-whisper) -> "
+                         "corpus shards for 'etf train speech --corpus'")
+    sr.add_argument("speech", help="folder laid out like ../shared/data/speech")
+    sr.add_argument("-o", "--output", required=True, help="corpus folder")
+    sr.add_argument("--copies", type=int, default=4, help="each utterance as recorded plus "
+                    "this many minus one augmented copies")
+    sr.add_argument("--seed", type=int, default=0)
+    sr.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    sr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    sr.set_defaults(func=cmd_speech_real_corpus)
     sc = ssub.add_parser("corpus", help="build the synthetic training corpus only (what "
                          "'etf train speech' builds first), e.g. for --extra-corpus")
     sc.add_argument("-o", "--output", help="corpus folder (default: "
@@ -753,11 +821,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "'etf train speech' (default: the shipped model)")
     st.set_defaults(func=cmd_speech_transcribe)
 
-    pp = sub.add_parser("preprocess", help="MEAD / CREMA-D / RAVDESS clips -> training shards "
-                        "(landmarks, 256 crops, speech windows); resumable")
+    pp = sub.add_parser("preprocess", help="MEAD / CREMA-D / RAVDESS / talking clips -> "
+                        "training shards (landmarks, 256 crops, speech windows); resumable")
     pp.add_argument("root", help="the dataset folder")
     pp.add_argument("-o", "--output", required=True, help="output folder")
-    pp.add_argument("--kind", default="auto", choices=["auto", "mead", "crema-d", "ravdess"])
+    pp.add_argument("--kind", default="auto",
+                    choices=["auto", "mead", "crema-d", "ravdess", "talking"],
+                    help="talking: any folder of talking-to-camera clips (see "
+                    "etf_models/datasets.py)")
     pp.add_argument("--view", default="front", help="MEAD camera view")
     pp.add_argument("--fps", type=float, default=25.0, help="25 or 30")
     pp.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
