@@ -125,3 +125,9 @@ def kept_shots(tmp: Path, copy_to: Path) -> Iterator[Path]:
     copy_to.mkdir(parents=True, exist_ok=True)
     for f in out.iterdir():
         shutil.copy2(f, copy_to / f.name)
+
+#: A speaking mouth opens past this at least once in a sentence (inner-lip gap /
+#: outer-eye-corner distance, dlib on decoded frames). The default engine opens as far as
+#: real talking mouths (90th percentile 0.06-0.22 over 13 people,
+#: benchmarks/lipsync_talking.py); the built-in sentence peaks near 0.2.
+OPENED = 0.15
