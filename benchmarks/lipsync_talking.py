@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{len(clips)} clips, {sum(c['n'] for c in clips)} frames, {len(people)} people "
           f"({time.time() - t_load:.0f} s to load)", flush=True)
-    engines = [*(() if args.no_gl else ("gl",)), "default",
+    engines = [*(() if args.no_gl else ("gl", "gl_smoothed")), "default",
                *(("default_rendered",) if args.rendered else ()), "loudness"]
     t0 = time.time()
     per_clip, per_person = [], []
@@ -252,8 +252,15 @@ def main(argv: list[str] | None = None) -> int:
             got = {"default": default_engine_opening(c),
                    "loudness": loudness_envelope(c["audio"], c["n"], FPS)}
             if trainer is not None:
-                got["gl"] = mouth_opening(trainer.predict(all_frames(c)))
-                got["gl"][~c["ok"]] = np.nan
+                pred = trainer.predict(all_frames(c))
+                got["gl"] = mouth_opening(pred)
+                # per-frame G_L with its landmarks smoothed over 3 frames (1 frame = 40 ms
+                # more lookahead)
+                smooth = pred.copy()
+                smooth[1:-1] = 0.25 * pred[:-2] + 0.5 * pred[1:-1] + 0.25 * pred[2:]
+                got["gl_smoothed"] = mouth_opening(smooth)
+                for k in ("gl", "gl_smoothed"):
+                    got[k][~c["ok"]] = np.nan
             if args.rendered:
                 got["default_rendered"] = rendered_opening(c, rest_crop(shards, c))
             row = {"clip": c["clip"], "person": person, "frames": c["n"],

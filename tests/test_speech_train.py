@@ -374,8 +374,9 @@ def test_calibrate_blank_picks_the_best_offset_and_touches_only_the_blank():
 
 
 #: The shipped default's LibriVox CER must stay below this (greedy, streaming): the first
-#: shipped model (Debian voices only) read 53.6 %, this one 45.9 %.
-LIBRIVOX_CER_BOUND = 0.48
+#: shipped model (Debian voices only) read 53.6 %, the second (synthetic speech) 45.9 %,
+#: this one (fine-tuned on real speech) 40.7 %.
+LIBRIVOX_CER_BOUND = 0.43
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ FRAME_ROWS = 6
 #: The shipped default speech model (``etf train speech``; see README "Speech features"),
 #: pinned by SHA-256: a file that does not match is refused, never silently used.
 DEFAULT_SPEECH_MODEL = "speech_default.pt"
-DEFAULT_SPEECH_SHA256 = "5f6888a6a0d2a1e85e1d81d617d030686f35db8f89bf877926bd1228115f35f6"
+DEFAULT_SPEECH_SHA256 = "d51a68bf7b56d33f8e8c5dfbfc91119fe51f6d03496178b9d3dbcde97e1231a3"
 
 
 class SpeechModelError(ValueError):
