@@ -572,8 +572,9 @@ def cmd_train_landmarks(args) -> int:
     device = dist.setup(args.device)
     data = load_landmark_frames(args.data)
     graph = face_graph(np.median(data.neutral, axis=0))
-    trainer = LandmarkTrainer(graph, LandmarkTrainConfig(batch=args.batch, lr=args.lr,
-                                                         seed=args.seed), device=device)
+    trainer = LandmarkTrainer(graph, LandmarkTrainConfig(
+        batch=args.batch, lr=args.lr, seed=args.seed, window_noise=args.window_noise,
+        adv_start=args.adv_start), device=device)
     _train_loop(trainer, data, args, f"{len(data)} frames; G_L")
     return 0
 
@@ -850,6 +851,10 @@ def build_parser() -> argparse.ArgumentParser:
     tl = tsub.add_parser("landmarks", help="G_L, the graph landmark generator, on "
                          "'etf preprocess' output (resumes from --output if it exists)")
     _add_gan_train_args(tl, "G_L", steps=20000, batch=32, save_every=1000, log_every=100)
+    tl.add_argument("--window-noise", type=float, default=0.0, help="Gaussian noise on the "
+                    "speech windows (0.5 regularises small real data such as talking clips)")
+    tl.add_argument("--adv-start", type=int, default=0, help="steps of L_ver alone before "
+                    "the discriminator joins")
     tl.set_defaults(func=cmd_train_landmarks)
     tt = tsub.add_parser("texture", help="G_T, the flow texture generator, on 'etf preprocess' "
                          "output (resumes from --output if it exists)")
