@@ -63,6 +63,7 @@ def ensure_shards(talking: Path, shards: Path, workers: int) -> None:
 
 
 def load_clips(talking: Path, shards: Path, frontend) -> list[dict]:
+    from benchmarks.lipsync_devset import closed_mouth_frame
     from engines.audio.speech_frontend import audio_to_windows
     from engines.face.enrollment import neutralise
     from engines.media.audio_io import load_audio
@@ -84,8 +85,9 @@ def load_clips(talking: Path, shards: Path, frontend) -> list[dict]:
         ok = np.isfinite(canon).all(axis=(1, 2))
         opening = mouth_opening(np.where(ok[:, None, None], canon, 0))
         opening[~ok] = np.nan
-        head = np.where(ok[: 4 * int(FPS)], opening[: 4 * int(FPS)], np.inf)
-        ref = int(np.argmin(head)) if np.isfinite(head).any() else int(np.flatnonzero(ok)[0])
+        ref = closed_mouth_frame(opening, first=4 * int(FPS))  # NaN where untracked
+        if not ok[ref]:  # no tracked frame in the first 4 s
+            ref = int(np.flatnonzero(ok)[0])
         clips.append({"clip": rec.clip_id, "person": person_of(rec.speaker), "n": n,
                       "target": canon, "ok": ok, "windows": windows.astype(np.float32),
                       "neutral": neutralise(canon[ref])[0].astype(np.float32),
@@ -93,29 +95,24 @@ def load_clips(talking: Path, shards: Path, frontend) -> list[dict]:
     return clips
 
 
+def landmark_frames(c: dict, usable_only: bool):
+    """A clip as G_L data (neutral emotion): its usable frames (for training), or all of
+    them with the untracked ones' targets zeroed (for prediction, frame for frame)."""
+    from etf_models.landmark_train import LandmarkFrames
+
+    keep = c["ok"] if usable_only else np.ones(c["n"], bool)
+    n = int(keep.sum())
+    emotion = np.zeros((n, 7), np.float32)
+    emotion[:, 0] = 1.0
+    target = np.where(c["ok"][:, None, None], c["target"], 0).astype(np.float32)[keep]
+    return LandmarkFrames(c["windows"][keep], emotion, np.zeros(n, np.float32),
+                          np.repeat(c["neutral"][None], n, 0), target)
+
+
 def as_training(clips: list[dict]):
     from etf_models.landmark_train import LandmarkFrames
 
-    parts = []
-    for c in clips:
-        ok = c["ok"]
-        n = int(ok.sum())
-        emotion = np.zeros((n, 7), np.float32)
-        emotion[:, 0] = 1.0
-        parts.append(LandmarkFrames(c["windows"][ok], emotion, np.zeros(n, np.float32),
-                                    np.repeat(c["neutral"][None], n, 0), c["target"][ok]))
-    return LandmarkFrames.concat(parts)
-
-
-def all_frames(c: dict):
-    from etf_models.landmark_train import LandmarkFrames
-
-    n = c["n"]
-    emotion = np.zeros((n, 7), np.float32)
-    emotion[:, 0] = 1.0
-    target = np.where(c["ok"][:, None, None], c["target"], 0).astype(np.float32)
-    return LandmarkFrames(c["windows"], emotion, np.zeros(n, np.float32),
-                          np.repeat(c["neutral"][None], n, 0), target)
+    return LandmarkFrames.concat([landmark_frames(c, usable_only=True) for c in clips])
 
 
 def default_engine_opening(c: dict) -> np.ndarray:
@@ -252,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             got = {"default": default_engine_opening(c),
                    "loudness": loudness_envelope(c["audio"], c["n"], FPS)}
             if trainer is not None:
-                pred = trainer.predict(all_frames(c))
+                pred = trainer.predict(landmark_frames(c, usable_only=False))
                 got["gl"] = mouth_opening(pred)
                 # per-frame G_L with its landmarks smoothed over 3 frames (1 frame = 40 ms
                 # more lookahead)

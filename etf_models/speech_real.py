@@ -221,15 +221,15 @@ def build_real_corpus(root: str | os.PathLike, out_dir: str | os.PathLike, copie
     train, held = heldout_split(utts)
     rng = np.random.default_rng(seed)
     aug = Augmenter(rng)
-    items, shard, cache = [], 0, {}
+    items, shard, frames, cache = [], 0, 0, {}
     seconds = {"train": 0.0, "heldout": 0.0}
 
     def flush() -> None:
-        nonlocal items, shard
+        nonlocal items, shard, frames
         if items:
             write_shard(out / f"shard_{shard:05d}.npz", items)
             shard += 1
-            items = []
+            items, frames = [], 0
 
     for u in train:
         clean = _audio_of(u, cache)
@@ -241,8 +241,9 @@ def build_real_corpus(root: str | os.PathLike, out_dir: str | os.PathLike, copie
                 continue
             items.append({"feats": feats.astype(np.float16), "label": u.label,
                           "voice": f"{u.source}:{u.speaker}:{u.label_kind}", "aug": info})
+            frames += len(feats)
             seconds["train"] += len(x) / SAMPLE_RATE
-        if sum(len(it["feats"]) for it in items) > 90_000:  # 30 min of frames per shard
+        if frames > 90_000:  # 30 min of frames per shard
             flush()
         if progress:
             progress(1)

@@ -464,28 +464,17 @@ def cmd_speech_calibrate(args) -> int:
 def _heldout_eval(folder: str):
     """CER per source on a real corpus's held-out speakers (greedy, whole utterance; their
     labels may be pseudo-labels: see its corpus.json)."""
-    from etf_models.deepspeech import greedy_decode
-    from etf_models.speech_metrics import cer
     from etf_models.speech_real import read_heldout
+    from etf_models.speech_train import evaluate
 
     held = read_heldout(folder)
 
     def run(model) -> dict:
-        import torch
-
-        from etf_models.speech_features import context_windows
-
         out: dict = {}
         for source in sorted({h[3] for h in held}):
-            refs, hyps = [], []
-            for feats, label, _kind, src in held:
-                if src != source:
-                    continue
-                w = context_windows(np.asarray(feats, np.float32), model.config.n_context)
-                with torch.inference_mode():
-                    hyps.append(greedy_decode(model(torch.from_numpy(w)[None])[0]))
-                refs.append(label)
-            out[f"heldout_{source}_cer"] = round(cer(refs, hyps), 4)
+            mine = [h for h in held if h[3] == source]
+            res = evaluate(model, [h[0] for h in mine], [h[1] for h in mine])
+            out[f"heldout_{source}_cer"] = round(res["cer"], 4)
         return out
 
     return run
