@@ -371,8 +371,15 @@ def test_watch_mode_say_and_interrupt(tmp_path, browser, shots):
             "document.getElementById('say-status').textContent === 'interrupted'", timeout=5000)
         page.wait_for_function(
             "document.getElementById('stat-speech').textContent === 'silent'", timeout=5000)
-        time.sleep(0.8)
+        # the face closes its mouth once the stream catches up (the video and the browser's
+        # jitter buffer lag the server's 'silent' by a few hundred ms, more under load),
+        # and it stays closed
+        closed_by = np.nanmax(quiet) + 0.05
+        deadline = time.monotonic() + 3.0
+        while np.nanmax(mouths(1, 0.0)) >= closed_by:
+            assert time.monotonic() < deadline, "the mouth still moves 3 s after interrupt"
+            time.sleep(0.1)
         after = mouths(6, 0.1)
-        assert np.nanmax(after) < np.nanmax(quiet) + 0.05, (quiet, after)
+        assert np.nanmax(after) < closed_by, (quiet, after)
         page.wait_for_function("window.etf.serverStats.speech_queue.interrupts === 1",
                                timeout=5000)
