@@ -36,19 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from etf_models.datasets import person_of  # noqa: E402
+
 TALKING = ROOT.parent / "shared" / "data" / "talking"
 FPS = 25.0
-
-
-def person_of(speaker: str) -> str:
-    """Group clips by person: the same person under two sources is one group."""
-    low = speaker.lower()
-    for name in ("obama", "andrew", "feifeili", "reagan", "kristinoem"):
-        if name in low:
-            return name
-    if low.startswith("grid"):
-        return "grid"
-    return speaker
 
 
 def ensure_shards(talking: Path, shards: Path, workers: int) -> None:

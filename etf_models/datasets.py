@@ -168,6 +168,21 @@ def talking_speaker(stem: str) -> str:
     return _CLIP_NUMBER.sub("", stem) or stem
 
 
+def person_of(speaker: str) -> str:
+    """The person behind a talking clip's speaker name or a clip name, so a person under two
+    sources (or in two MEAD clips) is one group when people are held out."""
+    low = speaker.lower()
+    for name in ("obama", "andrew", "feifeili", "reagan", "kristinoem"):
+        if name in low:
+            return name
+    if low.startswith("grid"):
+        return "grid"
+    mead = re.search(r"mead_([mw]\d{3})", low)
+    if mead:
+        return mead.group(1).upper()
+    return talking_speaker(speaker)
+
+
 def scan_talking(root: str | os.PathLike) -> ScanResult:
     root = Path(root)
     res = ScanResult()

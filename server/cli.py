@@ -548,6 +548,31 @@ def cmd_fit_emotions(args) -> int:
     return 0
 
 
+def cmd_fit_mesh68(args) -> int:
+    from pathlib import Path
+
+    from engines.recordings.mesh68_fit import run
+
+    hold = [p for p in (args.hold_out or "").split(",") if p]
+    result = run(Path(args.talking), Path(args.emotion), Path(args.output), hold)
+    print(f"etf fit-mesh68: {args.output}: {result['n_train_frames']} frames of "
+          f"{result['n_people']} people; held-out error (inter-ocular distances) "
+          f"{result['heldout_error_iod']}")
+    return 0
+
+
+def cmd_models_fetch(args) -> int:
+    from engines.face import mesh_models
+
+    try:
+        paths = mesh_models.fetch(wheel=args.wheel)
+    except mesh_models.MeshModelsMissing as e:
+        return _fail(str(e))
+    print(f"etf models fetch: {len(paths)} face-mesh models (mediapipe "
+          f"{mesh_models.MEDIAPIPE_VERSION}, Apache-2.0) in {mesh_models.models_dir()}")
+    return 0
+
+
 def cmd_train_landmarks(args) -> int:
     _need_torch()
     import torch
@@ -834,6 +859,25 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--no-calibrate", action="store_true",
                     help="keep the fields as dlib measured them (no render read-back gains)")
     fe.set_defaults(func=cmd_fit_emotions)
+
+    fm = sub.add_parser("fit-mesh68", help="dlib's 68 points as weighted sums of face-mesh "
+                        "vertices, fitted on real frames (the shipped engines/face/"
+                        "mesh_to_68.json)")
+    fm.add_argument("--talking", default="../shared/data/talking")
+    fm.add_argument("--emotion", default="../shared/data/emotion")
+    fm.add_argument("-o", "--output", default="engines/face/mesh_to_68.json")
+    fm.add_argument("--hold-out", default="obama,W009,latentsync_demo2,edtalk_mouth_source",
+                    help="people (comma-separated) left out to report the error on; the "
+                    "written map is then refitted on everyone")
+    fm.set_defaults(func=cmd_fit_mesh68)
+
+    mo = sub.add_parser("models", help="install model files that ship inside other packages")
+    msub = mo.add_subparsers(dest="models_command", required=True)
+    mf = msub.add_parser("fetch", help="the face-mesh models from the mediapipe 0.10.21 wheel "
+                         "(hash-pinned; once, at install time)")
+    mf.add_argument("--wheel", help="a downloaded mediapipe-0.10.21 manylinux x86_64 cp311 "
+                    "wheel, instead of fetching it with pip")
+    mf.set_defaults(func=cmd_models_fetch)
 
     tr = sub.add_parser("train", help="train models")
     tsub = tr.add_subparsers(dest="train_command", required=True)

@@ -49,6 +49,8 @@ class Identity:
         expression: motion parameters [N_PARAMS] that were removed to neutralise the photo.
         warnings: human-readable notes from enrollment (several faces, smile removed, ...).
         source: the photo's file name (informational).
+        mesh_photo: the dense face mesh [478,3] in photo pixels (x, y, depth), or None
+            when enrolled without the mesh models (dlib's 68 points only).
     """
 
     photo: np.ndarray
@@ -60,6 +62,7 @@ class Identity:
     expression: np.ndarray
     warnings: tuple[str, ...] = ()
     source: str = ""
+    mesh_photo: np.ndarray | None = None
 
     @property
     def from_canonical(self) -> np.ndarray:
@@ -133,7 +136,8 @@ class Identity:
         to_canon = self.to_canonical.copy()
         to_canon[:, :2] /= s
         return replace(self, photo=photo, landmarks_photo=self.landmarks_photo * s,
-                       to_canonical=to_canon)
+                       to_canonical=to_canon,
+                       mesh_photo=None if self.mesh_photo is None else self.mesh_photo * s)
 
     def canonical_to_photo(self, points: np.ndarray) -> np.ndarray:
         """Map canonical points [...,2] into photo pixels."""
@@ -162,6 +166,8 @@ class Identity:
             neutral=self.neutral.astype(np.float32),
             triangles=self.triangles.astype(np.int32),
             expression=self.expression.astype(np.float32),
+            **({} if self.mesh_photo is None
+               else {"mesh_photo": self.mesh_photo.astype(np.float32)}),
         )
         tmp = f"{os.fspath(path)}.tmp"
         with open(tmp, "wb") as fh:
@@ -204,6 +210,9 @@ class Identity:
         tri = arrays.get("triangles")
         if tri is None or tri.ndim != 2 or tri.shape[1] != 3 or tri.min() < 0 or tri.max() > 67:
             raise IdentityFileError(f"{path}: field 'triangles' missing or malformed")
+        mesh = arrays.get("mesh_photo")
+        if mesh is not None and (mesh.shape != (478, 3) or not np.all(np.isfinite(mesh))):
+            raise IdentityFileError(f"{path}: field 'mesh_photo' malformed")
         photo = cv2.imdecode(arrays.get("photo_png", np.zeros(0, np.uint8)), cv2.IMREAD_COLOR)
         if photo is None:
             raise IdentityFileError(f"{path}: the stored photo cannot be decoded")
@@ -217,4 +226,5 @@ class Identity:
             expression=arrays["expression"].astype(np.float32),
             warnings=tuple(meta.get("warnings", ())),
             source=str(meta.get("source", "")),
+            mesh_photo=None if mesh is None else mesh.astype(np.float64),
         )
