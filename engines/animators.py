@@ -71,7 +71,8 @@ class NeuralAnimator:
 
     def _landmarks(self, audio: np.ndarray) -> Iterator[np.ndarray]:
         if self.gcn is None:  # the default engine: emotion, blinks and idle motion included
-            engine = SpeechLandmarkEngine(self.identity.neutral, fps=self.fps, seed=self.seed)
+            engine = SpeechLandmarkEngine(self.identity.neutral, fps=self.fps, seed=self.seed,
+                                          depth=self.identity.canonical_depth())
 
             def ready() -> Iterator[np.ndarray]:
                 while engine.frames_ready() > 0:

@@ -139,6 +139,17 @@ class Identity:
                        to_canonical=to_canon,
                        mesh_photo=None if self.mesh_photo is None else self.mesh_photo * s)
 
+    def canonical_depth(self) -> np.ndarray:
+        """Depth of the 68 points [68] in canonical pixels, relative to the eye corners
+        (smaller is nearer the camera): the photo's own mesh when it has one, else a
+        typical face's."""
+        from engines.face.mesh68 import depth_68, template_depth_68
+
+        if self.mesh_photo is None:
+            return template_depth_68() * IOD
+        z = depth_68(self.mesh_photo) * float(np.hypot(*self.to_canonical[:, 0]))
+        return z - z[[36, 39, 42, 45]].mean()
+
     def canonical_to_photo(self, points: np.ndarray) -> np.ndarray:
         """Map canonical points [...,2] into photo pixels."""
         return apply_affine(self.from_canonical, points)

@@ -34,3 +34,17 @@ def mesh_to_68(mesh: np.ndarray) -> np.ndarray:
     """dlib-style 68 points [68,2] (image pixels) of a mesh [478 or 468, >=2]."""
     idx, wts = mapping()
     return (mesh[idx, :2] * wts[:, :, None]).sum(1)
+
+
+def depth_68(mesh: np.ndarray) -> np.ndarray:
+    """The mesh's depth at the 68 points [68] (its z, same weights as the positions)."""
+    idx, wts = mapping()
+    return (mesh[idx, 2] * wts).sum(1)
+
+
+@lru_cache(maxsize=1)
+def template_depth_68() -> np.ndarray:
+    """A typical face's depth at the 68 points [68], inter-ocular distances relative to the
+    eye corners (smaller is nearer the camera), from the frames the map was fitted on."""
+    with open(MAP_FILE) as f:
+        return np.asarray(json.load(f)["depth_68_iod"], np.float64)

@@ -7,6 +7,7 @@ they make from speech, so a silent face still lives.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,18 +33,64 @@ class Blinker:
         return float(y * y * (3 - 2 * y))
 
 
+class HeadPose(NamedTuple):
+    """A head pose: rotations in radians (yaw turns toward image right, pitch tips the
+    chin down, roll tilts clockwise), shift in canonical pixels, zoom as a factor."""
+
+    yaw: float
+    pitch: float
+    roll: float
+    dx: float
+    dy: float
+    zoom: float
+
+
 class IdleMotion:
-    """Small, slow head motion (roll, sway, nod, lean) from sums of incommensurate sines."""
+    """Small, slow head motion from sums of incommensurate sines: a few degrees of turn,
+    nod and tilt, a little sway and lean; speaking tips the head forward with the
+    loudness (a nod on stressed stretches) and it drifts back up in pauses."""
 
     def __init__(self, rng: np.random.Generator, amplitude: float = 1.0) -> None:
-        self.freq = rng.uniform(0.08, 0.3, size=(4, 2))
-        self.phase = rng.uniform(0, 2 * math.pi, size=(4, 2))
+        self.freq = rng.uniform(0.08, 0.3, size=(6, 2))
+        self.phase = rng.uniform(0, 2 * math.pi, size=(6, 2))
         self.amp = amplitude
 
-    def at(self, t: float, speech_level: float) -> tuple[float, float, float, float]:
+    def at(self, t: float, speech_level: float) -> HeadPose:
         s = np.sin(2 * math.pi * self.freq * t + self.phase).mean(axis=1)
-        roll = 0.012 * s[0] * self.amp
-        dx = 0.015 * IOD * s[1] * self.amp
-        dy = (0.012 * s[2] + 0.012 * speech_level) * IOD * self.amp  # a slight nod on stress
-        zoom = 1.0 + 0.006 * s[3] * self.amp
-        return roll, dx, dy, zoom
+        a = self.amp
+        return HeadPose(
+            yaw=0.045 * s[4] * a,  # ~2.5 degrees
+            pitch=(0.025 * s[5] + 0.05 * speech_level) * a,  # ~1.5 idle, ~3 with a stress
+            roll=0.012 * s[0] * a,
+            dx=0.015 * IOD * s[1] * a,
+            dy=0.012 * s[2] * IOD * a,
+            zoom=1.0 + 0.006 * s[3] * a,
+        )
+
+
+#: the head turns about a point this far behind the eye corners (canonical pixels)
+PIVOT_DEPTH = 1.0 * IOD
+
+
+def pose_points(points: np.ndarray, depth: np.ndarray, pose: HeadPose,
+                centre: np.ndarray) -> np.ndarray:
+    """Landmarks [N,2] seen with the head in ``pose``: each point, at its ``depth`` [N]
+    (canonical pixels, relative to the eye corners, smaller nearer the camera), is rotated
+    about a pivot behind ``centre`` and projected straight on, so the nose travels farther
+    than the cheeks when the head turns or nods (parallax), not the rigid in-plane
+    rotation of a flat picture."""
+    cy, sy = math.cos(pose.yaw), math.sin(pose.yaw)
+    cp, sp = math.cos(pose.pitch), math.sin(pose.pitch)
+    cr, sr = math.cos(pose.roll), math.sin(pose.roll)
+    x = points[:, 0] - centre[0]
+    y = points[:, 1] - centre[1]
+    z = np.asarray(depth, np.float64) - PIVOT_DEPTH
+    x, z = x * cy - z * sy, x * sy + z * cy  # yaw: nearer points move toward +x
+    y = y * cp - z * sp  # pitch: nearer points move down
+    x, y = x * cr - y * sr, x * sr + y * cr
+    # the pivot's own shift under the turn is taken out: the head turns, it does not slide
+    # (the eye corners' plane, (0, 0, -PIVOT_DEPTH), goes through the same steps)
+    lx, ly = PIVOT_DEPTH * sy, PIVOT_DEPTH * cy * sp
+    x0, y0 = lx * cr - ly * sr, lx * sr + ly * cr
+    out = np.stack([x - x0, y - y0], 1) * pose.zoom
+    return (out + centre + (pose.dx, pose.dy)).astype(np.float32)

@@ -50,7 +50,8 @@ def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def collect(videos: list[Path], every: int = 5, max_frames: int = 120) -> dict[str, list]:
-    """Pairs (mesh [468,2], dlib [68,2]) aligned, per person, from every ``every``-th frame."""
+    """Triples (mesh [468,2], dlib [68,2], mesh depth [468]) aligned, per person, from every
+    ``every``-th frame."""
     import av
 
     fm = FaceMesh()
@@ -76,7 +77,9 @@ def collect(videos: list[Path], every: int = 5, max_frames: int = 120) -> dict[s
                 # both found the same face: dlib's nose tip within 0.3 IOD of the mesh's
                 if np.hypot(*(a_lm[30] - a_mesh[4])) > 0.3 or iod < 30:
                     continue
-                pairs.setdefault(person_of(path.stem), []).append((a_mesh, a_lm))
+                # depth in inter-ocular distances (the mesh's z is at the x scale)
+                pairs.setdefault(person_of(path.stem), []).append(
+                    (a_mesh, a_lm, mesh[:, 2] / iod))
                 n += 1
         log.info("%s: %d frames", path.name, n)
     return pairs
@@ -146,6 +149,11 @@ def run(talking: Path, emotion: Path, output: Path, hold_out: list[str]) -> dict
     if test:  # the shipped map is then refitted on everyone
         idx, wts = fit(train + test)
         result["indices"], result["weights"] = idx.tolist(), np.round(wts, 5).tolist()
+    # a typical face's depth at the 68 points (IOD, relative to the eye corners; smaller
+    # is nearer the camera): what a photo enrolled without the mesh is given
+    z68 = np.stack([(p[2][idx] * wts).sum(1) for p in train + test])
+    z68 -= z68[:, [36, 39, 42, 45]].mean(1, keepdims=True)
+    result["depth_68_iod"] = np.round(np.median(z68, 0), 4).tolist()
     output.write_text(json.dumps(result, indent=1) + "\n")
     assert N_MESH == 468
     return result

@@ -22,7 +22,7 @@ import numpy as np
 from engines.audio.phone_stream import StreamingPhoneRecognizer
 from engines.motion.emotion_model import EmotionModel, close_lips, emotion_offsets
 from engines.motion.face_motion import P, apply, build_fields
-from engines.motion.idle import Blinker, IdleMotion
+from engines.motion.idle import Blinker, IdleMotion, pose_points
 from engines.render.visemes import (
     COART_ROWS,
     DOMINANCE,
@@ -32,6 +32,7 @@ from engines.render.visemes import (
     blend,
     phone_id,
 )
+from etf_models.canonical_face import IOD
 
 #: Phones that stay in place when the signal is quiet: closures are silent by nature.
 _QUIET_OK = {phone_id(p) for p in ("P", "B", "M")}
@@ -104,13 +105,22 @@ class SpeechLandmarkEngine:
         phone_lookahead_ms: float | None = None,
         coart_future_ms: float | None = None,
         emotion_model: EmotionModel | None = None,
+        depth: np.ndarray | None = None,
     ) -> None:
         """``phone_lookahead_ms``: the phone recogniser's commit delay (default 150 ms).
         ``coart_future_ms``: how far the coarticulation window reaches into the future
         (default and at most ``COART_ROWS`` rows, 100 ms); rows beyond it repeat the last
         row it reaches. Both trade lip-sync quality for latency (see ``lookahead_ms``).
-        ``emotion_model``: the emotions' geometry (default: the shipped model)."""
+        ``emotion_model``: the emotions' geometry (default: the shipped model).
+        ``depth``: the 68 points' depth [68] (canonical pixels, :meth:`Identity.
+        canonical_depth`), what the head turns and nods through; default a typical
+        face's."""
         self.neutral = np.asarray(neutral, np.float32)
+        if depth is None:
+            from engines.face.mesh68 import template_depth_68
+
+            depth = template_depth_68() * IOD
+        self.depth = np.asarray(depth, np.float64)
         self.fields = build_fields(self.neutral)
         self.emotion_offsets = emotion_offsets(self.neutral, emotion_model,
                                                fields=self.fields).reshape(7, -1)
@@ -236,12 +246,9 @@ class SpeechLandmarkEngine:
         if emotion is not None:
             offset = (np.asarray(emotion, np.float32) @ self.emotion_offsets).reshape(68, 2)
             lm = lm + close_lips(offset, float(speech[P["lip_press"]]))
-        roll, dx, dy, zoom = self.idle.at(t, self._slow_level)
-        centre = self.neutral[27:31].mean(axis=0)
-        c_, s_ = math.cos(roll) * zoom, math.sin(roll) * zoom
-        rot = np.array([[c_, -s_], [s_, c_]], np.float32)
-        lm = (lm - centre) @ rot.T + centre + np.array([dx, dy], np.float32)
-        return lm.astype(np.float32), speech
+        pose = self.idle.at(t, self._slow_level)
+        lm = pose_points(lm, self.depth, pose, self.neutral[27:31].mean(axis=0))
+        return lm, speech
 
     @property
     def frame_index(self) -> int:

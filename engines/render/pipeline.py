@@ -53,6 +53,7 @@ class FaceAnimator:
         self.engine = SpeechLandmarkEngine(
             identity.neutral, fps=fps, seed=seed, phone_lookahead_ms=phone_lookahead_ms,
             coart_future_ms=coart_future_ms, emotion_model=emotion_model,
+            depth=identity.canonical_depth(),
         )
         self._out = np.empty_like(identity.photo)
         self.texture = ExpressionTexture(self.warp.expression)
