@@ -155,3 +155,33 @@ def test_open_mouthed_photo_shuts_without_its_teeth(identity, warp):
     toothy = grey & (px.mean(axis=1) > 150)
     # Squeezed teeth made ~10% of this band bright and grey; lips meeting make ~3%.
     assert toothy.mean() < 0.05, f"{toothy.mean():.1%} of where the lips meet looks like teeth"
+
+
+def test_warp_is_exact_on_parting_lips(identity):
+    """Lips that part from a shut photo stretch many times over; the backward map there
+    must land where the forward warp sends each pixel (the fixed-point inverse alone left
+    half the lip pixels 15 px off: light cracks across the lips)."""
+    import cv2
+
+    from engines.motion import face_motion as M
+    from etf_models.canonical_face import apply_affine
+
+    warp = texture_warp.prepare(identity, expression=False)
+    p = np.zeros(M.N_PARAMS, np.float32)
+    p[[M.P["jaw_open"], M.P["lips_part"], M.P["lip_round"]]] = (0.8, 0.4, 0.5)
+    lm = M.apply(identity.neutral, M.build_fields(identity.neutral), p)
+    h, w = warp.shape
+    dst = apply_affine(warp.canon_to_roi, lm).astype(np.float32)
+    delta = np.zeros_like(warp.src_vertices)
+    delta[:68] = dst - warp.src_vertices[:68]
+    field = (warp.weights @ delta).reshape(h, w, 2)
+    lips = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(lips, [np.round(dst[48:60]).astype(np.int32)], 1)
+    opening = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(opening, [np.round(dst[60:68]).astype(np.int32)], 1)
+    on_lips = (lips > 0) & (cv2.dilate(opening, np.ones((3, 3), np.uint8)) == 0)
+    back = texture_warp.backward_map(warp, lm)
+    landed = back + cv2.remap(field, back, None, cv2.INTER_LINEAR)
+    err = np.linalg.norm(landed - warp.grid, axis=-1)[on_lips]
+    assert on_lips.sum() > 500
+    assert (err > 1.0).mean() < 0.02 and np.percentile(err, 99) < 1.0, np.percentile(err, 99)

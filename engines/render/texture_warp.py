@@ -57,6 +57,8 @@ class WarpState:
     roi_to_canon: np.ndarray  # 2x3
     src_vertices: np.ndarray  # [68 + anchors, 2] in ROI pixels
     weights: sparse.csr_matrix  # [h*w, vertices]
+    #: the mesh's triangles [T,3] that touch the lips: inverted exactly per frame
+    lip_triangles: np.ndarray
     grid: np.ndarray  # [h,w,2] float32 pixel coordinates
     neutral: np.ndarray  # [68,2] canonical neutral landmarks
     lip_colour: np.ndarray
@@ -164,6 +166,10 @@ def prepare(
     ])
     vertices = np.vstack([lm_src, anchors])
     weights = barycentric_matrix(vertices, h, w)
+    from scipy.spatial import Delaunay
+
+    simplices = Delaunay(vertices).simplices
+    lip_triangles = simplices[((simplices >= 48) & (simplices < 68)).any(1)]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
 
     # Colours from the photo itself so the synthesized parts match its light and skin.
@@ -201,6 +207,7 @@ def prepare(
         canon_to_roi=canon_to_roi,
         roi_to_canon=roi_to_canon,
         src_vertices=vertices.astype(np.float32),
+        lip_triangles=lip_triangles.astype(np.int32),
         weights=weights,
         grid=np.stack([xs, ys], axis=-1),
         neutral=identity.neutral.astype(np.float32),
@@ -227,7 +234,52 @@ def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
     first = state.grid - field
     # One fixed-point step: displacement evaluated where the first guess landed.
     refined = cv2.remap(field, first, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    return state.grid - refined
+    out = state.grid - refined
+    _invert_lips(state, state.src_vertices + delta, out)
+    return out
+
+
+def _invert_lips(state: WarpState, dst: np.ndarray, out: np.ndarray) -> None:
+    """Exact backward map over the triangles around the lips (in place).
+
+    The fixed-point inverse converges only where the warp stretches less than 2x; lips
+    parting from a closed photo stretch far more, and there it left pixels up to ~20 px
+    off (seen as light cracks across the lips). Each such triangle's own affine map, from
+    where it is drawn back to the photo, is exact: each triangle's map coefficients are
+    painted where it is drawn and every covered pixel evaluates its own."""
+    tris = state.lip_triangles
+    d = dst[tris]  # [T,3,2] where each triangle is drawn
+    # affine dst -> src per triangle: [x y 1] @ m = src
+    a = np.concatenate([d, np.ones((len(tris), 3, 1), d.dtype)], axis=2)  # [T,3,3]
+    ok = np.abs(np.linalg.det(a)) > 1e-6
+    m = np.zeros((len(tris), 3, 2), np.float64)
+    m[ok] = np.linalg.solve(a[ok], state.src_vertices[tris][ok])
+    # only where the warp stretches over 1.15x or squeezes under 0.75x (the fixed point
+    # fails from ~2x, and its first guess may land in a neighbouring stretched triangle)
+    sv = np.linalg.svd(m[:, :2], compute_uv=False)  # the inverse's; the warp's are 1/sv
+    ok &= (sv[:, 1] < 1 / 1.15) | (sv[:, 0] > 1 / 0.75)
+    if not ok.any():
+        return
+    d, m = d[ok], m[ok]
+    h, w = state.shape
+    lo = np.maximum(np.floor(d.reshape(-1, 2).min(0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(d.reshape(-1, 2).max(0)).astype(int) + 2, (w, h))
+    if (hi <= lo).any():
+        return
+    # paint each triangle's coefficients where it is drawn (x map, y map, covered)
+    bh, bw = hi[1] - lo[1], hi[0] - lo[0]
+    cx = np.zeros((bh, bw, 4), np.float32)
+    cy = np.zeros((bh, bw, 3), np.float32)
+    local = np.round((d - lo) * 16).astype(np.int32)
+    for tri, (mx, my) in zip(local, m.transpose(0, 2, 1).tolist(), strict=True):
+        cv2.fillConvexPoly(cx, tri, (*mx, 1.0), cv2.LINE_8, 4)
+        cv2.fillConvexPoly(cy, tri, my, cv2.LINE_8, 4)
+    grid = state.grid[lo[1]:hi[1], lo[0]:hi[0]]
+    xs, ys = grid[..., 0], grid[..., 1]
+    box = out[lo[1]:hi[1], lo[0]:hi[0]]
+    inside = cx[..., 3] > 0
+    box[..., 0] = np.where(inside, xs * cx[..., 0] + ys * cx[..., 1] + cx[..., 2], box[..., 0])
+    box[..., 1] = np.where(inside, xs * cy[..., 0] + ys * cy[..., 1] + cy[..., 2], box[..., 1])
 
 
 def render_roi(state: WarpState, landmarks: np.ndarray,
