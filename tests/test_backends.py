@@ -79,7 +79,10 @@ def test_torch_and_onnxruntime_agree(graphs, name, batch):
     g = graphs[name]
     ref, got = _run(g, "torch", batch), _run(g, "ort", batch)
     assert ref.shape[0] == batch
-    assert float((ref - got).abs().max()) <= 1e-3
+    # PyTorch's own CPU result for G_T moves by up to ~2e-3 between runs on a loaded
+    # machine (seen in CI: 39k of 196k values shifted, its own max changed in the 6th
+    # digit; ORT and the other runs agreed to 1.2e-4); a wrong export is off by ~0.1
+    assert float((ref - got).abs().max()) <= 5e-3
 
 
 def test_shared_identity_graph_equals_per_frame_copies(graphs):
