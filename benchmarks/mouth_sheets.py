@@ -42,18 +42,16 @@ PHONE = {"aa": "AA", "ee": "IY", "oo": "UW", "f/v": "F", "m/b/p": "M"}
 
 def measures(mesh: np.ndarray) -> dict[str, float]:
     """Mouth measures of one mesh, in inter-ocular distances (eye centres from corners)."""
-    p = mesh[:, :2]
-    r_eye, l_eye = p[[33, 133]].mean(0), p[[362, 263]].mean(0)
-    iod = float(np.linalg.norm(l_eye - r_eye))
-    ex = (l_eye - r_eye) / iod
-    ey = np.array([-ex[1], ex[0]])
-    y = lambda i: float(p[i] @ ey) / iod  # noqa: E731  (down the face)
+    from engines.recordings.mesh68_fit import align_on_eyes, apply
+
+    a = apply(align_on_eyes(mesh)[0], mesh)  # x along the eyes, y down the face
+    y = a[:, 1]
     return {
-        "gap": y(14) - y(13),
-        "width": float(np.linalg.norm(p[291] - p[61])) / iod,
-        "lift": (y(13) + y(14)) / 2 - (y(61) + y(291)) / 2,
-        "lower": y(17) - y(14),
-        "upper": y(13) - y(0),
+        "gap": float(y[14] - y[13]),
+        "width": float(np.linalg.norm(a[291] - a[61])),
+        "lift": float((y[13] + y[14]) / 2 - (y[61] + y[291]) / 2),
+        "lower": float(y[17] - y[14]),
+        "upper": float(y[13] - y[0]),
     }
 
 

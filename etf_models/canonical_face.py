@@ -96,11 +96,13 @@ def delaunay_triangles(points: np.ndarray) -> np.ndarray:
     return Delaunay(points).simplices.astype(np.int32)
 
 
-def barycentric_matrix(vertices: np.ndarray, h: int, w: int) -> sparse.csr_matrix:
+def barycentric_matrix(vertices: np.ndarray, h: int, w: int,
+                       tri: Delaunay | None = None) -> sparse.csr_matrix:
     """Sparse [h*w, V] barycentric weights of each pixel of an h x w grid in the Delaunay
-    mesh of ``vertices`` [V,2]: ``B @ values`` interpolates per-vertex values (a
-    displacement, a position) piecewise-linearly over every pixel (a piecewise-affine warp)."""
-    tri = Delaunay(vertices)
+    mesh of ``vertices`` [V,2] (``tri``, if the caller already has it): ``B @ values``
+    interpolates per-vertex values (a displacement, a position) piecewise-linearly over
+    every pixel (a piecewise-affine warp)."""
+    tri = Delaunay(vertices) if tri is None else tri
     ys, xs = np.mgrid[0:h, 0:w]
     pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
     simplex = tri.find_simplex(pts)

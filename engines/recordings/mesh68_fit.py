@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.face.enrollment import detect_faces, detect_landmarks
-from engines.face.mesh import N_MESH, FaceMesh
+from engines.face.mesh import FaceMesh
 from etf_models.datasets import person_of
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ CANDIDATES = 6
 RIDGE = 1e-3
 
 
-def _align(mesh: np.ndarray) -> tuple[np.ndarray, float]:
+def align_on_eyes(mesh: np.ndarray) -> tuple[np.ndarray, float]:
     """Similarity putting the mesh's eye centres at (-0.5, 0) and (0.5, 0): returns the
     3x2 matrix for [x y 1] rows and the inter-ocular distance in pixels."""
     r = mesh[[33, 133], :2].mean(0)
@@ -72,7 +72,7 @@ def collect(videos: list[Path], every: int = 5, max_frames: int = 120) -> dict[s
                 mesh = fm(img, iris=False)
                 if mesh is None:
                     continue
-                m, iod = _align(mesh)
+                m, iod = align_on_eyes(mesh)
                 a_mesh, a_lm = apply(m, mesh), apply(m, lm)
                 # both found the same face: dlib's nose tip within 0.3 IOD of the mesh's
                 if np.hypot(*(a_lm[30] - a_mesh[4])) > 0.3 or iod < 30:
@@ -155,5 +155,4 @@ def run(talking: Path, emotion: Path, output: Path, hold_out: list[str]) -> dict
     z68 -= z68[:, [36, 39, 42, 45]].mean(1, keepdims=True)
     result["depth_68_iod"] = np.round(np.median(z68, 0), 4).tolist()
     output.write_text(json.dumps(result, indent=1) + "\n")
-    assert N_MESH == 468
     return result

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 from scipy import sparse
+from scipy.spatial import Delaunay
 
 from engines.face.identity import Identity
 from etf_models.canonical_face import (
@@ -165,10 +166,9 @@ def prepare(
         np.c_[(1 - t) * ex, np.full_like(t, ey)], np.c_[np.zeros_like(t), (1 - t) * ey],
     ])
     vertices = np.vstack([lm_src, anchors])
-    weights = barycentric_matrix(vertices, h, w)
-    from scipy.spatial import Delaunay
-
-    simplices = Delaunay(vertices).simplices
+    mesh = Delaunay(vertices)
+    weights = barycentric_matrix(vertices, h, w, mesh)
+    simplices = mesh.simplices
     lip_triangles = simplices[((simplices >= 48) & (simplices < 68)).any(1)]
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
 
