@@ -561,6 +561,19 @@ def cmd_fit_mesh68(args) -> int:
     return 0
 
 
+def cmd_fit_mouth(args) -> int:
+    from pathlib import Path
+
+    from engines.recordings.mouth_fit import run
+
+    hold = [p for p in (args.hold_out or "").split(",") if p]
+    result = run(Path(args.talking), Path(args.emotion), Path(args.output),
+                 Path(args.report), hold, steps=args.steps)
+    print(f"etf fit-mouth: {args.output} sha256 {result['sha256']}; {result['n_train_frames']}"
+          f" frames; held out (L1 of log colour, model vs flat colour): {result['heldout']}")
+    return 0
+
+
 def cmd_models_fetch(args) -> int:
     from engines.face import mesh_models
 
@@ -870,6 +883,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="people (comma-separated) left out to report the error on; the "
                     "written map is then refitted on everyone")
     fm.set_defaults(func=cmd_fit_mesh68)
+
+    fu = sub.add_parser("fit-mouth", help="train the learned mouth interior on real mouths "
+                        "(the shipped etf_models/weights/mouth_interior.onnx); needs the "
+                        "train extra")
+    fu.add_argument("--talking", default="../shared/data/talking")
+    fu.add_argument("--emotion", default="../shared/data/emotion")
+    fu.add_argument("-o", "--output", default="etf_models/weights/mouth_interior.onnx")
+    fu.add_argument("--report", default="benchmarks/results/mouth_model.json")
+    fu.add_argument("--hold-out", default="feifeili,reagan,latentsync_demo2",
+                    help="people (comma-separated) left out of training, their error reported")
+    fu.add_argument("--steps", type=int, default=3000)
+    fu.set_defaults(func=cmd_fit_mouth)
 
     mo = sub.add_parser("models", help="install model files that ship inside other packages")
     msub = mo.add_subparsers(dest="models_command", required=True)
