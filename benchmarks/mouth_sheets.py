@@ -7,6 +7,9 @@ inner-lip gap, mouth width, corner lift and lower-lip thickness, in inter-ocular
 compared with the same person's median; per shape the best frame of each person, the four
 best people shown. Our mouths: the built-in face and four devset photos.
 
+``--mouth learned`` shows the learned interior (engines/render/mouth_model.py) instead of
+the painted one.
+
 Writes benchmarks/results/mouth_sheet.png (2x mouth crops; git-ignored: it holds frames of
 real people) and benchmarks/results/mouth_sheets.json (which frames were chosen, with their
 measures; no image). Machine-independent (no timing).
@@ -140,7 +143,7 @@ def mouth_crop(img: np.ndarray, corners: np.ndarray, eyes: np.ndarray) -> np.nda
 
 # --- our mouths -------------------------------------------------------------------------
 
-def our_tiles(identity) -> dict[str, np.ndarray]:
+def our_tiles(identity, learned_mouth: bool = False) -> dict[str, np.ndarray]:
     from engines.motion import face_motion as M
     from engines.motion.emotion_model import emotion_offsets
     from engines.render import texture_warp, visemes
@@ -149,7 +152,7 @@ def our_tiles(identity) -> dict[str, np.ndarray]:
     from engines.render.landmark_default import _LIPS_APART, SpeechLandmarkEngine
     from etf_models.emotions import emotion_one_hot
 
-    warp = texture_warp.prepare(identity)
+    warp = texture_warp.prepare(identity, learned_mouth=learned_mouth)
     fields = M.build_fields(identity.neutral)
     out = {}
     for s in SHAPES:
@@ -192,8 +195,10 @@ def _label(t: np.ndarray, text: str) -> np.ndarray:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--every", type=int, default=2, help="use every n-th frame of the clips")
+    ap.add_argument("--mouth", choices=("painted", "learned"), default="painted",
+                    help="our mouth interior: the painted one (default) or the learned model")
     args = ap.parse_args()
-    ours = [(name, our_tiles(ident)) for name, ident in faces()]
+    ours = [(name, our_tiles(ident, args.mouth == "learned")) for name, ident in faces()]
     picks = choose(scan_clips(args.every)) if TALKING.is_dir() else {s: [] for s in SHAPES}
     rows = []
     for s in SHAPES:

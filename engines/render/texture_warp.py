@@ -26,6 +26,7 @@ from scipy import sparse
 from scipy.spatial import Delaunay
 
 from engines.face.identity import Identity
+from engines.render import mouth_model
 from etf_models.canonical_face import (
     CANON_SIZE,
     INNER_LIP_RING,
@@ -68,6 +69,8 @@ class WarpState:
     feather: np.ndarray  # [h,w,1] float32 paste-back weight, 0 at the ROI edge
     #: Expression ratio maps on this source (engines.render.expression_texture); None off.
     expression: object | None = None
+    #: the mouth interior from the learned model (engines.render.mouth_model), not painted
+    learned_mouth: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -133,6 +136,7 @@ def prepare(
     image: np.ndarray | None = None,
     canon_to_image: np.ndarray | None = None,
     expression: bool = True,
+    learned_mouth: bool = False,
 ) -> WarpState:
     """Build the warp state for an identity.
 
@@ -141,6 +145,9 @@ def prepare(
     transform to render 256x256 canonical crops instead (the TextureEngine contract).
     ``expression``: carry the learned expression texture onto this source (and take a
     smiling photo's smile out of it); off, the photo's pixels are warped as they are.
+    ``learned_mouth``: show the interior the learned model draws (experimental: it reads
+    as a mouth on real lip shapes, not yet on this engine's wider openings) instead of
+    the painted one.
     """
     if image is None:
         image, canon_to_image = identity.photo, identity.from_canonical
@@ -215,6 +222,7 @@ def prepare(
         lid_colours=np.asarray(lids, np.float32),
         teeth_colour=np.asarray(teeth, np.float32),
         feather=feather,
+        learned_mouth=learned_mouth,
     )
     if not expression:
         return state
@@ -295,7 +303,11 @@ def render_roi(state: WarpState, landmarks: np.ndarray,
         borderMode=cv2.BORDER_REPLICATE,
     )
     dst = apply_affine(state.canon_to_roi, landmarks)
-    _paint_mouth(state, out, landmarks, dst)
+    if state.learned_mouth:
+        mouth_model.paint(out, landmarks, dst, state.neutral, state.lip_colour,
+                          state.roi_to_canon, state.teeth_colour)
+    else:
+        _paint_mouth(state, out, landmarks, dst)
     _shade_lids(state, out, landmarks, dst)
     return out
 
