@@ -54,6 +54,37 @@ def _augment(cond: torch.Tensor, target: torch.Tensor, gen: torch.Generator):
     target[flip] = target[flip].flip(-1)
     cond[:, 2] = x
     cond[:, 5:8] += (torch.rand(len(cond), 3, 1, 1, generator=gen) - 0.5) * 0.3
+    return _stretch(cond, target, gen)
+
+
+#: the stretch augmentation's ranges (width, height of the opening around the mouth's centre)
+STRETCH_X = (0.9, 1.3)
+STRETCH_Y = (0.85, 1.35)
+
+
+def _stretch(cond: torch.Tensor, target: torch.Tensor, gen: torch.Generator):
+    """Stretch half the batch about the resting mouth's centre, lips and interior alike.
+
+    Real mouths rarely open as wide as an animated one asks (a broad smile, a loud "aa"):
+    without this the generator has never seen such an opening and paints it flat. The
+    coordinate channels stay (they are the patch's own grid); the jaw's drop follows the
+    vertical stretch."""
+    from etf_models.mouth_patch import PATCH_H, STEP, Y_TOP
+
+    n = len(cond)
+    on = (torch.rand(n, generator=gen) < 0.5).float()
+    sx = 1 + on * (STRETCH_X[0] + torch.rand(n, generator=gen) * (STRETCH_X[1] - STRETCH_X[0]) - 1)
+    sy = 1 + on * (STRETCH_Y[0] + torch.rand(n, generator=gen) * (STRETCH_Y[1] - STRETCH_Y[0]) - 1)
+    cy = 2 * (-Y_TOP / STEP) / PATCH_H - 1  # the mouth's centre, normalised
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = 1 / sx
+    theta[:, 1, 1] = 1 / sy
+    theta[:, 1, 2] = cy - cy / sy
+    grid = F.affine_grid(theta, list(target.shape), align_corners=False)
+    cond = cond.clone()
+    cond[:, :2] = F.grid_sample(cond[:, :2], grid, padding_mode="border", align_corners=False)
+    cond[:, 4] = cond[:, 4] * sy[:, None, None]
+    target = F.grid_sample(target, grid, padding_mode="border", align_corners=False)
     return cond, target
 
 

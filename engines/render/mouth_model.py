@@ -24,7 +24,7 @@ from etf_models.canonical_face import IOD
 
 WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "etf_models", "weights", "mouth_interior.onnx")
-WEIGHTS_SHA256 = "1f8f0a531afcfe640ff48c9c609fa6ac99ca6ec712359f1da0334ebdb40308f1"
+WEIGHTS_SHA256 = "6d0015e6ebc594bcb69c3473c64f35aec4447f65e53503af8aa0e0a6aef5afd4"
 #: below this inner-lip gap (canonical pixels) nothing shows between the lips
 MIN_GAP = 0.01 * IOD
 
@@ -77,6 +77,28 @@ class MouthModel:
         return m, np.clip(colour, 0.0, 255.0).astype(np.float32)
 
 
+def _dim_to(colour: np.ndarray, landmarks: np.ndarray, rest: np.ndarray, m: np.ndarray,
+            cap: float) -> np.ndarray:
+    """Dim the whole patch so its brightest interior (the teeth, 95th percentile of
+    luminance inside the parted lips) is no brighter than ``cap``, then roll off what still
+    exceeds it. One gain for the patch keeps the teeth's shading and gaps; clipping each
+    pixel at the cap flattened them into a slab."""
+    pts = landmarks @ m[:, :2].T + m[:, 2]
+    inside = mp.coverage(colour.shape[:2], mp.smooth_ring(pts[mp.INNER_RING])) > 0.5
+    lum = colour.mean(-1)
+    if inside.any():
+        top = float(np.percentile(lum[inside], 95))
+        if top > cap:
+            colour = colour * (cap / top)
+            lum = lum * (cap / top)
+    over = lum > cap
+    if over.any():  # a soft knee: at most a quarter of the way from the cap to white
+        k = np.where(over, (cap + (255.0 - cap) * np.tanh((lum - cap) / max(255.0 - cap, 1.0))
+                            * 0.25) / np.maximum(lum, 1.0), 1.0)
+        colour = colour * k[..., None]
+    return colour
+
+
 @lru_cache(maxsize=1)
 def default_model() -> MouthModel:
     return MouthModel()
@@ -105,9 +127,7 @@ def paint(out: np.ndarray, landmarks: np.ndarray, dst: np.ndarray, rest: np.ndar
     if alpha.max() <= 0:
         return
     m, colour = (model or default_model()).patch(landmarks, rest, lip_colour)
-    lum = colour.mean(-1, keepdims=True)
-    cap = float(np.mean(teeth_colour))
-    colour *= np.minimum(1.0, cap / np.maximum(lum, 1.0))
+    colour = _dim_to(colour, landmarks, rest, m, float(np.mean(teeth_colour)))
     # box pixel -> output pixel (+lo) -> canonical -> patch pixel
     a = roi_to_canon
     to_patch = m[:, :2] @ a[:, :2]
