@@ -185,3 +185,50 @@ def test_warp_is_exact_on_parting_lips(identity):
     err = np.linalg.norm(landed - warp.grid, axis=-1)[on_lips]
     assert on_lips.sum() > 500
     assert (err > 1.0).mean() < 0.02 and np.percentile(err, 99) < 1.0, np.percentile(err, 99)
+
+
+@pytest.mark.parametrize("lip", [(206, 151, 140), (193, 122, 112), (135, 63, 52),
+                                 (210, 40, 70), (60, 35, 30)])
+def test_teeth_colour_from_lips_is_a_warm_white(lip):
+    """Teeth are as bright against the lips as real teeth are, a yellowish white (R >= G >=
+    B) that lipstick does not tint, and never past white (the eyelid-based colour made
+    people_0's and art_1's teeth grey-blue)."""
+    t = texture_warp.teeth_from_lips(np.array(lip, np.float32))
+    assert t[0] >= t[1] >= t[2]
+    assert (t.max() - t.min()) / t.max() <= texture_warp.TEETH_MAX_SATURATION + 1e-6
+    assert t.max() <= 248.0
+    assert t.mean() > 1.2 * np.mean(lip) or t.max() >= 247.0
+
+
+def test_mouth_colour_constants_are_the_measured_ones():
+    """The painted mouth's colours are the ones `etf fit-mouth` measured on real mouths."""
+    import json
+    from pathlib import Path
+
+    rep = json.loads((Path(__file__).parents[1] / "benchmarks" / "results"
+                      / "mouth_model.json").read_text())["interior_colours"]
+    assert np.allclose(texture_warp.TEETH_OVER_LIP, rep["teeth_over_lip_rgb"])
+    assert np.isclose(texture_warp.TEETH_MAX_SATURATION, rep["teeth_saturation_p75"])
+    assert np.allclose(texture_warp.CAVITY_OVER_LIP, rep["cavity_over_lip_rgb"])
+    assert len(rep["people"]) >= 10
+
+
+def test_open_mouth_shows_teeth_cavity_and_tongue(identity, warp):
+    """An "aa" shows upper teeth brighter than the lips, a dark cavity under them and the
+    tongue, lighter than the cavity, above the lower lip."""
+    from engines.motion import face_motion as M
+
+    p = np.zeros(M.N_PARAMS, np.float32)
+    p[[M.P["jaw_open"], M.P["lips_part"]]] = (0.85, 0.3)
+    lm = M.apply(identity.neutral, M.build_fields(identity.neutral), p)
+    out = texture_warp.render_roi(warp, lm).astype(float)
+    dst = apply_affine(warp.canon_to_roi, lm)
+    x = int(round(dst[[62, 66], 0].mean()))
+    top, bottom = dst[62, 1], dst[66, 1]
+    col = out[int(top):int(bottom), x - 1:x + 2].mean(1)  # down the middle of the opening
+    lum = col.mean(1)
+    n = len(lum)
+    teeth, cavity, tongue = lum[:n // 4].max(), lum[n // 4:n // 2].min(), lum[-n // 4:].max()
+    assert teeth > 1.15 * warp.lip_colour.mean(), (teeth, warp.lip_colour)
+    assert cavity < 0.6 * warp.lip_colour.mean()
+    assert tongue > cavity + 15, (tongue, cavity)

@@ -146,6 +146,46 @@ def collect(videos: list[Path], cache: Path, every: int = 2) -> dict[str, dict]:
     return result
 
 
+#: frames whose lips part at least this much (inter-ocular distances) show their teeth and
+#: cavity well enough to measure their colour
+COLOUR_GAP = 0.08
+
+
+def interior_colours(people: dict[str, dict], names: list[str]) -> dict:
+    """How bright real teeth and how dark a real mouth's cavity are against the same
+    person's lips: per frame, the mean colour of the brightest 8% and of the darkest 10% of
+    the interior's pixels, over the lips' colour; the median per person over their open
+    frames, then the median over ``names``. Per channel (RGB) and as luminance (the mean of
+    the channels over the lips' mean); and how coloured teeth get: the saturation
+((max - min) / max) of their highlight, its 75th percentile over the people."""
+    per = {}
+    for who in names:
+        a = people[who]
+        bright, dark, lum, sat = [], [], [], []
+        for patch, cond, lip, gap in zip(a["patch"], a["cond"], a["lip"], a["gap"], strict=True):
+            inside = cond[0] > 0.95
+            if gap < COLOUR_GAP or inside.sum() < 20:
+                continue
+            px = patch[inside].astype(np.float64)
+            y = px.mean(1)
+            top = px[y >= np.percentile(y, 92)].mean(0)
+            bright.append(top / np.maximum(lip, 1.0))
+            dark.append(px[y <= np.percentile(y, 10)].mean(0) / np.maximum(lip, 1.0))
+            lum.append(top.mean() / max(float(np.mean(lip)), 1.0))
+            sat.append((top.max() - top.min()) / max(float(top.max()), 1.0))
+        if len(bright) >= 10:
+            per[who] = (np.median(bright, 0), np.median(dark, 0), float(np.median(lum)),
+                        float(np.median(sat)))
+    if not per:
+        raise ValueError("no open-mouth frames to measure")
+    return {"people": sorted(per),
+            "teeth_over_lip_rgb": np.round(np.median([v[0] for v in per.values()], 0), 3).tolist(),
+            "teeth_over_lip_luminance": round(float(np.median([v[2] for v in per.values()])), 3),
+            "teeth_saturation_p75": round(float(np.percentile([v[3] for v in per.values()],
+                                                              75)), 3),
+            "cavity_over_lip_rgb": np.round(np.median([v[1] for v in per.values()], 0), 3).tolist()}
+
+
 def videos_in(*dirs: Path) -> list[Path]:
     return sorted(p for d in dirs if d.is_dir() for p in d.iterdir()
                   if p.suffix in (".mp4", ".mpg"))
@@ -166,6 +206,7 @@ def run(talking: Path, emotion: Path, output: Path, report: Path, hold_out: list
     people = collect(videos, cache or Path.home() / ".cache" / "etf" / "mouth-samples")
     g, result = train(people, hold_out, steps=steps, seed=seed)
     export_onnx(g, output)
+    result["interior_colours"] = interior_colours(people, result["train_people"])
     result["sha256"] = hashlib.sha256(output.read_bytes()).hexdigest()
     result["sources"] = ("frames of ../shared/data/talking (styletalk, EDTalk, LatentSync, "
                          "GRID CC BY 4.0, Real3DPortrait, MEAD) and ../shared/data/emotion "

@@ -46,7 +46,15 @@ ANCHORS_PER_SIDE = 9
 #: Upper incisors' edge below the relaxed upper lip line, and the tooth layout, in IOD.
 TEETH_EDGE_BELOW_LIP = 0.09
 TOOTH_GAPS = np.array([0.0, 0.135, 0.25, 0.34, 0.42])
-DEFAULT_TEETH = np.array([236.0, 230.0, 216.0])
+#: Real mouths against their own lips (``etf fit-mouth``'s ``interior_colours``, the median
+#: over the 23 training people of ../shared/data/talking and MEAD; benchmarks/results/
+#: mouth_model.json): the teeth's highlight is the lips' colour times TEETH_OVER_LIP (a
+#: warm white in the lips' own light), no more saturated than TEETH_MAX_SATURATION (three
+#: people in four; lipstick would otherwise tint them); the cavity's darkest tenth is the
+#: lips' colour times CAVITY_OVER_LIP (a dark red, not black).
+TEETH_OVER_LIP = np.array([1.232, 1.764, 1.756])
+TEETH_MAX_SATURATION = 0.283
+CAVITY_OVER_LIP = np.array([0.48, 0.373, 0.303])
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +83,23 @@ class WarpState:
     @property
     def shape(self) -> tuple[int, int]:
         return self.image.shape[0], self.image.shape[1]
+
+
+def teeth_from_lips(lip: np.ndarray) -> np.ndarray:
+    """The teeth's colour in a photo, from its lips' colour: real teeth against their own
+    lips (TEETH_OVER_LIP), no greener or bluer than a warm white, desaturated to at most
+    TEETH_MAX_SATURATION, below white. The lips sit in the mouth's own light; the eyelids,
+    often shadowed or made up, misjudged it (people_0's and art_1's teeth came out
+    grey-blue)."""
+    t = np.asarray(lip, np.float64) * TEETH_OVER_LIP
+    # teeth are a yellowish white (R >= G >= B): pale pink lips times the ratio came out
+    # green-white, the ratio being fitted on redder lips
+    t = np.minimum.accumulate(t)
+    sat = (t.max() - t.min()) / max(float(t.max()), 1.0)
+    if sat > TEETH_MAX_SATURATION:  # toward its own grey, keeping the brightest channel
+        k = TEETH_MAX_SATURATION / sat
+        t = t.max() - (t.max() - t) * k
+    return (t * min(1.0, 248.0 / max(float(t.max()), 1.0))).astype(np.float32)
 
 
 def _separate_lips(lm: np.ndarray, min_gap: float) -> np.ndarray:
@@ -189,14 +214,10 @@ def prepare(
         band = np.vstack([top, (0.6 * top + 0.4 * lm_roi[brow][[3, 1]])])
         col = _polygon_median(roi_img, band[[0, 1, 3, 2]])
         lids.append(col if col is not None else lip)
-    skin = np.mean(lids, axis=0)
-    brightness = float(np.clip(skin.mean() / 170.0, 0.55, 1.1))
-    # Teeth take the scene's light: white, tinted by the skin's hue, dimmed with the face.
-    tint = skin / max(float(skin.max()), 1.0) * 235.0
-    teeth = (0.45 * DEFAULT_TEETH + 0.55 * tint) * brightness
+    teeth = teeth_from_lips(lip)
     if identity.expression[:2].sum() > 0.3:  # open mouth in the photo: its own teeth, if bright
         inner = _polygon_median(roi_img, lm_roi[INNER_LIP_RING])
-        if inner is not None and inner.mean() > 0.9 * skin.mean():
+        if inner is not None and inner.mean() > lip.mean():
             teeth = inner
 
     roi_img = _close_photo_mouth(roi_img, lm_roi)
@@ -365,18 +386,33 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
 
     lip = state.lip_colour
     depth = np.clip(1.0 - np.abs(r), 0.0, 1.0)[..., None]
-    cavity = lip * (0.2 + 0.2 * depth)
-    tongue_c = lip * 0.62 + 8.0
-    tongue = np.clip(1.0 - ((u - cx) / (0.75 * half)) ** 2
-                     - ((v - (edge_l + 0.02 * IOD)) / (0.09 * IOD)) ** 2, 0.0, 1.0)[..., None]
+    # The cavity is darkest at the back, just under the upper teeth, lighter toward the
+    # floor of the mouth; the tongue lies on that floor, its back showing over the lower
+    # lip (or the lower teeth) when the jaw drops.
+    floor = float(lm[LOWER_INNER, 1].mean())
+    down = np.clip((v - edge_u) / np.maximum(floor - edge_u, 1e-3), 0.0, 1.0)[..., None]
+    cavity = lip * CAVITY_OVER_LIP * (0.6 + 0.35 * depth + 0.35 * down)
+    tongue_c = lip * 0.72 + 6.0
+    lower_teeth = upper_lip_rest + (TEETH_EDGE_BELOW_LIP - 0.02) * IOD + 0.85 * max(jaw, 0.0)
+    tongue_top = min(floor, lower_teeth) - 0.03 * IOD
+    tongue = np.clip(1.0 - ((u - cx) / (0.8 * half)) ** 2
+                     - ((v - (tongue_top + 0.05 * IOD)) / (0.09 * IOD)) ** 2, 0.0, 1.0)
+    tongue = (np.sqrt(tongue) * 0.85)[..., None]
     colour = cavity * (1 - tongue) + tongue_c * tongue
 
-    shade = (1.0 - 0.55 * np.clip(np.abs(r), 0, 1) ** 2)[..., None]
+    # The side teeth sit deeper in the mouth's shadow; the gaps between teeth are faint,
+    # narrow and fade toward the sides (a strong even comb read as drawn).
+    side = np.clip((np.abs(r) - 0.45) / 0.6, 0.0, 1.0)
+    shade = (0.55 * side * side * (3 - 2 * side))[..., None]  # how far into the shadow
     dist = np.abs(np.abs(u - cx)[..., None] - TOOTH_GAPS * IOD).min(axis=-1)
-    seams = (1.0 - 0.22 * np.exp(-((dist / (0.012 * IOD)) ** 2)))[..., None]
-    teeth = state.teeth_colour * shade * seams
+    seams = (1.0 - 0.12 * (1.0 - 0.5 * np.clip(np.abs(r), 0, 1))
+             * np.exp(-((dist / (0.008 * IOD)) ** 2)))[..., None]
+    # toward the cavity's warm dark, not toward grey
+    teeth = (state.teeth_colour * (1 - shade) + lip * CAVITY_OVER_LIP * shade) * seams
     soft = 0.012 * IOD
-    upper = np.clip((edge_u - v) / soft + 0.5, 0.0, 1.0)[..., None]
+    # each tooth's corners are rounded: the incisal edge rises a little at every gap
+    scallop = 0.014 * IOD * np.exp(-((dist / (0.018 * IOD)) ** 2))
+    upper = np.clip((edge_u - scallop - v) / soft + 0.5, 0.0, 1.0)[..., None]
     lower = np.clip((v - edge_l) / soft + 0.5, 0.0, 1.0)[..., None] * 0.9
     colour = colour * (1 - upper) + teeth * upper
     colour = colour * (1 - lower) + teeth * 0.88 * lower
