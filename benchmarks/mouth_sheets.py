@@ -55,7 +55,40 @@ def measures(mesh: np.ndarray) -> dict[str, float]:
         "lift": float((y[13] + y[14]) / 2 - (y[61] + y[291]) / 2),
         "lower": float(y[17] - y[14]),
         "upper": float(y[13] - y[0]),
+        "chin": float(y[152] - y[1]),  # below the nose tip: the skull's, not the eyes' frame
     }
+
+
+def chin_slopes(rows: list[dict]) -> dict[str, float]:
+    """Per person: how far the chin drops per unit of inner-lip gap (least squares over each
+    clip's frames, so framing and head height drop out; the median of their clips)."""
+    by_clip: dict[str, list[dict]] = {}
+    for r in rows:
+        by_clip.setdefault(r["clip"], []).append(r)
+    per: dict[str, list[float]] = {}
+    for rs in by_clip.values():
+        gap = np.array([r["gap"] for r in rs])
+        if len(rs) < 20 or np.ptp(gap) < 0.1:
+            continue
+        slope = np.polyfit(gap, [r["chin"] for r in rs], 1)[0]
+        per.setdefault(rs[0]["person"], []).append(float(slope))
+    return {p: float(np.median(v)) for p, v in sorted(per.items())}
+
+
+def our_chin_ratio(identity) -> float:
+    """The default engine's chin drop over its inner-lip gap on an "aa" at full loudness
+    (68 points; inter-ocular distances between the eye centres, as the mesh measures)."""
+    from engines.motion import face_motion as M
+    from engines.render import visemes
+    from engines.render.landmark_default import _LIPS_APART, SpeechLandmarkEngine
+
+    n = identity.neutral
+    p = visemes.TARGETS[visemes.phone_id("AA")].copy()
+    p[M.P["jaw_open"]] += SpeechLandmarkEngine.speech_jaw * (1 - p[M.P["lip_press"]])
+    p[_LIPS_APART] *= SpeechLandmarkEngine.opening_gain
+    lm = M.apply(n, M.build_fields(n), p)
+    d = lm - n
+    return float(d[8, 1] / (d[66, 1] - d[62, 1]))  # the lips' middle, as the mesh's 13/14
 
 
 def scan_clips(every: int) -> list[dict]:
@@ -198,8 +231,11 @@ def main() -> int:
     ap.add_argument("--mouth", choices=("painted", "learned"), default="painted",
                     help="our mouth interior: the painted one (default) or the learned model")
     args = ap.parse_args()
-    ours = [(name, our_tiles(ident, args.mouth == "learned")) for name, ident in faces()]
-    picks = choose(scan_clips(args.every)) if TALKING.is_dir() else {s: [] for s in SHAPES}
+    idents = faces()
+    ours = [(name, our_tiles(ident, args.mouth == "learned")) for name, ident in idents]
+    scanned = scan_clips(args.every) if TALKING.is_dir() else []
+    picks = choose(scanned) if scanned else {s: [] for s in SHAPES}
+    slopes = chin_slopes(scanned)
     rows = []
     for s in SHAPES:
         row = [_label(t[s], f"ours {s} {name[:10]}") for name, t in ours]
@@ -214,6 +250,15 @@ def main() -> int:
         {"about": "real mouths chosen per shape by their face-mesh measures "
                   "(inter-ocular distances); benchmarks/mouth_sheets.py",
          "faces": [n for n, _ in ours],
+         "chin_drop_over_gap": {
+             "about": "chin drop per unit of inner-lip gap: real = per person, the median "
+                      "of per-clip least-squares slopes (face mesh, eye-aligned, the chin "
+                      "measured from the nose tip: nods drop out); ours = "
+                      "the default engine's full-loudness aa",
+             "real_median_person": round(float(np.median(list(slopes.values()))), 3)
+             if slopes else None,
+             "real_per_person": {k: round(v, 3) for k, v in slopes.items()},
+             "ours_aa": {name: round(our_chin_ratio(ident), 3) for name, ident in idents}},
          "real": {s: [{k: (round(float(r[k]), 4) if isinstance(r[k], float) else r[k])
                        for k in keep} for r in picks[s]] for s in SHAPES}}, indent=1) + "\n")
     print(f"wrote {OUT / 'mouth_sheet.png'} ({sheet.shape[1]}x{sheet.shape[0]})")

@@ -232,3 +232,21 @@ def test_open_mouth_shows_teeth_cavity_and_tongue(identity, warp):
     assert teeth > 1.15 * warp.lip_colour.mean(), (teeth, warp.lip_colour)
     assert cavity < 0.6 * warp.lip_colour.mean()
     assert tongue > cavity + 15, (tongue, cavity)
+
+
+def test_teeth_dim_in_a_narrow_opening(identity, warp):
+    """Real teeth in a narrow opening stay in the lips' shadow (benchmarks/results/
+    mouth_model.json, teeth_by_gap): ours are darker at a small gap than at a wide one."""
+    from engines.motion import face_motion as M
+
+    fields = M.build_fields(identity.neutral)
+    tops = []
+    for jaw in (0.15, 0.9):
+        p = np.zeros(M.N_PARAMS, np.float32)
+        p[M.P["jaw_open"]] = jaw
+        lm = M.apply(identity.neutral, fields, p)
+        out = texture_warp.render_roi(warp, lm).astype(float)
+        dst = apply_affine(warp.canon_to_roi, lm)
+        x = int(round(dst[[62, 66], 0].mean()))
+        tops.append(out[int(dst[62, 1]):int(dst[66, 1]) + 1, x - 1:x + 2].mean(-1).max())
+    assert tops[0] < 0.8 * tops[1], tops

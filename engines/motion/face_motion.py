@@ -91,6 +91,15 @@ def _side(neutral: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return s
 
 
+#: How far the chin drops (IOD) per unit of jaw_open, whose inner lips part by 0.39 IOD.
+#: Real talking faces drop the chin (from the nose tip) 0.63x the gap between the lips'
+#: middles (the median person of ../shared/data/talking, 13 people, 0.40-0.97;
+#: benchmarks/mouth_sheets.py, "chin_drop_over_gap"); 0.42 dropped it 0.95x on a
+#: full-loudness "aa", so open vowels stretched the chin and lower cheeks long. 0.28 gives
+#: that "aa" 0.63x.
+JAW_CHIN_DROP = 0.28
+
+
 def build_fields(neutral: np.ndarray) -> np.ndarray:
     """Displacement fields [N_PARAMS, 68, 2] (canonical px per unit parameter).
 
@@ -113,7 +122,7 @@ def build_fields(neutral: np.ndarray) -> np.ndarray:
     jaw = np.arange(17)
     top, chin = neutral[33, 1], neutral[8, 1]
     w = np.clip((neutral[jaw, 1] - top) / max(chin - top, 1e-3), 0.0, 1.0) ** 1.5
-    move("jaw_open", jaw, 0.0, 0.42 * w)
+    move("jaw_open", jaw, 0.0, JAW_CHIN_DROP * w)
     move("jaw_open", [65, 66, 67], 0.0, 0.36)
     move("jaw_open", [56, 57, 58], 0.0, 0.38)
     move("jaw_open", [55, 59], 0.0, 0.30)

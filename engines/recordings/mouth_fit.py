@@ -186,6 +186,34 @@ def interior_colours(people: dict[str, dict], names: list[str]) -> dict:
             "cavity_over_lip_rgb": np.round(np.median([v[1] for v in per.values()], 0), 3).tolist()}
 
 
+#: inner-lip gap bins (inter-ocular distances) for the teeth's brightness against the gap
+GAP_BINS = (0.02, 0.04, 0.06, 0.08, 0.12, 0.18, 0.3)
+
+
+def teeth_by_gap(people: dict[str, dict], names: list[str]) -> dict:
+    """How bright the interior's highlight (the brightest 8% of its pixels: teeth where
+    they show) is against the lips as the lips part: light reaches into a wide mouth, a
+    narrow one stays in the lips' shadow. Per gap bin, the median over ``names`` of each
+    person's median (people with at least 5 frames in the bin)."""
+    n_bins = len(GAP_BINS) - 1
+    per = []
+    for who in names:
+        a = people[who]
+        got: list[list[float]] = [[] for _ in range(n_bins)]
+        for patch, cond, lip, gap in zip(a["patch"], a["cond"], a["lip"], a["gap"], strict=True):
+            b = int(np.searchsorted(GAP_BINS, gap, side="right")) - 1
+            inside = cond[0] > 0.95
+            if not 0 <= b < n_bins or inside.sum() < 8:
+                continue
+            y = patch[inside].astype(np.float64).mean(1)
+            got[b].append(float(y[y >= np.percentile(y, 92)].mean()) / max(float(lip.mean()), 1.0))
+        per.append([np.median(v) if len(v) >= 5 else np.nan for v in got])
+    med = np.nanmedian(np.array(per, np.float64), axis=0)
+    return {"gap": [round((lo + hi) / 2, 3) for lo, hi in zip(GAP_BINS[:-1], GAP_BINS[1:],
+                                                             strict=True)],
+            "teeth_over_lip_luminance": np.round(med, 3).tolist()}
+
+
 def videos_in(*dirs: Path) -> list[Path]:
     return sorted(p for d in dirs if d.is_dir() for p in d.iterdir()
                   if p.suffix in (".mp4", ".mpg"))
@@ -207,6 +235,7 @@ def run(talking: Path, emotion: Path, output: Path, report: Path, hold_out: list
     g, result = train(people, hold_out, steps=steps, seed=seed)
     export_onnx(g, output)
     result["interior_colours"] = interior_colours(people, result["train_people"])
+    result["interior_colours"]["teeth_by_gap"] = teeth_by_gap(people, result["train_people"])
     result["sha256"] = hashlib.sha256(output.read_bytes()).hexdigest()
     result["sources"] = ("frames of ../shared/data/talking (styletalk, EDTalk, LatentSync, "
                          "GRID CC BY 4.0, Real3DPortrait, MEAD) and ../shared/data/emotion "

@@ -54,6 +54,11 @@ TOOTH_GAPS = np.array([0.0, 0.135, 0.25, 0.34, 0.42])
 #: lips' colour times CAVITY_OVER_LIP (a dark red, not black).
 TEETH_OVER_LIP = np.array([1.232, 1.764, 1.756])
 TEETH_MAX_SATURATION = 0.283
+#: ... measured where the lips part 0.08 IOD or more; as they part, light reaches further in
+#: (``teeth_by_gap``, the same report): the highlight over the lips' luminance by gap (IOD).
+TEETH_GAP = np.array([0.03, 0.05, 0.07, 0.1, 0.15, 0.24])
+TEETH_LIGHT = np.array([0.899, 0.944, 1.1, 1.27, 1.443, 1.655])
+TEETH_LIGHT_OPEN = 1.475  # teeth_over_lip_luminance: TEETH_OVER_LIP's own light
 CAVITY_OVER_LIP = np.array([0.48, 0.373, 0.303])
 
 
@@ -408,7 +413,11 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     seams = (1.0 - 0.12 * (1.0 - 0.5 * np.clip(np.abs(r), 0, 1))
              * np.exp(-((dist / (0.008 * IOD)) ** 2)))[..., None]
     # toward the cavity's warm dark, not toward grey
-    teeth = (state.teeth_colour * (1 - shade) + lip * CAVITY_OVER_LIP * shade) * seams
+    # a narrow opening keeps the teeth in the lips' shadow (real teeth, by the gap)
+    mean_gap = float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).mean()) / IOD
+    light = float(np.interp(mean_gap, TEETH_GAP, TEETH_LIGHT)) / TEETH_LIGHT_OPEN
+    teeth = (state.teeth_colour * min(light, 1.0) * (1 - shade)
+             + lip * CAVITY_OVER_LIP * shade) * seams
     soft = 0.012 * IOD
     # each tooth's corners are rounded: the incisal edge rises a little at every gap
     scallop = 0.014 * IOD * np.exp(-((dist / (0.018 * IOD)) ** 2))
