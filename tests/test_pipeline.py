@@ -250,3 +250,25 @@ def test_teeth_dim_in_a_narrow_opening(identity, warp):
         x = int(round(dst[[62, 66], 0].mean()))
         tops.append(out[int(dst[62, 1]):int(dst[66, 1]) + 1, x - 1:x + 2].mean(-1).max())
     assert tops[0] < 0.8 * tops[1], tops
+
+
+def test_pressed_lips_leave_no_torn_pixels(identity, warp):
+    """A pressed /m/ on a photo whose lips were parted folds a triangle across the mouth;
+    its map must not be painted over its neighbours (it drew dotted light lines below the
+    lips: ~45 pixels whose source jumped over 16 px from their neighbour's)."""
+    from engines.motion import face_motion as M
+    from engines.render import visemes
+    from engines.render.landmark_default import _LIPS_APART, SpeechLandmarkEngine
+
+    p = visemes.TARGETS[visemes.phone_id("M")].copy()
+    p[M.P["jaw_open"]] += SpeechLandmarkEngine.speech_jaw * (1 - p[M.P["lip_press"]])
+    p[_LIPS_APART] *= SpeechLandmarkEngine.opening_gain
+    lm = M.apply(identity.neutral, M.build_fields(identity.neutral), p)
+    m = texture_warp.backward_map(warp, lm)
+    dst = apply_affine(warp.canon_to_roi, lm)
+    (x0, y0), (x1, y1) = (np.floor(dst[48:68].min(0)).astype(int) - 10,
+                          np.ceil(dst[48:68].max(0)).astype(int) + 20)
+    box = m[y0:y1, x0:x1]
+    jumps = np.maximum(np.linalg.norm(np.diff(box, axis=1), axis=-1)[1:, :],
+                       np.linalg.norm(np.diff(box, axis=0), axis=-1)[:, 1:])
+    assert (jumps > 16).sum() <= 10, int((jumps > 16).sum())

@@ -285,7 +285,11 @@ def _invert_lips(state: WarpState, dst: np.ndarray, out: np.ndarray) -> None:
     d = dst[tris]  # [T,3,2] where each triangle is drawn
     # affine dst -> src per triangle: [x y 1] @ m = src
     a = np.concatenate([d, np.ones((len(tris), 3, 1), d.dtype)], axis=2)  # [T,3,3]
-    ok = np.abs(np.linalg.det(a)) > 1e-6
+    det = np.linalg.det(a)
+    src = np.concatenate([state.src_vertices[tris], np.ones((len(tris), 3, 1))], axis=2)
+    # a triangle folded over (pressed lips cross the photo's parted inner lips) overlaps its
+    # neighbours with a map that belongs nowhere: it painted dotted lines below the lips
+    ok = (np.abs(det) > 1e-6) & (np.sign(det) == np.sign(np.linalg.det(src)))
     m = np.zeros((len(tris), 3, 2), np.float64)
     m[ok] = np.linalg.solve(a[ok], state.src_vertices[tris][ok])
     # only where the warp stretches over 1.15x or squeezes under 0.75x (the fixed point
@@ -412,8 +416,8 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     dist = np.abs(np.abs(u - cx)[..., None] - TOOTH_GAPS * IOD).min(axis=-1)
     seams = (1.0 - 0.12 * (1.0 - 0.5 * np.clip(np.abs(r), 0, 1))
              * np.exp(-((dist / (0.008 * IOD)) ** 2)))[..., None]
-    # toward the cavity's warm dark, not toward grey
-    # a narrow opening keeps the teeth in the lips' shadow (real teeth, by the gap)
+    # a narrow opening keeps the teeth in the lips' shadow (real teeth, by the gap); the
+    # side teeth darken toward the cavity's warm dark, not toward grey
     mean_gap = float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).mean()) / IOD
     light = float(np.interp(mean_gap, TEETH_GAP, TEETH_LIGHT)) / TEETH_LIGHT_OPEN
     teeth = (state.teeth_colour * min(light, 1.0) * (1 - shade)
@@ -421,8 +425,11 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     soft = 0.012 * IOD
     # each tooth's corners are rounded: the incisal edge rises a little at every gap
     scallop = 0.014 * IOD * np.exp(-((dist / (0.018 * IOD)) ** 2))
-    upper = np.clip((edge_u - scallop - v) / soft + 0.5, 0.0, 1.0)[..., None]
-    lower = np.clip((v - edge_l) / soft + 0.5, 0.0, 1.0)[..., None] * 0.9
+    # Lips barely apart (a pressed /m/, a relaxed seam) show a dark line, not teeth: real
+    # openings under ~0.03 IOD are no brighter than the lips themselves (teeth_by_gap).
+    show = float(np.clip((mean_gap - 0.015) / 0.025, 0.0, 1.0))
+    upper = show * np.clip((edge_u - scallop - v) / soft + 0.5, 0.0, 1.0)[..., None]
+    lower = show * np.clip((v - edge_l) / soft + 0.5, 0.0, 1.0)[..., None] * 0.9
     colour = colour * (1 - upper) + teeth * upper
     colour = colour * (1 - lower) + teeth * 0.88 * lower
     # Lips shadow the interior near their edge.
