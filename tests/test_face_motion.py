@@ -140,3 +140,29 @@ def test_open_vowel_drops_the_chin_as_real_faces_do(identity):
                        / "mouth_sheets.json").read_text())["chin_drop_over_gap"]
     assert abs(ratio - real["real_median_person"]) < 0.1, (ratio, real["real_median_person"])
     assert d[66, 1] - d[62, 1] > 0.2 * IOD  # and the mouth still opens
+
+
+def test_visemes_are_the_ones_fitted_to_real_mouths():
+    """The shipped viseme table is the hand table scaled by the fit on real talking mouths
+    (benchmarks/visemes_real.py --write), and the fit says what the real mouths say: rounded
+    vowels open far less than the hand table had them, lip closures still close."""
+    import json
+    from pathlib import Path
+
+    from engines.render import visemes as V
+    from engines.render.landmark_default import SpeechLandmarkEngine
+
+    res = json.loads((Path(__file__).parents[1] / "benchmarks" / "results"
+                      / "visemes_real.json").read_text())
+    shipped = json.loads(V.FIT_PATH.read_text())
+    assert shipped["k"] == res["fit_all"]["k"] and shipped["j"] == res["fit_all"]["j"]
+    assert SpeechLandmarkEngine.opening_gain == shipped["opening_gain"]
+    # the fit, left out person by person, beats the hand table on real mouths
+    s = res["summary"]
+    assert s["fitted_held_out"]["median_corr"] > s["hand_table"]["median_corr"] + 0.05
+    jaw = M.P["jaw_open"]
+    for rounded in ("OW", "UW", "AO"):
+        i = V.PHONE_INDEX[rounded]
+        assert V.TARGETS[i, jaw] < 0.5 * V.HAND_TARGETS[i, jaw], rounded
+    for shut in ("P", "B", "M"):
+        assert V.TARGETS[V.PHONE_INDEX[shut], M.P["lip_press"]] >= 0.9

@@ -10,6 +10,9 @@ even in fast speech.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from engines.motion.face_motion import N_PARAMS, P
@@ -67,9 +70,32 @@ _DOMINANCE = {"P": 6.0, "B": 6.0, "M": 5.0, "F": 4.0, "V": 4.0, "SIL": 0.6}
 
 PHONES = tuple(_TABLE)
 PHONE_INDEX = {p: i for i, p in enumerate(PHONES)}
-#: [n_phones, N_PARAMS] full-length parameter targets, and [n_phones] dominance.
-TARGETS = np.zeros((len(PHONES), N_PARAMS), dtype=np.float32)
-TARGETS[:, SPEECH_IDX] = np.array([_TABLE[p] for p in PHONES], dtype=np.float32)
+#: [n_phones, N_PARAMS] the hand-drawn targets above, as a table.
+HAND_TARGETS = np.zeros((len(PHONES), N_PARAMS), dtype=np.float32)
+HAND_TARGETS[:, SPEECH_IDX] = np.array([_TABLE[p] for p in PHONES], dtype=np.float32)
+
+#: Per phone, real talking mouths scale the hand table: ``k`` its opening (jaw_open,
+#: lips_part), ``j`` its shape (lip_stretch, lip_round), fitted on ../shared/data/talking by
+#: ``benchmarks/visemes_real.py --write`` (per-phone numbers, no image). Real rounded vowels
+#: (AO, OW, UW, W, R, ER) open far less than the hand table had them, closures and /s/-like
+#: consonants a little more; left out person by person it lifts the default engine's
+#: correlation with real mouths (benchmarks/results/visemes_real.json).
+FIT_PATH = Path(__file__).with_name("visemes_real.json")
+
+
+def _fitted() -> tuple[np.ndarray, float]:
+    fit = json.loads(FIT_PATH.read_text())
+    k = np.array([fit["k"].get(p, 1.0) for p in PHONES], np.float32)
+    j = np.array([fit["j"].get(p, 1.0) for p in PHONES], np.float32)
+    t = HAND_TARGETS.copy()
+    t[:, [P["jaw_open"], P["lips_part"]]] *= k[:, None]
+    t[:, [P["lip_stretch"], P["lip_round"]]] *= j[:, None]
+    return t, float(fit["opening_gain"])
+
+
+#: [n_phones, N_PARAMS] full-length parameter targets (the fitted table), the opening gain
+#: fitted with it, and [n_phones] dominance.
+TARGETS, FITTED_OPENING_GAIN = _fitted()
 DOMINANCE = np.array([_DOMINANCE.get(p, 1.0) for p in PHONES], dtype=np.float32)
 SILENCE = PHONE_INDEX["SIL"]
 
