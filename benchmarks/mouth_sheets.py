@@ -79,14 +79,10 @@ def our_chin_ratio(identity) -> float:
     """The default engine's chin drop over its inner-lip gap on an "aa" at full loudness
     (68 points; inter-ocular distances between the eye centres, as the mesh measures)."""
     from engines.motion import face_motion as M
-    from engines.render import visemes
-    from engines.render.landmark_default import _LIPS_APART, SpeechLandmarkEngine
+    from engines.render.landmark_default import SpeechLandmarkEngine
 
     n = identity.neutral
-    p = visemes.TARGETS[visemes.phone_id("AA")].copy()
-    p[M.P["jaw_open"]] += SpeechLandmarkEngine.speech_jaw * (1 - p[M.P["lip_press"]])
-    p[_LIPS_APART] *= SpeechLandmarkEngine.opening_gain
-    lm = M.apply(n, M.build_fields(n), p)
+    lm = M.apply(n, M.build_fields(n), SpeechLandmarkEngine.viseme("AA"))
     d = lm - n
     return float(d[8, 1] / (d[66, 1] - d[62, 1]))  # the lips' middle, as the mesh's 13/14
 
@@ -179,10 +175,10 @@ def mouth_crop(img: np.ndarray, corners: np.ndarray, eyes: np.ndarray) -> np.nda
 def our_tiles(identity, learned_mouth: bool = False) -> dict[str, np.ndarray]:
     from engines.motion import face_motion as M
     from engines.motion.emotion_model import emotion_offsets
-    from engines.render import texture_warp, visemes
+    from engines.render import texture_warp
     from engines.render.compositor import paste_roi
     from engines.render.expression_texture import ExpressionTexture
-    from engines.render.landmark_default import _LIPS_APART, SpeechLandmarkEngine
+    from engines.render.landmark_default import SpeechLandmarkEngine
     from etf_models.emotions import emotion_one_hot
 
     warp = texture_warp.prepare(identity, learned_mouth=learned_mouth)
@@ -196,10 +192,7 @@ def our_tiles(identity, learned_mouth: bool = False) -> dict[str, np.ndarray]:
                                      ).reshape(68, 2)
             roi = texture_warp.render_roi(warp, lm, tex.source(vec))
         else:
-            p = visemes.TARGETS[visemes.phone_id(PHONE[s])].copy()
-            p[M.P["jaw_open"]] += SpeechLandmarkEngine.speech_jaw * (1 - p[M.P["lip_press"]])
-            p[_LIPS_APART] *= SpeechLandmarkEngine.opening_gain
-            lm = M.apply(identity.neutral, fields, p)
+            lm = M.apply(identity.neutral, fields, SpeechLandmarkEngine.viseme(PHONE[s]))
             roi = texture_warp.render_roi(warp, lm)
         img = paste_roi(identity.photo, roi, warp.roi, warp.feather)
         ph = identity.canonical_to_photo(lm)

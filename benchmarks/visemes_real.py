@@ -56,24 +56,19 @@ def _recognise(clips):
 def _replay(clips, engines, table_for, gain_for):
     """Per clip: (phone shown per frame, our opening, our width over the rest width), with
     the viseme table and opening gain each person's fold gives."""
-    import engines.render.landmark_default as ld
-    from engines.render import visemes
     from etf_models.canonical_face import mouth_opening
 
     out = []
-    try:
-        for c, eng in zip(clips, engines, strict=True):
-            ld.TARGETS = table_for(c["person"])
-            eng.opening_gain = gain_for(c["person"])
-            eng._frame, eng._slow_level = 0, 0.0
-            lm = np.array([eng.next_frame()[0] for _ in range(c["n"])], np.float32)
-            rows = np.round((np.arange(c["n"]) / FPS + eng.anticipation_s) / 0.01).astype(int)
-            ph = eng._phones
-            label = np.where(rows < len(ph), ph[np.minimum(rows, len(ph) - 1)], -1)
-            width = np.linalg.norm(lm[:, 54] - lm[:, 48], axis=1) / _rest_width(c)
-            out.append((label, mouth_opening(lm), width))
-    finally:
-        ld.TARGETS = visemes.TARGETS
+    for c, eng in zip(clips, engines, strict=True):
+        eng.targets = table_for(c["person"])
+        eng.opening_gain = gain_for(c["person"])
+        eng.rewind()
+        lm = np.array([eng.next_frame()[0] for _ in range(c["n"])], np.float32)
+        rows = np.round((np.arange(c["n"]) / FPS + eng.anticipation_s) / 0.01).astype(int)
+        ph = eng._phones
+        label = np.where(rows < len(ph), ph[np.minimum(rows, len(ph) - 1)], -1)
+        width = np.linalg.norm(lm[:, 54] - lm[:, 48], axis=1) / _rest_width(c)
+        out.append((label, mouth_opening(lm), width))
     return out
 
 

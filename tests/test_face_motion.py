@@ -128,12 +128,9 @@ def test_open_vowel_drops_the_chin_as_real_faces_do(identity):
     import json
     from pathlib import Path
 
-    from engines.render import visemes
-    from engines.render.landmark_default import _LIPS_APART, SpeechLandmarkEngine
+    from engines.render.landmark_default import SpeechLandmarkEngine
 
-    p = visemes.TARGETS[visemes.phone_id("AA")].copy()
-    p[M.P["jaw_open"]] += SpeechLandmarkEngine.speech_jaw * (1 - p[M.P["lip_press"]])
-    p[_LIPS_APART] *= SpeechLandmarkEngine.opening_gain
+    p = SpeechLandmarkEngine.viseme("AA")
     d = M.apply(identity.neutral, M.build_fields(identity.neutral), p) - identity.neutral
     ratio = (d[8, 1] - d[30, 1]) / (d[66, 1] - d[62, 1])
     real = json.loads((Path(__file__).parents[1] / "benchmarks" / "results"

@@ -210,6 +210,9 @@ def test_mouth_colour_constants_are_the_measured_ones():
     assert np.allclose(texture_warp.TEETH_OVER_LIP, rep["teeth_over_lip_rgb"])
     assert np.isclose(texture_warp.TEETH_MAX_SATURATION, rep["teeth_saturation_p75"])
     assert np.allclose(texture_warp.CAVITY_OVER_LIP, rep["cavity_over_lip_rgb"])
+    assert np.isclose(texture_warp.TEETH_LIGHT_OPEN, rep["teeth_over_lip_luminance"])
+    assert np.allclose(texture_warp.TEETH_GAP, rep["teeth_by_gap"]["gap"])
+    assert np.allclose(texture_warp.TEETH_LIGHT, rep["teeth_by_gap"]["teeth_over_lip_luminance"])
     assert len(rep["people"]) >= 10
 
 
@@ -257,12 +260,9 @@ def test_pressed_lips_leave_no_torn_pixels(identity, warp):
     its map must not be painted over its neighbours (it drew dotted light lines below the
     lips: ~45 pixels whose source jumped over 16 px from their neighbour's)."""
     from engines.motion import face_motion as M
-    from engines.render import visemes
-    from engines.render.landmark_default import _LIPS_APART, SpeechLandmarkEngine
+    from engines.render.landmark_default import SpeechLandmarkEngine
 
-    p = visemes.TARGETS[visemes.phone_id("M")].copy()
-    p[M.P["jaw_open"]] += SpeechLandmarkEngine.speech_jaw * (1 - p[M.P["lip_press"]])
-    p[_LIPS_APART] *= SpeechLandmarkEngine.opening_gain
+    p = SpeechLandmarkEngine.viseme("M")
     lm = M.apply(identity.neutral, M.build_fields(identity.neutral), p)
     m = texture_warp.backward_map(warp, lm)
     dst = apply_affine(warp.canon_to_roi, lm)

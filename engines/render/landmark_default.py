@@ -98,6 +98,24 @@ class SpeechLandmarkEngine:
     #: them (benchmarks/visemes_real.py).
     hand_opening_gain = 0.56
     opening_gain = FITTED_OPENING_GAIN
+    #: [n_phones, N_PARAMS] the viseme targets this engine shows (the fitted table)
+    targets = TARGETS
+
+    @classmethod
+    def articulate(cls, speech: np.ndarray, level: float,
+                   opening_gain: float | None = None) -> np.ndarray:
+        """Speech parameters as the face shows them (in place, and returned): the jaw held
+        open with the running loudness ``level`` (0..1) unless the lips press, then every
+        lips-apart parameter scaled by the opening gain (the class's unless given)."""
+        gain = cls.opening_gain if opening_gain is None else opening_gain
+        speech[P["jaw_open"]] += cls.speech_jaw * level * (1.0 - speech[P["lip_press"]])
+        speech[_LIPS_APART] *= gain
+        return speech
+
+    @classmethod
+    def viseme(cls, phone: str, level: float = 1.0) -> np.ndarray:
+        """One phone's parameters [N_PARAMS] held at loudness ``level``, as shown."""
+        return cls.articulate(cls.targets[phone_id(phone)].copy(), level)
 
     def __init__(
         self,
@@ -153,6 +171,12 @@ class SpeechLandmarkEngine:
             float(self.recognizer.lookahead_ms)
             + (self.coart_future * ROW_S + self.anticipation_s) * 1e3
         )
+
+    def rewind(self) -> None:
+        """Back to the first frame of what was heard (phones and loudness kept): the same
+        audio replayed, e.g. with other ``targets`` or ``opening_gain``."""
+        self._frame = 0
+        self._slow_level = 0.0
 
     def reset(self) -> None:
         """Start a new stream (new utterance or session)."""
@@ -223,7 +247,7 @@ class SpeechLandmarkEngine:
         levels[ok] = self._levels[idx[ok]]
         quiet = (levels <= 0.0) & ~np.isin(phones, list(_QUIET_OK))
         phones[quiet] = SILENCE
-        targets = TARGETS[phones].copy()
+        targets = self.targets[phones].copy()
         gain = np.where(phones == SILENCE, 0.0, self.base_gain + (1 - self.base_gain) * levels)
         targets[:, _SPEECH_OPENING] *= gain[:, None]
         return blend(targets, DOMINANCE[phones])
@@ -241,8 +265,7 @@ class SpeechLandmarkEngine:
         c = int(round((t + self.anticipation_s) / ROW_S))
         level = float(self._levels[c]) if 0 <= c < len(self._levels) else 0.0
         self._slow_level += (level - self._slow_level) * min(1.0, 3.0 / self.fps)
-        speech[P["jaw_open"]] += self.speech_jaw * self._slow_level * (1.0 - speech[P["lip_press"]])
-        speech[_LIPS_APART] *= self.opening_gain
+        self.articulate(speech, self._slow_level, self.opening_gain)
         speech[P["inner_brow_raise"]] += 0.12 * self._slow_level
         speech[P["outer_brow_raise"]] += 0.10 * self._slow_level
         speech[P["blink"]] = self.blinker.at(t)
