@@ -22,7 +22,7 @@ def test_primes_then_streams_exact_chunks_in_order():
         ing.push(src[i:i + 960])
         if i // 960 % 2 == 1:
             chunk, speech = ing.take(TICK)
-            assert chunk.size == TICK and abs(speech.size - TICK // 3) <= 16
+            assert chunk.size == TICK and speech.size == TICK // 3
             out.append(chunk)
     audio = np.concatenate(out)
     first = np.flatnonzero(audio)[0]
@@ -30,6 +30,25 @@ def test_primes_then_streams_exact_chunks_in_order():
     played = audio[first:]
     assert np.all(np.diff(played) > 0), "samples must come out once each, in order"
     assert ing.stats.underflows == 0 and ing.stats.dropped_s == 0
+
+
+def test_speech_copy_trails_by_the_filter_half_length_and_holds_nothing_back():
+    """The 16 kHz copy is the same resampler's output delayed by its 1 ms half length, so
+    every 40 ms tick yields all 640 samples (none waiting for future input)."""
+    from engines.audio.phone_stream import StreamResampler
+
+    x = tone(12 * TICK) * np.linspace(0, 1, 12 * TICK, dtype=np.float32)
+    plain = StreamResampler(NET_RATE, 16000)
+    ref = np.concatenate([plain.process(x), plain.drain()])
+    lagged = StreamResampler(NET_RATE, 16000)
+    lag = lagged.lag_input()
+    assert lag == 48
+    parts = [lagged.process(x[i:i + TICK]) for i in range(0, x.size, TICK)]
+    assert all(p.size == TICK // 3 for p in parts)
+    out = np.concatenate(parts)
+    shift = lag // 3
+    np.testing.assert_allclose(out[shift:], ref[: out.size - shift], atol=1e-6)
+    assert np.abs(out[:shift]).max() < 1e-6  # silence before the stream, filtered
 
 
 def test_underflow_pads_silence_and_overflow_drops_to_target():

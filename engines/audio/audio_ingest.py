@@ -153,6 +153,10 @@ class AudioIngest:
         self.gate = SpeechGate(vad_mode) if use_vad else None
         self.stats = IngestStats()
         self._resampler = StreamResampler(NET_RATE, SPEECH_RATE)
+        # The speech copy trails the viewer's audio by the filter's 1 ms, so each take
+        # gives all of its 16 kHz samples at once (a 40 ms tick: 640): held-back samples
+        # would leave the phone recogniser's last 20 ms step undecoded, a tick later.
+        self._resampler.lag_input()
         self._fifo = SampleFifo()
         self._priming = True
         self._low = None  # lowest level seen in the current trim window (samples)

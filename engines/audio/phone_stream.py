@@ -185,6 +185,18 @@ class StreamResampler:
         last = max(last, self._n_out)
         return self._produce(last)
 
+    def lag_input(self) -> int:
+        """Delay the output by the filter's half length: feed that much silence now.
+
+        Afterwards every input chunk of a whole number of ``down`` samples gives exactly
+        ``chunk * up / down`` outputs at once (the zero-phase filter otherwise holds back
+        the outputs whose future input has not arrived), and output ``n`` is aligned with
+        input time ``n / rate_out`` minus the lag. Returns the lag in input samples
+        (48 -> 16 kHz: 48 samples, 1 ms)."""
+        lag = -(-self.delay // self.up)
+        self.process(np.zeros(lag, np.float32))
+        return lag
+
     def drain(self) -> np.ndarray:
         """Return the outputs still owed for the input so far, assuming silence after it."""
         total = self._n_in * self.up // self.down
