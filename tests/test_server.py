@@ -101,7 +101,8 @@ def test_stream_lipsync_alignment_and_pts(server, identity, speech48):
     during = (content > LEAD_S + 0.3) & (content < speech_end - 0.2)
     silence_after = content > speech_end + 0.6
     silence_before = (content > 0.1) & (content < LEAD_S - 0.3)
-    assert silence_after.sum() >= 10 and silence_before.sum() >= 5, (content[:3], silence_before.sum())
+    assert silence_after.sum() >= 10 and silence_before.sum() >= 5, (
+        content[:3], silence_before.sum())
     assert np.nanmax(mouth[during]) > OPENED, np.round(mouth[during], 3)
     assert np.nanmean(mouth[during]) > 2.5 * np.nanmean(mouth[silence_after]) + 0.02
     assert np.nanmax(mouth[silence_after]) < 0.12, "the mouth stays open in silence"
@@ -126,7 +127,8 @@ def test_stream_lipsync_alignment_and_pts(server, identity, speech48):
                             np.zeros(int(TAIL_S * 16000), np.float32)])
     live = server.server.session_config
     animator = FaceAnimator(identity, FPS, phone_lookahead_ms=live.phone_lookahead_ms,
-                            coart_future_ms=live.coart_future_ms)
+                            coart_future_ms=live.coart_future_ms,
+                            anticipation_ms=live.anticipation_ms)
     offline = [f.image for f in animator.render_all(pcm16)]
     mouth_off = mouth_openings(offline, face_box(identity.landmarks_photo))
     env_off = loudness_envelope(pcm16, len(offline), FPS)
