@@ -191,7 +191,8 @@ def cmd_serve(args) -> int:
     token = args.token or os.environ.get("ETF_TOKEN") or None
     session = SessionConfig(
         fps=args.fps, emotion=args.emotion, intensity=parse_intensity(args.intensity),
-        phone_lookahead_ms=args.lookahead_ms, jitter_ms=args.jitter_ms,
+        phone_lookahead_ms=args.lookahead_ms, coart_future_ms=args.coart_ms,
+        jitter_ms=args.jitter_ms,
     )
     identity = _load_identity(args).for_video(args.max_side)
     _photo_warnings(args, identity)
@@ -258,7 +259,8 @@ def cmd_live(args) -> int:
         return _fail("--duration must be positive")
     session = SessionConfig(fps=args.fps, emotion=args.emotion,
                             intensity=parse_intensity(args.intensity),
-                            phone_lookahead_ms=args.lookahead_ms, jitter_ms=args.jitter_ms)
+                            phone_lookahead_ms=args.lookahead_ms,
+                            coart_future_ms=args.coart_ms, jitter_ms=args.jitter_ms)
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     config = LiveConfig(output=args.output, window=args.window, audio_file=args.audio,
                         device=device, duration_s=args.duration, host=args.host,
@@ -670,8 +672,12 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--intensity", default="1.0", help="initial intensity, 0..1 or low/high")
     p.add_argument("--max-side", type=int, default=720,
                    help="scale the photo down so the video's longer side is at most this")
-    p.add_argument("--lookahead-ms", type=float, default=100.0,
-                   help="phone recogniser commit delay (lower: less latency, noisier)")
+    p.add_argument("--lookahead-ms", type=float, default=60.0,
+                   help="phone recogniser commit delay, 60 ms or more (more: surer phones, "
+                   "more latency)")
+    p.add_argument("--coart-ms", type=float, default=0.0,
+                   help="how far the mouth's coarticulation looks ahead, 0..100 ms (more: "
+                   "smoother transitions, more latency)")
     p.add_argument("--jitter-ms", type=float, default=60.0, help="audio jitter buffer target")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--token", default=None,

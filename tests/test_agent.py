@@ -109,6 +109,7 @@ def test_pushed_speech_is_spoken_in_sync_to_a_watching_viewer(server, identity, 
                                      np.interp(grid, a_t, a_rms), max_lag=6)
     cfg = server.server.session_config
     anim = FaceAnimator(identity, FPS, phone_lookahead_ms=cfg.phone_lookahead_ms,
+                        anticipation_ms=cfg.anticipation_ms,
                         coart_future_ms=cfg.coart_future_ms)
     pad = np.zeros(16000, np.float32)
     pcm16 = np.concatenate([pad, ref16, pad])

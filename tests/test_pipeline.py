@@ -139,6 +139,28 @@ def test_shorter_coarticulation_reach_is_chunking_independent(identity, tmp_path
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="coart_future_ms"):
         SpeechLandmarkEngine(identity.neutral, 25.0, coart_future_ms=150)
+    with pytest.raises(ValueError, match="anticipation_ms"):
+        SpeechLandmarkEngine(identity.neutral, 25.0, anticipation_ms=-10)
+
+
+def test_live_default_looks_100_ms_ahead_and_releases_frames_two_ticks_later(identity, warp):
+    """The live path's declared lookahead (phones 60 + coarticulation 0 + anticipation 40)
+    is at most 100 ms, and the ingest -> engine path really makes frame k ready two 40 ms
+    ticks after its chunk (pipeline delay (2 + 2) x 40 = 160 ms): a 16 kHz speech copy
+    that held back the resampler's last samples left the recogniser's last 20 ms step
+    undecoded and cost a third tick. The old live setting (200 ms) needs five."""
+    from engines.avatar import Avatar, StreamConfig
+
+    avatar = Avatar(identity, warp)
+    live = StreamConfig()
+    assert avatar.animator(live).lookahead_ms <= 100.0
+    assert avatar.ready_lag(live) == 2
+    old = StreamConfig(phone_lookahead_ms=100.0, coart_future_ms=60.0)
+    assert avatar.animator(old).lookahead_ms == 200.0 and avatar.ready_lag(old) == 5
+    for bad in ({"phone_lookahead_ms": 40.0}, {"coart_future_ms": 120.0},
+                {"anticipation_ms": 250.0}):
+        with pytest.raises(ValueError, match="outside"):
+            StreamConfig(**bad)
 
 
 def test_open_mouthed_photo_shuts_without_its_teeth(identity, warp):

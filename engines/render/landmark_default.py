@@ -128,11 +128,14 @@ class SpeechLandmarkEngine:
         coart_future_ms: float | None = None,
         emotion_model: EmotionModel | None = None,
         depth: np.ndarray | None = None,
+        anticipation_ms: float | None = None,
     ) -> None:
         """``phone_lookahead_ms``: the phone recogniser's commit delay (default 150 ms).
         ``coart_future_ms``: how far the coarticulation window reaches into the future
         (default and at most ``COART_ROWS`` rows, 100 ms); rows beyond it repeat the last
         row it reaches. Both trade lip-sync quality for latency (see ``lookahead_ms``).
+        ``anticipation_ms``: how far the mouth leads its sound (default
+        :attr:`anticipation_s`, 40 ms; 0..200); it adds to the latency too.
         ``emotion_model``: the emotions' geometry (default: the shipped model).
         ``depth``: the 68 points' depth [68] (canonical pixels, :meth:`Identity.
         canonical_depth`), what the head turns and nods through; default a typical
@@ -156,6 +159,10 @@ class SpeechLandmarkEngine:
         if not 0 <= future <= COART_ROWS:
             raise ValueError(f"coart_future_ms must be within 0..{COART_ROWS * ROW_S * 1e3:g}")
         self.coart_future = future
+        if anticipation_ms is not None:
+            if not 0.0 <= anticipation_ms <= 200.0:
+                raise ValueError("anticipation_ms must be within 0..200")
+            self.anticipation_s = anticipation_ms / 1e3
         self.recognizer = (
             StreamingPhoneRecognizer(sample_rate=sample_rate)
             if phone_lookahead_ms is None

@@ -45,6 +45,7 @@ class FaceAnimator:
         phone_lookahead_ms: float | None = None,
         coart_future_ms: float | None = None,
         emotion_model: EmotionModel | None = None,
+        anticipation_ms: float | None = None,
     ) -> None:
         self.identity = identity
         self.fps = fps
@@ -53,7 +54,7 @@ class FaceAnimator:
         self.engine = SpeechLandmarkEngine(
             identity.neutral, fps=fps, seed=seed, phone_lookahead_ms=phone_lookahead_ms,
             coart_future_ms=coart_future_ms, emotion_model=emotion_model,
-            depth=identity.canonical_depth(),
+            depth=identity.canonical_depth(), anticipation_ms=anticipation_ms,
         )
         self._out = np.empty_like(identity.photo)
         self.texture = ExpressionTexture(self.warp.expression)
