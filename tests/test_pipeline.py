@@ -209,6 +209,18 @@ def test_warp_is_exact_on_parting_lips(identity):
     assert (err > 1.0).mean() < 0.02 and np.percentile(err, 99) < 1.0, np.percentile(err, 99)
 
 
+def test_the_field_from_the_landmark_columns_is_the_whole_meshs(warp):
+    """The per-frame field uses only the 68 landmarks' barycentric columns (the border
+    anchors never move): the same displacement at every pixel as the whole matrix."""
+    rng = np.random.default_rng(3)
+    delta = np.zeros_like(warp.src_vertices)
+    delta[:68] = rng.normal(0.0, 4.0, (68, 2))
+    assert warp.landmark_weights.shape == (warp.weights.shape[0], 68)
+    assert warp.landmark_weights.nnz < 0.6 * warp.weights.nnz
+    np.testing.assert_allclose(warp.landmark_weights @ delta[:68], warp.weights @ delta,
+                               atol=1e-4)
+
+
 @pytest.mark.parametrize("lip", [(206, 151, 140), (193, 122, 112), (135, 63, 52),
                                  (210, 40, 70), (60, 35, 30)])
 def test_teeth_colour_from_lips_is_a_warm_white(lip):

@@ -84,6 +84,9 @@ class WarpState:
     expression: object | None = None
     #: the mouth interior from the learned model (engines.render.mouth_model), not painted
     learned_mouth: bool = False
+    #: ``weights``' columns of the 68 landmarks [h*w, 68]: only they move (the anchors hold
+    #: the border still), so the per-frame field needs no others (half the work)
+    landmark_weights: sparse.csr_matrix | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -249,6 +252,7 @@ def prepare(
         teeth_colour=np.asarray(teeth, np.float32),
         feather=feather,
         learned_mouth=learned_mouth,
+        landmark_weights=_landmark_columns(weights),
     )
     if not expression:
         return state
@@ -258,13 +262,22 @@ def prepare(
     return replace(state, image=maps.base, expression=maps)
 
 
+def _landmark_columns(weights: sparse.csr_matrix) -> sparse.csr_matrix:
+    moving = weights[:, :68].tocsr()
+    moving.eliminate_zeros()
+    return moving
+
+
 def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
     """Backward map [h,w,2] float32 (output pixel -> source pixel) for canonical landmarks."""
     h, w = state.shape
     dst = apply_affine(state.canon_to_roi, landmarks).astype(np.float32)
     delta = np.zeros_like(state.src_vertices)
     delta[:68] = dst - state.src_vertices[:68]
-    field = (state.weights @ delta).reshape(h, w, 2)  # forward displacement at source points
+    moving = (state.landmark_weights if state.landmark_weights is not None
+              else _landmark_columns(state.weights))
+    # forward displacement at source points (the anchors' is zero)
+    field = (moving @ delta[:68]).reshape(h, w, 2)
     first = state.grid - field
     # One fixed-point step: displacement evaluated where the first guess landed.
     refined = cv2.remap(field, first, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
