@@ -79,7 +79,7 @@ def main() -> None:
             b = time.perf_counter()
             roi = texture_warp.render_roi(warp, lm, src)
             c = time.perf_counter()
-            paste_roi(identity.photo, roi, warp.roi, warp.feather, out=out)
+            paste_roi(identity.photo, roi, warp.roi, warp.feather, out=out, solid=warp.solid)
             d = time.perf_counter()
             if done >= warm:
                 stages["audio_in"].append((t1 - t0) * 1e3)

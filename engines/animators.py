@@ -106,4 +106,5 @@ class NeuralAnimator:
             else:
                 src = self.texture.source(self.emotion.vector_at(k / self.fps))
                 roi = texture_warp.render_roi(self.warp, lm, src)
-                yield paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather), lm
+                yield paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather,
+                                solid=self.warp.solid), lm

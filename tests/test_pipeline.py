@@ -209,6 +209,22 @@ def test_warp_is_exact_on_parting_lips(identity):
     assert (err > 1.0).mean() < 0.02 and np.percentile(err, 99) < 1.0, np.percentile(err, 99)
 
 
+def test_paste_copies_the_solid_interior_and_blends_the_band_only(identity, warp):
+    """Pasting with the feather's solid box gives the very pixels of a full blend."""
+    from engines.render.compositor import paste_roi, solid_box
+
+    x0, y0, x1, y1 = warp.solid
+    h, w = warp.shape
+    assert 0 < x0 < x1 < w and 0 < y0 < y1 < h and (x1 - x0) * (y1 - y0) > 0.6 * h * w
+    roi = np.random.default_rng(1).integers(0, 256, warp.image.shape, dtype=np.uint8)
+    full = paste_roi(identity.photo, roi, warp.roi, warp.feather)
+    fast = paste_roi(identity.photo, roi, warp.roi, warp.feather, solid=warp.solid)
+    np.testing.assert_array_equal(fast, full)
+    ring = warp.feather.copy()
+    ring[h // 2, w // 2] = 0.5  # a hole: no longer one solid rectangle
+    assert solid_box(ring) is None
+
+
 def test_the_field_from_the_landmark_columns_is_the_whole_meshs(warp):
     """The per-frame field uses only the 68 landmarks' barycentric columns (the border
     anchors never move): the same displacement at every pixel as the whole matrix."""

@@ -85,7 +85,8 @@ class FaceAnimator:
         emotion = self.emotion.vector_at(t if emotion_at is None else emotion_at)
         lm, params = self.engine.next_frame(emotion)
         roi = texture_warp.render_roi(self.warp, lm, self.texture.source(emotion))
-        img = paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather, out=self._out)
+        img = paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather, out=self._out,
+                        solid=self.warp.solid)
         return Frame(index, t, img.copy() if copy else img, lm, params)
 
     def skip(self) -> None:

@@ -27,6 +27,7 @@ from scipy.spatial import Delaunay
 
 from engines.face.identity import Identity
 from engines.render import mouth_model
+from engines.render.compositor import solid_box
 from etf_models.canonical_face import (
     CANON_SIZE,
     INNER_LIP_RING,
@@ -87,6 +88,8 @@ class WarpState:
     #: ``weights``' columns of the 68 landmarks [h*w, 68]: only they move (the anchors hold
     #: the border still), so the per-frame field needs no others (half the work)
     landmark_weights: sparse.csr_matrix | None = None
+    #: where ``feather`` is exactly 1 (x0, y0, x1, y1): pasted without blending
+    solid: tuple[int, int, int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -253,6 +256,7 @@ def prepare(
         feather=feather,
         learned_mouth=learned_mouth,
         landmark_weights=_landmark_columns(weights),
+        solid=solid_box(feather),
     )
     if not expression:
         return state
