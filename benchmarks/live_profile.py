@@ -1,0 +1,263 @@
+"""Where a live session's CPU goes: per frame, and per thread at 1, 2 and 3 sessions.
+
+``frame``: one session's work for one 40 ms frame of the built-in face (512x512), each
+step timed on its own on this process's thread (median over the frames of 8 s of the
+built-in sentence): the phone recogniser and loudness (40 ms of audio), landmarks, the warp's
+displacement field, its fixed-point inversion (a field remap), the exact lip inversion,
+the image remap, the painted mouth, the eyelids, the paste-back, RGB -> I420, and what
+aiortc then does with it: VP8 encoding (aiortc's own encoder settings) and Opus encoding
+of the frame's 40 ms of returned audio.
+
+``threads``: the live server in this process (the code path ``etf serve`` runs) and N real
+aiortc peers in a client process sending speech in a loop, for a few seconds per level.
+Per thread group of the server: CPU cores used (from /proc, Python threads mapped by their
+native id): the engine pool (speech, landmarks, warp, paste, YUV), the server's event loop
+(RTP, SRTP, pacing, control), aiortc's encoder/decoder threads, and native pools
+(OpenCV, libvpx, BLAS threads Python did not start); plus the sessions' stage latencies
+(p50/p99 from ``/metrics``) and the client process's own CPU.
+
+    python benchmarks/live_profile.py        # -> benchmarks/results/live_profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine_info  # noqa: E402
+
+FPS = 25.0
+
+
+def _ms(samples: list[float]) -> dict:
+    a = np.array(samples) * 1e3
+    return {"p50_ms": round(float(np.median(a)), 3), "p90_ms": round(float(np.percentile(a, 90)),
+                                                                    3)}
+
+
+def frame_steps(seconds: float = 8.0) -> dict:
+    """Per-step time of one session's frame (see module docstring)."""
+    import cv2
+    from aiortc.codecs.opus import OpusEncoder
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    from engines.avatar import StreamConfig
+    from engines.face.default_face import default_identity
+    from engines.media.audio_io import load_audio
+    from engines.render import texture_warp as tw
+    from engines.render.compositor import paste_roi
+    from engines.render.pipeline import FaceAnimator
+    from etf_models.canonical_face import apply_affine
+    from server.cli import builtin_sentence
+
+    identity = default_identity().for_video(512)
+    warp = tw.prepare(identity)
+    live = StreamConfig()
+    anim = FaceAnimator(identity, FPS, warp=warp, phone_lookahead_ms=live.phone_lookahead_ms,
+                        coart_future_ms=live.coart_future_ms,
+                        anticipation_ms=live.anticipation_ms)
+    speech = load_audio(builtin_sentence(), 16000)
+    speech = np.concatenate([speech, np.zeros(16000, np.float32)])[: int(seconds * 16000)]
+    voice48 = load_audio(builtin_sentence(), 48000)
+    vp8, opus = Vp8Encoder(), OpusEncoder()
+    steps: dict[str, list[float]] = defaultdict(list)
+    h, w = warp.shape
+    out = np.empty_like(identity.photo)
+    hop = int(16000 / FPS)
+    n48 = int(48000 / FPS)
+    for k, start in enumerate(range(0, len(speech), hop)):
+        t = time.perf_counter()
+        anim.push_audio(speech[start : start + hop])
+        steps["phones_and_loudness"].append(time.perf_counter() - t)
+        while anim.engine.frames_ready() > 0:
+            eng = anim.engine
+            t = time.perf_counter()
+            lm, _ = eng.next_frame(anim.emotion.vector_at(eng.frame_index / FPS))
+            t1 = time.perf_counter()
+            dst = apply_affine(warp.canon_to_roi, lm).astype(np.float32)
+            delta = np.zeros_like(warp.src_vertices)
+            delta[:68] = dst - warp.src_vertices[:68]
+            field = (warp.landmark_weights @ delta[:68]).reshape(h, w, 2)
+            t2 = time.perf_counter()
+            first = warp.grid - field
+            back = warp.grid - cv2.remap(field, first, None, cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_REPLICATE)
+            t3 = time.perf_counter()
+            tw._invert_lips(warp, warp.src_vertices + delta, back)
+            t4 = time.perf_counter()
+            src = anim.texture.source(anim.emotion.vector_at(0.0))
+            roi = cv2.remap(src, back, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            t5 = time.perf_counter()
+            tw._paint_mouth(warp, roi, lm, dst)
+            t6 = time.perf_counter()
+            tw._shade_lids(warp, roi, lm, dst)
+            t7 = time.perf_counter()
+            img = paste_roi(identity.photo, roi, warp.roi, warp.feather, out=out,
+                            solid=warp.solid)
+            t8 = time.perf_counter()
+            yuv = cv2.cvtColor(img, cv2.COLOR_RGB2YUV_I420)
+            t9 = time.perf_counter()
+            vp8.encode(_video_frame(yuv, k))
+            t11 = time.perf_counter()
+            a = voice48[(k * n48) % (len(voice48) - n48):][:n48]
+            for half in (a[: n48 // 2], a[n48 // 2 :]):
+                opus.encode(_audio_frame(half, k))
+            t12 = time.perf_counter()
+            for name, dt in (("landmarks", t1 - t), ("warp_field", t2 - t1),
+                             ("warp_field_inversion", t3 - t2), ("warp_lip_inversion", t4 - t3),
+                             ("warp_image_remap", t5 - t4), ("mouth_paint", t6 - t5),
+                             ("eyelids", t7 - t6), ("paste", t8 - t7), ("rgb_to_i420", t9 - t8),
+                             ("vp8_encode", t11 - t9), ("opus_encode", t12 - t11)):
+                steps[name].append(dt)
+    per = {k: _ms(v) for k, v in steps.items()}
+    total = sum(v["p50_ms"] for v in per.values())
+    return {"frames": len(steps["landmarks"]), "steps": per,
+            "sum_of_p50_ms": round(total, 2),
+            "share_of_sum": {k: round(v["p50_ms"] / total, 3) for k, v in per.items()}}
+
+
+def _video_frame(yuv: np.ndarray, k: int):
+    from fractions import Fraction
+
+    import av
+
+    f = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+    f.pts, f.time_base = k * 3600, Fraction(1, 90000)
+    return f
+
+
+def _audio_frame(pcm: np.ndarray, k: int):
+    from fractions import Fraction
+
+    import av
+
+    i16 = np.clip(pcm * 32767, -32768, 32767).astype(np.int16)
+    f = av.AudioFrame.from_ndarray(i16[None, :], format="s16", layout="mono")
+    f.sample_rate, f.pts, f.time_base = 48000, k * i16.size, Fraction(1, 48000)
+    return f
+
+
+# ----- threads --------------------------------------------------------------------------
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds per thread group of this process."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    groups: dict[str, float] = defaultdict(float)
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        cpu = (int(fields[11]) + int(fields[12])) / tick
+        groups[_group(names.get(int(tid)))] += cpu
+    return groups
+
+
+def _group(name: str | None) -> str:
+    if name is None:
+        return "native pools (OpenCV, libvpx, BLAS; not started by Python)"
+    if name.startswith("etf-engine"):
+        return "engine pool (speech, landmarks, warp, paste, YUV)"
+    if name == "etf-server":
+        return "server event loop (RTP, SRTP, pacing, control)"
+    if name.startswith("asyncio"):
+        return "aiortc executor (VP8 and Opus encoding)"
+    if "decoder" in name:
+        return "aiortc inbound decoding (Opus)"
+    if name == "MainThread":
+        return "benchmark main thread (idle)"
+    return "other: " + re.sub(r"[_-]?\d+$", "", name)
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stages(url: str) -> dict:
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
+    out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for line in text.splitlines():
+        m = re.match(r"etf_stage_latency_seconds\{([^}]*)\} (\S+)$", line)
+        if m:
+            lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out[lab["stage"]]["p" + lab["quantile"].replace("0.", "").ljust(2, "0")[:2]].append(
+                float(m.group(2)) * 1e3)
+    return {stage: {q: round(float(np.max(v)), 2) for q, v in qs.items()}
+            for stage, qs in out.items()}
+
+
+def threads(levels: list[int], seconds: float) -> list[dict]:
+    from engines.face.default_face import default_identity
+    from server.app import BackgroundServer, ServerConfig
+    from server.session import SessionConfig
+
+    identity = default_identity()
+    out = []
+    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=16),
+                          SessionConfig()) as srv:
+        for n in levels:
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "benchmarks" / "live_latency.py"), "_clients",
+                 srv.url, str(n), str(seconds)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+            time.sleep(2.5)  # connect and settle, as the client does
+            c0, g0, w0 = _proc_cpu(proc.pid), _thread_cpu(), time.monotonic()
+            time.sleep(seconds - 1.0)
+            c1, g1, w1 = _proc_cpu(proc.pid), _thread_cpu(), time.monotonic()
+            stages = _stages(srv.url)
+            got = json.loads(proc.communicate(timeout=120)[0].strip().splitlines()[-1])
+            wall = w1 - w0
+            cores = {k: round((g1.get(k, 0.0) - g0.get(k, 0.0)) / wall, 3)
+                     for k in sorted(set(g0) | set(g1))}
+            level = {"sessions": n, "server_cores": round(sum(cores.values()), 3),
+                     "server_cores_by_thread": cores,
+                     "client_process_cores": round((c1 - c0) / wall, 3),
+                     "stage_ms_worst_session": stages,
+                     "fps": [p["fps"] for p in got["per_session"]]}
+            out.append(level)
+            print(json.dumps(level), flush=True)
+            time.sleep(2.0)  # the sessions of this level close
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", nargs="?", default="all", choices=["all", "frame", "threads"])
+    ap.add_argument("--sessions", default="1,2,3")
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "live_profile.json"))
+    args = ap.parse_args(argv)
+    import aiortc
+    import cv2
+
+    result = {"benchmark": "live_profile", "date": time.strftime("%Y-%m-%d"),
+              "machine": machine_info(aiortc=aiortc.__version__,
+                                      opencv_threads=cv2.getNumThreads())}
+    if args.what in ("all", "frame"):
+        result["frame"] = frame_steps()
+        print(json.dumps(result["frame"], indent=1), flush=True)
+    if args.what in ("all", "threads"):
+        result["threads"] = threads([int(x) for x in args.sessions.split(",")], args.seconds)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
