@@ -520,3 +520,17 @@ def test_thirty_fps_sessions(identity, warp):
     assert 28.0 <= fps <= 32.0 and gap < 0.3, (fps, gap)
     steps = np.diff([f.pts for f in c.video])
     assert np.all(steps > 0) and np.median(steps) == 3000  # 90 kHz / 30
+
+
+def test_capacity_check_reads_p99_whatever_the_label_order():
+    """/metrics writes labels sorted (quantile first); the capacity benchmark once matched
+    only session,stage,quantile and so checked no p99 at all."""
+    from benchmarks.live_latency import tick_p99_ms
+
+    text = "\n".join([
+        'etf_stage_latency_seconds{quantile="0.99",session="s1",stage="tick"} 0.0331',
+        'etf_stage_latency_seconds{quantile="0.5",session="s1",stage="tick"} 0.0120',
+        'etf_stage_latency_seconds{quantile="0.99",session="s1",stage="frame"} 0.0300',
+        'etf_stage_latency_seconds{session="s2",stage="tick",quantile="0.99"} 0.0450',
+    ])
+    assert tick_p99_ms(text) == pytest.approx([33.1, 45.0])
