@@ -265,7 +265,7 @@ def capacity(args) -> dict:
     port, cport = _free_port(), _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--control-port",
-         str(cport), "--max-sessions", "64", "--fps", str(args.fps)],
+         str(cport), "--max-sessions", "64", "--admit-headroom", "0", "--fps", str(args.fps)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -209,7 +209,7 @@ def threads(levels: list[int], seconds: float) -> list[dict]:
 
     identity = default_identity()
     out = []
-    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=16),
+    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=16, admit_headroom=0.0),
                           SessionConfig()) as srv:
         for n in levels:
             proc = subprocess.Popen(

@@ -42,6 +42,9 @@ class ServerConfig:
     token: str | None = None
     max_sessions: int = 4
     workers: int = 0  # engine threads; 0 = one per CPU core
+    #: Refuse a newcomer while a running session's p99 compute per frame is over this
+    #: fraction of the frame period (it has no room for one more); 0 = never on this ground.
+    admit_headroom: float = 0.75
     #: Behind a reverse proxy: the public base of the control channel announced to clients
     #: (e.g. ``wss://avatar.example.com/etf-control``) and the page origins allowed on it.
     public_control_url: str | None = None
@@ -73,7 +76,8 @@ class AvatarServer:
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="etf-engine")
         # neural: engines.neural.live.NeuralEngines (owned by the caller), else the default
         self.registry = SessionRegistry(identity, session, self.executor, config.max_sessions,
-                                        warp=warp, neural=neural)
+                                        warp=warp, neural=neural,
+                                        admit_headroom=config.admit_headroom)
         self.identity = identity
         self.peers: dict[str, object] = {}
         self.control: ControlServer | None = None

@@ -186,6 +186,8 @@ def cmd_serve(args) -> int:
         return _fail(f"--fps must be 25 or 30, got {args.fps:g}")
     if not 1 <= args.max_sessions <= 256:
         return _fail(f"--max-sessions {args.max_sessions} is outside 1..256")
+    if not 0.0 <= args.admit_headroom <= 1.0:
+        return _fail(f"--admit-headroom {args.admit_headroom:g} is outside 0..1")
     if not 64 <= args.max_side <= 2048:
         return _fail(f"--max-side {args.max_side} is outside 64..2048")
     token = args.token or os.environ.get("ETF_TOKEN") or None
@@ -199,7 +201,8 @@ def cmd_serve(args) -> int:
     config = ServerConfig(host=args.host, port=args.port, control_port=args.control_port,
                           token=token, max_sessions=args.max_sessions, workers=args.workers,
                           public_control_url=args.public_control_url,
-                          allowed_origins=tuple(args.allow_origin or ()))
+                          allowed_origins=tuple(args.allow_origin or ()),
+                          admit_headroom=args.admit_headroom)
     neural = None
     if args.engine == "neural":
         neural = _neural_engines(args, identity)
@@ -774,6 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="HTTP port (page, /offer, /metrics)")
     s.add_argument("--control-port", type=int, default=None,
                    help="WebSocket control port (default: --port + 1)")
+    s.add_argument("--admit-headroom", type=float, default=0.75,
+                   help="refuse a new session while a running one needs more than this "
+                   "fraction of its frame period to compute a frame (p99; 0 = never)")
     s.add_argument("--max-sessions", type=int, default=4,
                    help="concurrent peers; more are refused with 503")
     s.add_argument("--workers", type=int, default=0,

@@ -455,11 +455,12 @@ class SessionRegistry:
 
     def __init__(self, identity: Identity, config: SessionConfig, executor: Executor,
                  max_sessions: int, warp: texture_warp.WarpState | None = None,
-                 neural=None) -> None:
+                 neural=None, admit_headroom: float = 0.0) -> None:
         self.identity = identity
         self.config = config
         self.executor = executor
         self.max_sessions = max_sessions
+        self.admit_headroom = admit_headroom
         self.neural = neural
         if neural is not None:
             self.avatar = None
@@ -511,7 +512,10 @@ class SessionRegistry:
 
         A running session (past its first 3 s) sending below 90% of its frame rate means
         the machine is already at its limit: better to refuse a newcomer clearly than to
-        slow everyone down.
+        slow everyone down. So does one whose p99 compute per frame is over
+        ``admit_headroom`` of the frame period: it still keeps its rate, but one more
+        session would push it over (benchmarks/live_latency.py, 2-core machine: two
+        sessions at p99 32-45 ms of 40 held 25 fps, three fell to ~17 fps).
         """
         if self.neural is not None:
             why = self.neural.worker.overloaded(1.0 / self.config.fps)
@@ -522,6 +526,12 @@ class SessionRegistry:
             if st["media_s"] > 3.0 and st["fps"] < 0.9 * self.config.fps:
                 return (f"the server is overloaded (session {st['session']} runs at "
                         f"{st['fps']:.1f} of {self.config.fps:g} fps); try again later")
+            budget = self.admit_headroom * 1e3 / self.config.fps
+            p99 = st.get("latency_ms", {}).get("tick", {}).get("p99", 0.0)
+            if self.neural is None and budget > 0 and st["media_s"] > 3.0 and p99 > budget:
+                return (f"the server is full (session {st['session']} needs up to "
+                        f"{p99:.0f} ms of its {1e3 / self.config.fps:.0f} ms per frame); "
+                        "try again later")
         return None
 
     async def close_all(self, reason: str = "server shutting down") -> None:

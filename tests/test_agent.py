@@ -38,7 +38,8 @@ CLOSED = 0.12  # mouth opening below which the mouth is shut (as in test_server)
 @pytest.fixture(scope="module")
 def server(identity):
     cfg = SessionConfig(fps=FPS, idle_timeout_s=3.0, connect_timeout_s=5.0)
-    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=2), cfg) as srv:
+    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=2, admit_headroom=0.0),
+                          cfg) as srv:
         yield srv
 
 

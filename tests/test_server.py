@@ -53,7 +53,10 @@ def warp(identity):
 @pytest.fixture(scope="module")
 def server(identity, warp):
     cfg = SessionConfig(fps=FPS, idle_timeout_s=2.0, connect_timeout_s=5.0)
-    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=3), cfg, warp=warp) as srv:
+    # admit_headroom 0: these tests run sessions side by side on whatever CI machine; the
+    # headroom rule has its own test (test_offers_are_refused_without_headroom)
+    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=3, admit_headroom=0.0),
+                          cfg, warp=warp) as srv:
         yield srv
 
 
@@ -509,6 +512,36 @@ def test_offers_are_refused_while_sessions_run_slow(server):
     assert registry.refused["overloaded"] >= 1
     c = run(stream(server.url, None, 1.0))  # fine again once nothing runs slow
     assert len(c.video) > 5
+
+
+def test_offers_are_refused_without_headroom(server):
+    """A running session that keeps its rate but needs over 75% of its frame period per
+    frame (p99) leaves no room: a new offer gets 503 "overloaded" naming it; one well
+    inside its budget, or a fresh one (under 3 s of media), does not block."""
+    class Busy:
+        closed = False
+
+        def __init__(self, p99: float, media_s: float = 10.0) -> None:
+            self.p99, self.media_s = p99, media_s
+
+        def stats(self, public=False):
+            return {"session": "s98", "media_s": self.media_s, "fps": 25.0,
+                    "latency_ms": {"tick": {"p50": 10.0, "p99": self.p99, "max": self.p99}}}
+
+    registry = server.server.registry
+    registry.admit_headroom = 0.75
+    try:
+        registry.sessions["busy"] = Busy(p99=36.0)
+        assert "36 ms of its 40 ms" in registry.overloaded()
+        with pytest.raises(ConnectionError, match="overloaded"):
+            run(AvatarClient(server.url, audio=None).connect())
+        registry.sessions["busy"] = Busy(p99=25.0)
+        assert registry.overloaded() is None
+        registry.sessions["busy"] = Busy(p99=60.0, media_s=1.0)
+        assert registry.overloaded() is None
+    finally:
+        registry.sessions.pop("busy", None)
+        registry.admit_headroom = 0.0
 
 
 def test_thirty_fps_sessions(identity, warp):
