@@ -38,7 +38,7 @@ class ServerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    control_port: int | None = None  # default: port + 1
+    control_port: int | None = None  # default: port + 1 (any free port when port is 0)
     token: str | None = None
     max_sessions: int = 4
     workers: int = 0  # engine threads; 0 = one per CPU core
@@ -275,7 +275,9 @@ class AvatarServer:
         self.control = ControlServer(self.registry, self.config.token, self.http_port,
                                      self.config.allowed_origins)
         want = self.config.control_port
-        want = self.http_port + 1 if want is None else want
+        if want is None:  # beside the HTTP port; with an ephemeral one, any free port (the
+            # next one up may be anyone's: a test run once found it taken)
+            want = 0 if self.config.port == 0 else self.http_port + 1
         try:
             self.control_port = await self.control.start(self.config.host, want)
         except OSError as e:
