@@ -81,15 +81,15 @@ class WarpState:
     lid_colours: np.ndarray  # [2,3] (image-left eye, image-right eye)
     teeth_colour: np.ndarray
     feather: np.ndarray  # [h,w,1] float32 paste-back weight, 0 at the ROI edge
+    #: ``weights``' columns of the 68 landmarks [h*w, 68]: only they move (the anchors hold
+    #: the border still), so the per-frame field needs no others (half the work)
+    landmark_weights: sparse.csr_matrix
+    #: where ``feather`` is exactly 1 (x0, y0, x1, y1): pasted without blending
+    solid: tuple[int, int, int, int] | None
     #: Expression ratio maps on this source (engines.render.expression_texture); None off.
     expression: object | None = None
     #: the mouth interior from the learned model (engines.render.mouth_model), not painted
     learned_mouth: bool = False
-    #: ``weights``' columns of the 68 landmarks [h*w, 68]: only they move (the anchors hold
-    #: the border still), so the per-frame field needs no others (half the work)
-    landmark_weights: sparse.csr_matrix | None = None
-    #: where ``feather`` is exactly 1 (x0, y0, x1, y1): pasted without blending
-    solid: tuple[int, int, int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -254,9 +254,9 @@ def prepare(
         lid_colours=np.asarray(lids, np.float32),
         teeth_colour=np.asarray(teeth, np.float32),
         feather=feather,
-        learned_mouth=learned_mouth,
         landmark_weights=_landmark_columns(weights),
         solid=solid_box(feather),
+        learned_mouth=learned_mouth,
     )
     if not expression:
         return state
@@ -278,10 +278,8 @@ def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
     dst = apply_affine(state.canon_to_roi, landmarks).astype(np.float32)
     delta = np.zeros_like(state.src_vertices)
     delta[:68] = dst - state.src_vertices[:68]
-    moving = (state.landmark_weights if state.landmark_weights is not None
-              else _landmark_columns(state.weights))
     # forward displacement at source points (the anchors' is zero)
-    field = (moving @ delta[:68]).reshape(h, w, 2)
+    field = (state.landmark_weights @ delta[:68]).reshape(h, w, 2)
     first = state.grid - field
     # One fixed-point step: displacement evaluated where the first guess landed.
     refined = cv2.remap(field, first, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
