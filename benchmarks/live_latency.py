@@ -70,10 +70,10 @@ def _first_above(times: np.ndarray, values: np.ndarray, after: float, before: fl
     return float(times[sel[0]]) if sel.size else None
 
 
-def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], config,
-                   quarter: bool = False) -> float:
-    """Offline: the mouth's visible opening (or, with ``quarter``, its quarter-open) time
-    minus the speech onset, median over onsets (ms)."""
+def engine_leads_ms(identity, pcm48: np.ndarray, onsets: list[int],
+                    config) -> tuple[float, float]:
+    """Offline, one rendering: the mouth's visible opening time and its quarter-open time,
+    each minus the speech onset, median over onsets (ms)."""
     from engines.face.face_metrics import face_box, mouth_openings
     from engines.render.pipeline import FaceAnimator
 
@@ -85,16 +85,16 @@ def engine_lead_ms(identity, pcm48: np.ndarray, onsets: list[int], config,
     frames = [f.image for f in anim.render_all(pcm16)]
     mouth = mouth_openings(frames, face_box(identity.landmarks_photo))
     times = (np.arange(len(frames)) + 0.5) / fps
-    leads = []
+    visible, quarter = [], []
     for o in onsets:
         t = o / RATE
         base = np.nanmedian(mouth[(times > t - 1.0) & (times < t - 0.3)])
         peak = np.nanmax(mouth[(times > t) & (times < t + 1.4)])
-        level = base + 0.25 * (peak - base) if quarter else base + MOTION
-        hit = _first_above(times, mouth, t - 0.3, t + 1.4, level)
-        if hit is not None:
-            leads.append((hit - t) * 1e3)
-    return float(np.median(leads))
+        for leads, level in ((visible, base + MOTION), (quarter, base + 0.25 * (peak - base))):
+            hit = _first_above(times, mouth, t - 0.3, t + 1.4, level)
+            if hit is not None:
+                leads.append((hit - t) * 1e3)
+    return float(np.median(visible)), float(np.median(quarter))
 
 
 def resample_to_16k(pcm48: np.ndarray) -> np.ndarray:
@@ -157,8 +157,7 @@ def glass(args) -> dict:
                         jitter_ms=args.jitter)
     with BackgroundServer(identity, ServerConfig(port=0), cfg) as srv:
         res = asyncio.run(_glass(srv.url, pcm, onsets, identity))
-    lead = engine_lead_ms(identity, pcm, onsets, cfg)
-    lead_q = engine_lead_ms(identity, pcm, onsets, cfg, quarter=True)
+    lead, lead_q = engine_leads_ms(identity, pcm, onsets, cfg)
     v = [r["video_g2g_ms"] for r in res["onsets"] if r["video_g2g_ms"] is not None]
     vq = [r["video_g2g_quarter_open_ms"] for r in res["onsets"]
           if r["video_g2g_quarter_open_ms"] is not None]
@@ -220,7 +219,7 @@ async def _clients(url: str, n: int, seconds: float) -> dict:
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     t1 = time.monotonic()
-    metrics = await asyncio.get_running_loop().run_in_executor(None, _metrics, url)
+    metrics = await asyncio.get_running_loop().run_in_executor(None, fetch_metrics, url)
     out = []
     for c, k in zip(clients, marks, strict=True):
         t = np.array([f.arrival for f in c.video[k:] if f.arrival <= t1])
@@ -237,28 +236,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _metrics(url: str) -> str:
+def fetch_metrics(url: str) -> str:
     import urllib.request
 
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
         return r.read().decode()
 
 
-def tick_p99_ms(metrics: str) -> list[float]:
-    """Each session's p99 compute per tick (ms) from ``/metrics`` (labels in any order)."""
-    out = []
+def stage_latencies_ms(metrics: str) -> dict[tuple[str, str], list[float]]:
+    """``/metrics``' per-session stage latencies (ms) by (stage, quantile), one value per
+    session (labels in any order: the exposition sorts them)."""
+    out: dict[tuple[str, str], list[float]] = {}
     for line in metrics.splitlines():
         m = re.match(r"etf_stage_latency_seconds\{([^}]*)\} (\S+)$", line)
         if m:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            if labels.get("stage") == "tick" and labels.get("quantile") == "0.99":
-                out.append(float(m.group(2)) * 1e3)
+            key = (labels.get("stage", ""), labels.get("quantile", ""))
+            out.setdefault(key, []).append(float(m.group(2)) * 1e3)
     return out
+
+
+def tick_p99_ms(metrics: str) -> list[float]:
+    """Each session's p99 compute per tick (ms) from ``/metrics``."""
+    return stage_latencies_ms(metrics).get(("tick", "0.99"), [])
 
 
 def capacity(args) -> dict:
@@ -273,7 +278,7 @@ def capacity(args) -> dict:
     try:
         server.stdout.readline()
         for n in range(1, args.max_sessions + 1):
-            cpu0 = _cpu_seconds(server.pid)
+            cpu0 = process_cpu_seconds(server.pid)
             w0 = time.monotonic()
             proc = subprocess.run(
                 [sys.executable, __file__, "_clients", url, str(n), str(args.seconds)],
@@ -283,7 +288,7 @@ def capacity(args) -> dict:
                 raise RuntimeError(proc.stderr[-2000:])
             got = json.loads(proc.stdout.strip().splitlines()[-1])
             per, text = got["per_session"], got["metrics"]
-            cpu = (_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - w0)
+            cpu = (process_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - w0)
             p99 = tick_p99_ms(text)
             ok = all(p["fps"] >= args.fps - 1 and (p["max_gap_ms"] or 1e9) <= 200
                      for p in per) and (max(p99) if p99 else 0) < 1000 / args.fps

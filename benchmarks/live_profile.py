@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -38,6 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.live_latency import (  # noqa: E402
+    fetch_metrics,
+    process_cpu_seconds,
+    stage_latencies_ms,
+)
 from benchmarks.machine import machine_info  # noqa: E402
 
 FPS = 25.0
@@ -184,22 +188,13 @@ def _group(name: str | None) -> str:
     return "other: " + re.sub(r"[_-]?\d+$", "", name)
 
 
-def _proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _stages(url: str) -> dict:
-    text = urllib.request.urlopen(f"{url}/metrics", timeout=5).read().decode()
-    out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for line in text.splitlines():
-        m = re.match(r"etf_stage_latency_seconds\{([^}]*)\} (\S+)$", line)
-        if m:
-            lab = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            out[lab["stage"]]["p" + lab["quantile"].replace("0.", "").ljust(2, "0")[:2]].append(
-                float(m.group(2)) * 1e3)
-    return {stage: {q: round(float(np.max(v)), 2) for q, v in qs.items()}
-            for stage, qs in out.items()}
+    """Each stage's p50 and p99 (ms) of the worst session."""
+    names = {"0.5": "p50", "0.99": "p99"}
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for (stage, q), values in stage_latencies_ms(fetch_metrics(url)).items():
+        out[stage][names.get(q, q)] = round(max(values), 2)
+    return dict(out)
 
 
 def threads(levels: list[int], seconds: float) -> list[dict]:
@@ -217,9 +212,9 @@ def threads(levels: list[int], seconds: float) -> list[dict]:
                  srv.url, str(n), str(seconds)],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
             time.sleep(2.5)  # connect and settle, as the client does
-            c0, g0, w0 = _proc_cpu(proc.pid), _thread_cpu(), time.monotonic()
+            c0, g0, w0 = process_cpu_seconds(proc.pid), _thread_cpu(), time.monotonic()
             time.sleep(seconds - 1.0)
-            c1, g1, w1 = _proc_cpu(proc.pid), _thread_cpu(), time.monotonic()
+            c1, g1, w1 = process_cpu_seconds(proc.pid), _thread_cpu(), time.monotonic()
             stages = _stages(srv.url)
             got = json.loads(proc.communicate(timeout=120)[0].strip().splitlines()[-1])
             wall = w1 - w0
