@@ -108,21 +108,26 @@ def as_training(clips: list[dict]):
 
 def default_engine_opening(c: dict) -> np.ndarray:
     from engines.render.landmark_default import SpeechLandmarkEngine
-    from etf_models.canonical_face import mouth_opening
 
     eng = SpeechLandmarkEngine(c["neutral"], fps=FPS, idle_amplitude=0.0)
-    audio = c["audio"]
+    return streamed_opening(eng, c["audio"], c["n"])
+
+
+def streamed_opening(eng, audio: np.ndarray, n: int) -> np.ndarray:
+    """A landmark engine's mouth opening [n] on ``audio`` streamed in 20 ms chunks (NaN
+    past what it made)."""
+    from etf_models.canonical_face import mouth_opening
+
     out = []
     for s in range(0, len(audio), 320):
         eng.push_audio(audio[s : s + 320])
-        while eng.frames_ready() > 0 and len(out) < c["n"]:
+        while eng.frames_ready() > 0 and len(out) < n:
             out.append(eng.next_frame()[0])
     eng.flush()
-    while eng.frames_ready() > 0 and len(out) < c["n"]:
+    while eng.frames_ready() > 0 and len(out) < n:
         out.append(eng.next_frame()[0])
-    lm = np.array(out, np.float32)
-    op = mouth_opening(lm)
-    return np.pad(op, (0, c["n"] - len(op)), constant_values=np.nan)
+    op = mouth_opening(np.array(out, np.float32))
+    return np.pad(op, (0, n - len(op)), constant_values=np.nan)
 
 
 def rendered_opening(c: dict, crop: np.ndarray) -> np.ndarray:

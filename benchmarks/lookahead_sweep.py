@@ -55,8 +55,8 @@ SETTINGS = [
 
 
 def engine_opening(neutral: np.ndarray, audio: np.ndarray, n: int, setting) -> np.ndarray:
+    from benchmarks.lipsync_talking import streamed_opening
     from engines.render.landmark_default import SpeechLandmarkEngine
-    from etf_models.canonical_face import mouth_opening
 
     _, phone, coart, antic, *rest = setting
     eng = SpeechLandmarkEngine(neutral, fps=FPS, idle_amplitude=0.0,
@@ -67,16 +67,7 @@ def engine_opening(neutral: np.ndarray, audio: np.ndarray, n: int, setting) -> n
 
         eng.recognizer = StreamingPhoneRecognizer(lookahead_ms=phone, lw=rest[0],
                                                   step_ms=int(rest[1]) if rest[1:] else 20)
-    out = []
-    for s in range(0, len(audio), 320):
-        eng.push_audio(audio[s : s + 320])
-        while eng.frames_ready() > 0 and len(out) < n:
-            out.append(eng.next_frame()[0])
-    eng.flush()
-    while eng.frames_ready() > 0 and len(out) < n:
-        out.append(eng.next_frame()[0])
-    op = mouth_opening(np.array(out, np.float32))
-    return np.pad(op, (0, n - len(op)), constant_values=np.nan)
+    return streamed_opening(eng, audio, n)
 
 
 def devset_clips() -> list[dict]:
