@@ -37,10 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from engines.audio.audio_ingest import NET_RATE, AudioIngest
+from engines.audio.phone_stream import StreamingPhoneRecognizer
 from engines.face.identity import Identity
 from engines.latency import LatencyRing
 from engines.motion.emotion_state import DEFAULT_TRANSITION_S, EmotionState
 from engines.render import texture_warp
+from engines.render.landmark_default import SpeechLandmarkEngine
 from engines.render.pipeline import FaceAnimator
 from etf_models.emotions import EMOTIONS
 
@@ -86,14 +88,19 @@ class StreamConfig:
             raise ValueError(f"emotion {self.emotion!r} is not one of {', '.join(EMOTIONS)}")
         if not 0.0 <= self.intensity <= 1.0:
             raise ValueError(f"intensity {self.intensity} is outside 0..1")
-        if not 60.0 <= self.phone_lookahead_ms <= 1000.0:
+        # the engine's own bounds, checked here so a bad setting fails at start-up
+        phones = StreamingPhoneRecognizer.MIN_LOOKAHEAD_MS
+        if not phones <= self.phone_lookahead_ms <= 1000.0:
             raise ValueError(f"phone lookahead {self.phone_lookahead_ms:g} ms is outside "
-                             "60..1000 ms")
-        if not 0.0 <= self.coart_future_ms <= 100.0:
+                             f"{phones:g}..1000 ms")
+        coart = SpeechLandmarkEngine.MAX_COART_FUTURE_MS
+        if not 0.0 <= self.coart_future_ms <= coart:
             raise ValueError(f"coarticulation lookahead {self.coart_future_ms:g} ms is "
-                             "outside 0..100 ms")
-        if not 0.0 <= self.anticipation_ms <= 200.0:
-            raise ValueError(f"anticipation {self.anticipation_ms:g} ms is outside 0..200 ms")
+                             f"outside 0..{coart:g} ms")
+        antic = SpeechLandmarkEngine.MAX_ANTICIPATION_MS
+        if not 0.0 <= self.anticipation_ms <= antic:
+            raise ValueError(f"anticipation {self.anticipation_ms:g} ms is outside "
+                             f"0..{antic:g} ms")
 
 
 @dataclass

@@ -235,6 +235,8 @@ class StreamingPhoneRecognizer:
     """
 
     DEFAULT_LOOKAHEAD_MS = 150.0
+    #: The least commit delay: the decoder's own (feature deltas plus search).
+    MIN_LOOKAHEAD_MS = 60.0
 
     def __init__(
         self,
@@ -280,8 +282,8 @@ class StreamingPhoneRecognizer:
         if step_ms <= 0 or step_ms % 10:
             raise ValueError("step_ms must be a positive multiple of 10")
         la_frames = int(round(lookahead_ms / 10.0))
-        if la_frames < 6:
-            raise ValueError("lookahead_ms must be at least 60 ms")
+        if la_frames < int(self.MIN_LOOKAHEAD_MS / 10):
+            raise ValueError(f"lookahead_ms must be at least {self.MIN_LOOKAHEAD_MS:g} ms")
         self.sample_rate = int(sample_rate)
         self.lookahead_ms = float(la_frames * 10)
         self.step_ms = int(step_ms)

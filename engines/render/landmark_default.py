@@ -89,6 +89,9 @@ class SpeechLandmarkEngine:
     #: Articulators move ahead of the sound they shape (lips close before a /b/ is heard,
     #: the jaw opens before the vowel): frame t shows the speech of t + anticipation.
     anticipation_s = 0.04
+    #: The most anticipation and coarticulation reach the engine takes (ms).
+    MAX_ANTICIPATION_MS = 200.0
+    MAX_COART_FUTURE_MS = COART_ROWS * ROW_S * 1e3
     #: The viseme targets and the held jaw were drawn by hand and opened the mouth ~1.8x as
     #: far as real talking mouths (inner-lip gap / eye-corner distance, median and 90th
     #: percentile, 13 people of ../shared/data/talking; benchmarks/lipsync_talking.py).
@@ -157,11 +160,12 @@ class SpeechLandmarkEngine:
         if coart_future_ms is not None:
             future = int(round(coart_future_ms / 1e3 / ROW_S))
         if not 0 <= future <= COART_ROWS:
-            raise ValueError(f"coart_future_ms must be within 0..{COART_ROWS * ROW_S * 1e3:g}")
+            raise ValueError(f"coart_future_ms must be within 0..{self.MAX_COART_FUTURE_MS:g}")
         self.coart_future = future
         if anticipation_ms is not None:
-            if not 0.0 <= anticipation_ms <= 200.0:
-                raise ValueError("anticipation_ms must be within 0..200")
+            if not 0.0 <= anticipation_ms <= self.MAX_ANTICIPATION_MS:
+                raise ValueError(
+                    f"anticipation_ms must be within 0..{self.MAX_ANTICIPATION_MS:g}")
             self.anticipation_s = anticipation_ms / 1e3
         self.recognizer = (
             StreamingPhoneRecognizer(sample_rate=sample_rate)
