@@ -151,6 +151,12 @@ def collect(videos: list[Path], cache: Path, every: int = 2) -> dict[str, dict]:
 COLOUR_GAP = 0.08
 
 
+def _highlight(px: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The mean colour of the brightest 8% of the interior's pixels ``px`` [n,3] by their
+    luminance ``y`` [n] (the teeth, where they show)."""
+    return px[y >= np.percentile(y, 92)].mean(0)
+
+
 def interior_colours(people: dict[str, dict], names: list[str]) -> dict:
     """How bright real teeth and how dark a real mouth's cavity are against the same
     person's lips: per frame, the mean colour of the brightest 8% and of the darkest 10% of
@@ -168,7 +174,7 @@ def interior_colours(people: dict[str, dict], names: list[str]) -> dict:
                 continue
             px = patch[inside].astype(np.float64)
             y = px.mean(1)
-            top = px[y >= np.percentile(y, 92)].mean(0)
+            top = _highlight(px, y)
             bright.append(top / np.maximum(lip, 1.0))
             dark.append(px[y <= np.percentile(y, 10)].mean(0) / np.maximum(lip, 1.0))
             lum.append(top.mean() / max(float(np.mean(lip)), 1.0))
@@ -205,8 +211,9 @@ def teeth_by_gap(people: dict[str, dict], names: list[str]) -> dict:
             inside = cond[0] > 0.95
             if not 0 <= b < n_bins or inside.sum() < 8:
                 continue
-            y = patch[inside].astype(np.float64).mean(1)
-            got[b].append(float(y[y >= np.percentile(y, 92)].mean()) / max(float(lip.mean()), 1.0))
+            px = patch[inside].astype(np.float64)
+            top = _highlight(px, px.mean(1))
+            got[b].append(float(top.mean()) / max(float(lip.mean()), 1.0))
         per.append([np.median(v) if len(v) >= 5 else np.nan for v in got])
     med = np.nanmedian(np.array(per, np.float64), axis=0)
     return {"gap": [round((lo + hi) / 2, 3) for lo, hi in zip(GAP_BINS[:-1], GAP_BINS[1:],
