@@ -75,6 +75,8 @@ class WarpState:
     weights: sparse.csr_matrix  # [h*w, vertices]
     #: the mesh's triangles [T,3] that touch the lips: inverted exactly per frame
     lip_triangles: np.ndarray
+    #: their orientation in the photo [T] (+-1): drawn the other way round, one is folded
+    lip_orientation: np.ndarray
     grid: np.ndarray  # [h,w,2] float32 pixel coordinates
     neutral: np.ndarray  # [68,2] canonical neutral landmarks
     lip_colour: np.ndarray
@@ -247,6 +249,7 @@ def prepare(
         roi_to_canon=roi_to_canon,
         src_vertices=vertices.astype(np.float32),
         lip_triangles=lip_triangles.astype(np.int32),
+        lip_orientation=_orientation(vertices.astype(np.float32)[lip_triangles]),
         weights=weights,
         grid=np.stack([xs, ys], axis=-1),
         neutral=identity.neutral.astype(np.float32),
@@ -264,6 +267,11 @@ def prepare(
 
     maps = expression_texture.prepare(state, identity)
     return replace(state, image=maps.base, expression=maps)
+
+
+def _orientation(tri: np.ndarray) -> np.ndarray:
+    """+-1 per triangle [T,3,2]: the sign of its signed area (0 if degenerate)."""
+    return np.sign(np.linalg.det(np.concatenate([tri, np.ones((len(tri), 3, 1))], axis=2)))
 
 
 def _landmark_columns(weights: sparse.csr_matrix) -> sparse.csr_matrix:
@@ -301,10 +309,9 @@ def _invert_lips(state: WarpState, dst: np.ndarray, out: np.ndarray) -> None:
     # affine dst -> src per triangle: [x y 1] @ m = src
     a = np.concatenate([d, np.ones((len(tris), 3, 1), d.dtype)], axis=2)  # [T,3,3]
     det = np.linalg.det(a)
-    src = np.concatenate([state.src_vertices[tris], np.ones((len(tris), 3, 1))], axis=2)
     # a triangle folded over (pressed lips cross the photo's parted inner lips) overlaps its
     # neighbours with a map that belongs nowhere: it painted dotted lines below the lips
-    ok = (np.abs(det) > 1e-6) & (np.sign(det) == np.sign(np.linalg.det(src)))
+    ok = (np.abs(det) > 1e-6) & (np.sign(det) == state.lip_orientation)
     m = np.zeros((len(tris), 3, 2), np.float64)
     m[ok] = np.linalg.solve(a[ok], state.src_vertices[tris][ok])
     # only where the warp stretches over 1.15x or squeezes under 0.75x (the fixed point
