@@ -42,8 +42,12 @@ class ServerConfig:
     token: str | None = None
     max_sessions: int = 4
     workers: int = 0  # engine threads; 0 = one per CPU core
-    #: Refuse a newcomer while a running session's p99 compute per frame is over this
-    #: fraction of the frame period (it has no room for one more); 0 = never on this ground.
+    #: Default engine: render each session in its own process (server.render_worker), so
+    #: sessions do not share one GIL; False renders on the engine threads.
+    render_processes: bool = True
+    #: Refuse a newcomer unless the machine's free CPU exceeds one session's measured cost
+    #: over this (render processes), or while a running session's p99 compute per frame is
+    #: over this fraction of the frame period (render threads); 0 = never on these grounds.
     admit_headroom: float = 0.75
     #: Behind a reverse proxy: the public base of the control channel announced to clients
     #: (e.g. ``wss://avatar.example.com/etf-control``) and the page origins allowed on it.
@@ -73,11 +77,15 @@ class AvatarServer:
         self.config = config
         self.session_config = session
         workers = config.workers or max(2, os.cpu_count() or 2)
+        if config.render_processes and neural is None:
+            # each session's thread mostly waits on its render process
+            workers = max(workers, config.max_sessions + 1)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="etf-engine")
         # neural: engines.neural.live.NeuralEngines (owned by the caller), else the default
         self.registry = SessionRegistry(identity, session, self.executor, config.max_sessions,
                                         warp=warp, neural=neural,
-                                        admit_headroom=config.admit_headroom)
+                                        admit_headroom=config.admit_headroom,
+                                        render_processes=config.render_processes)
         self.identity = identity
         self.peers: dict[str, object] = {}
         self.control: ControlServer | None = None
@@ -295,6 +303,7 @@ class AvatarServer:
             await self._runner.cleanup()
         for task in list(self._tasks):
             task.cancel()
+        self.registry.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 

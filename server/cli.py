@@ -202,7 +202,8 @@ def cmd_serve(args) -> int:
                           token=token, max_sessions=args.max_sessions, workers=args.workers,
                           public_control_url=args.public_control_url,
                           allowed_origins=tuple(args.allow_origin or ()),
-                          admit_headroom=args.admit_headroom)
+                          admit_headroom=args.admit_headroom,
+                          render_processes=args.render_in == "processes")
     neural = None
     if args.engine == "neural":
         neural = _neural_engines(args, identity)
@@ -778,12 +779,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control-port", type=int, default=None,
                    help="WebSocket control port (default: --port + 1)")
     s.add_argument("--admit-headroom", type=float, default=0.75,
-                   help="refuse a new session while a running one needs more than this "
-                   "fraction of its frame period to compute a frame (p99; 0 = never)")
+                   help="refuse a new session unless it leaves this much headroom: the "
+                   "free CPU must exceed one session's measured cost divided by it (render "
+                   "processes), or each running session's p99 compute per frame must stay "
+                   "under this fraction of its frame period (render threads); 0 = never")
     s.add_argument("--max-sessions", type=int, default=4,
                    help="concurrent peers; more are refused with 503")
     s.add_argument("--workers", type=int, default=0,
                    help="engine threads (default: one per CPU core)")
+    s.add_argument("--render-in", choices=("processes", "threads"), default="processes",
+                   help="default engine: render each session in its own process (sessions "
+                   "do not share one Python interpreter's lock) or on the engine threads")
     s.add_argument("--engine", default="default",
                    help="default (geometric, no weights) or neural (the paper's G_L and G_T "
                    "from --weights, batched across sessions on one device worker)")

@@ -18,11 +18,14 @@ Timing (P = 1/fps, t0 = the session clock's origin, set when media starts flowin
 - Emotion changes are sampled at compute time on the session clock, so a change shows in
   the next frame computed (released one period later), blended over its transition.
 
-Two kinds of engines: the default one renders each session's frames on the engine thread
-pool (``FaceAnimator``); the neural one (``engines.neural.live``) prepares each session's
-frame inputs on that pool and renders the frames of all sessions together on the device
-worker (``BatchWorker``). Neural sessions start on a shared tick grid
-(``aligned_start``) so their frames are due at the same instants and batch together.
+Two kinds of engines: the default one renders each session's frames in the session's own
+render process (``server.render_worker``: one interpreter per session, so sessions do not
+wait on each other's GIL; a thread of the engine pool waits on it), or on the engine pool
+itself (``FaceAnimator``) when processes are off or none can be started; the neural one
+(``engines.neural.live``) prepares each session's frame inputs on that pool and renders
+the frames of all sessions together on the device worker (``BatchWorker``). Neural
+sessions start on a shared tick grid (``aligned_start``) so their frames are due at the
+same instants and batch together.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class Session:
         session_id: str | None = None,
         neural=None,
         tts_executor: Executor | None = None,
+        pool=None,
     ) -> None:
         # The id is a capability: it grants control of the session, so it is unguessable
         # unless the caller names it (etf live's single local session).
@@ -110,6 +114,8 @@ class Session:
         self.delay_ticks = ready_lag + 2
         self.emotion = EmotionState(config.emotion, config.intensity)
         self.neural = neural  # engines.neural.live.NeuralEngines, or None: the default engine
+        self.pool = pool  # server.render_worker.RenderPool, or None: render on the pool thread
+        self.worker = None  # this session's render process (server.render_worker), if any
         #: Input, speech queue, animator and emotion: the in-process API (engines.avatar);
         #: built by prepare().
         self.stream: AvatarStream | None = None
@@ -140,9 +146,26 @@ class Session:
             self.neural.worker.open(self.id)  # CapacityError when the device is full
             self.on_close.append(lambda s: s.neural.worker.close(s.id))
 
+        if self.neural is None and self.pool is not None:
+            from server.render_worker import WorkerError
+
+            worker = None
+            try:
+                worker = await self.pool.acquire()
+                await loop.run_in_executor(self.executor, worker.open, self.config, self.seed)
+            except WorkerError as e:
+                log.warning("session %s renders on a thread: %s", self.label, e)
+                if worker is not None:
+                    self.pool.release_later(worker)
+            else:
+                self.on_close.append(lambda s: s.pool.release_later(worker))
+                self.worker = worker
+
         def build() -> AvatarStream:
             if self.neural is not None:
                 animator = self.neural.stream(self.config.fps, self.emotion, self.seed)
+            elif self.worker is not None:
+                animator = self.worker  # frames come from the render process (_compute_remote)
             else:
                 animator = self.avatar.animator(self.config, self.emotion, self.seed)
             return AvatarStream(self.avatar, self.config, animator=animator, clock=self.now,
@@ -325,6 +348,9 @@ class Session:
         """This tick's frames: rendered on the engine pool (default engine), or inputs
         prepared on the pool and rendered in a batch on the device worker (neural)."""
         loop = asyncio.get_running_loop()
+        if self.worker is not None:
+            return await loop.run_in_executor(self.executor, self._compute_remote, speech,
+                                              self.now())
         if self.neural is None:
             return await loop.run_in_executor(self.executor, self._compute, speech,
                                               self.now())
@@ -369,6 +395,25 @@ class Session:
             self.latency["yuv"].add(time.perf_counter() - t1)
             release = self.t0 + (frame.index + self.delay_ticks) * self.period
             out.append(VideoOut(frame.index, yuv, release, skipped=skipped))
+        if out:
+            self.latency["tick"].add(time.perf_counter() - t_start)
+        return out
+
+    def _compute_remote(self, speech: list[np.ndarray], emotion_at: float) -> list[VideoOut]:
+        """Pool thread: what ``_compute`` does, in this session's render process (it waits
+        there without the GIL)."""
+        t_start = time.perf_counter()
+        h, w = self.identity.photo.shape[:2]
+        frames, speech_s, cpu_s = self.worker.render(speech, self.emotion.vector_at(emotion_at),
+                                                     h, w)
+        self.latency["speech"].add(speech_s)
+        self.counters["engine_cpu_us"] += int(cpu_s * 1e6)
+        out = []
+        for index, skipped, yuv, frame_s, yuv_s in frames:
+            self.latency["frame"].add(frame_s)
+            self.latency["yuv"].add(yuv_s)
+            release = self.t0 + (index + self.delay_ticks) * self.period
+            out.append(VideoOut(index, yuv, release, skipped=skipped))
         if out:
             self.latency["tick"].add(time.perf_counter() - t_start)
         return out
@@ -425,6 +470,8 @@ class Session:
             "speech": ing.speech,
             "lookahead_ms": self.lookahead_ms,
             "pipeline_delay_ms": round(self.delay_ticks * self.period * 1e3, 1),
+            "render_process": self.worker.pid if self.worker is not None else None,
+            "render_cpu_s": round(self.counters["engine_cpu_us"] / 1e6, 3),
             "latency_ms": {s: r.quantiles_ms() for s, r in self.latency.items()},
             "queues": {
                 "audio_ms": round(self.ingest.buffered_ms, 1),
@@ -455,7 +502,8 @@ class SessionRegistry:
 
     def __init__(self, identity: Identity, config: SessionConfig, executor: Executor,
                  max_sessions: int, warp: texture_warp.WarpState | None = None,
-                 neural=None, admit_headroom: float = 0.0) -> None:
+                 neural=None, admit_headroom: float = 0.0, render_processes: bool = False,
+                 ) -> None:
         self.identity = identity
         self.config = config
         self.executor = executor
@@ -469,6 +517,14 @@ class SessionRegistry:
         else:
             self.avatar = Avatar(identity, warp)
             self.ready_lag = self.avatar.ready_lag(config)
+        #: The default engine's render processes (one per session), or None: threads.
+        self.pool = self.cpu = None
+        if render_processes and neural is None:
+            from server.cpu_meter import CpuMeter
+            from server.render_worker import RenderPool
+
+            self.pool = RenderPool(self.avatar.identity, max_sessions)
+            self.cpu = CpuMeter(self.pool.pids)
         self.sessions: dict[str, Session] = {}
         #: One thread speaks every session's ``say`` (in order; off the render pool).
         self.tts_executor = ThreadPoolExecutor(1, thread_name_prefix="etf-tts")
@@ -494,7 +550,7 @@ class SessionRegistry:
         self.check_capacity()
         session = Session(self.identity, self.avatar, self.config, self.executor, self.ready_lag,
                           session_id=session_id, neural=self.neural,
-                          tts_executor=self.tts_executor)
+                          tts_executor=self.tts_executor, pool=self.pool)
         session.label = f"s{self.counters['created'] + 1}"
         self.counters["created"] += 1
         self.sessions[session.id] = session  # reserve the slot before awaiting
@@ -512,30 +568,55 @@ class SessionRegistry:
 
         A running session (past its first 3 s) sending below 90% of its frame rate means
         the machine is already at its limit: better to refuse a newcomer clearly than to
-        slow everyone down. So does one whose p99 compute per frame is over
-        ``admit_headroom`` of the frame period: it still keeps its rate, but one more
-        session would push it over (benchmarks/live_latency.py, 2-core machine: two
-        sessions at p99 32-45 ms of 40 held 25 fps, three fell to ~17 fps).
+        slow everyone down. With ``admit_headroom`` (0 = off) the server also refuses what
+        it measures it could not serve:
+
+        - render processes: when the CPU the machine has free is under the measured cost
+          of one session (the server's CPU, render processes included, over its sessions)
+          divided by ``admit_headroom``; one more would take the others' share
+          (benchmarks/live_latency.py, 2-core machine with the peers on it: three sessions
+          held 25 fps with 0.34 cores free, a fourth fell to 23.7-25);
+        - render threads: when a running session's p99 compute per frame is over
+          ``admit_headroom`` of the frame period: it still keeps its rate, but the
+          sessions share one interpreter lock and one more would push it over (two
+          sessions at p99 32-45 ms of 40 held 25 fps, three fell to ~17-20 fps).
         """
         if self.neural is not None:
             why = self.neural.worker.overloaded(1.0 / self.config.fps)
             if why:
                 return why
+        running = 0
         for s in self.sessions.values():
             st = s.stats(public=True)
-            if st["media_s"] > 3.0 and st["fps"] < 0.9 * self.config.fps:
+            if st["media_s"] <= 3.0:
+                continue
+            running += 1
+            if st["fps"] < 0.9 * self.config.fps:
                 return (f"the server is overloaded (session {st['session']} runs at "
                         f"{st['fps']:.1f} of {self.config.fps:g} fps); try again later")
             budget = self.admit_headroom * 1e3 / self.config.fps
             p99 = st.get("latency_ms", {}).get("tick", {}).get("p99", 0.0)
-            if self.neural is None and budget > 0 and st["media_s"] > 3.0 and p99 > budget:
+            if self.neural is None and self.pool is None and budget > 0 and p99 > budget:
                 return (f"the server is full (session {st['session']} needs up to "
                         f"{p99:.0f} ms of its {1e3 / self.config.fps:.0f} ms per frame); "
                         "try again later")
+        rates = self.cpu.rates() if self.cpu is not None else None
+        if running and rates is not None and self.admit_headroom > 0:
+            free, used = rates
+            per_session = used / max(1, len(self.sessions))
+            if free < per_session / self.admit_headroom:
+                return (f"the server is full (a session here costs {per_session:.2f} CPU "
+                        f"cores and {free:.2f} are free); try again in a few seconds")
         return None
 
     async def close_all(self, reason: str = "server shutting down") -> None:
         await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())))
+
+    def shutdown(self) -> None:
+        """Stop the render processes and the CPU meter (after ``close_all``)."""
+        if self.pool is not None:
+            self.pool.close()
+            self.cpu.close()
 
     def server_stats(self) -> dict:
         return {
@@ -545,5 +626,6 @@ class SessionRegistry:
             "refused": dict(self.refused) or {"capacity": 0},
             "uptime_s": time.monotonic() - self.started,
             **({"device_worker": self.neural.worker.stats()} if self.neural else {}),
+            **({"render_processes": self.pool.stats()} if self.pool else {}),
         }
 

@@ -515,9 +515,11 @@ def test_offers_are_refused_while_sessions_run_slow(server):
 
 
 def test_offers_are_refused_without_headroom(server):
-    """A running session that keeps its rate but needs over 75% of its frame period per
-    frame (p99) leaves no room: a new offer gets 503 "overloaded" naming it; one well
-    inside its budget, or a fresh one (under 3 s of media), does not block."""
+    """Rendering on threads, a running session that keeps its rate but needs over 75% of
+    its frame period per frame (p99) leaves no room; rendering in processes, free CPU under
+    one session's measured cost / 0.75 does. A new offer then gets 503 "overloaded" saying
+    why; a session well inside its budget, or a fresh one (under 3 s of media), does not
+    block."""
     class Busy:
         closed = False
 
@@ -528,9 +530,19 @@ def test_offers_are_refused_without_headroom(server):
             return {"session": "s98", "media_s": self.media_s, "fps": 25.0,
                     "latency_ms": {"tick": {"p50": 10.0, "p99": self.p99, "max": self.p99}}}
 
+    class Meter:  # the CPU meter's reading: (free cores, cores the server uses)
+        def __init__(self, free: float, used: float) -> None:
+            self.reading = (free, used)
+
+        def rates(self):
+            return self.reading
+
     registry = server.server.registry
+    pool, cpu = registry.pool, registry.cpu
     registry.admit_headroom = 0.75
     try:
+        # render threads: the p99 rule
+        registry.pool, registry.cpu = None, None
         registry.sessions["busy"] = Busy(p99=36.0)
         assert "36 ms of its 40 ms" in registry.overloaded()
         with pytest.raises(ConnectionError, match="overloaded"):
@@ -539,9 +551,64 @@ def test_offers_are_refused_without_headroom(server):
         assert registry.overloaded() is None
         registry.sessions["busy"] = Busy(p99=60.0, media_s=1.0)
         assert registry.overloaded() is None
+        # render processes: the CPU rule (p99 alone no longer refuses)
+        registry.pool = pool
+        registry.sessions["busy"] = Busy(p99=36.0)
+        registry.cpu = Meter(free=0.34, used=0.42)  # needs 0.56 free
+        assert "costs 0.42 CPU cores and 0.34 are free" in registry.overloaded()
+        with pytest.raises(ConnectionError, match="overloaded"):
+            run(AvatarClient(server.url, audio=None).connect())
+        registry.cpu = Meter(free=0.71, used=0.42)
+        assert registry.overloaded() is None
+        registry.sessions["busy"] = Busy(p99=36.0, media_s=1.0)  # nothing settled yet
+        registry.cpu = Meter(free=0.1, used=0.42)
+        assert registry.overloaded() is None
+        registry.sessions["busy"] = Busy(p99=36.0)
+        registry.admit_headroom = 0.0  # off
+        assert registry.overloaded() is None
     finally:
         registry.sessions.pop("busy", None)
         registry.admit_headroom = 0.0
+        registry.pool, registry.cpu = pool, cpu
+
+
+def test_sessions_render_in_their_own_processes(server):
+    """Each session renders in its own render process (stats name it, its CPU is counted);
+    one that cannot get a process renders on a thread and streams all the same."""
+    from server.render_worker import WorkerError
+
+    async def two():
+        async with AvatarClient(server.url, audio=None) as a, \
+                AvatarClient(server.url, audio=None) as b:
+            await asyncio.sleep(1.5)
+            stats = [server.server.registry.get(c.answer["session"]).stats()
+                     for c in (a, b)]
+        return a, b, stats
+
+    a, b, stats = run(two())
+    pids = [st["render_process"] for st in stats]
+    assert all(pids) and pids[0] != pids[1], pids
+    assert all(st["render_cpu_s"] > 0 for st in stats), stats
+    assert min(len(a.video), len(b.video)) > 20
+
+    registry = server.server.registry
+    acquire = registry.pool.acquire
+
+    async def no_process():
+        raise WorkerError("test: no render process")
+
+    registry.pool.acquire = no_process
+    try:
+        async def one():
+            async with AvatarClient(server.url, audio=None) as c:
+                await asyncio.sleep(1.5)
+                st = registry.get(c.answer["session"]).stats()
+            return c, st
+
+        c, st = run(one())
+    finally:
+        registry.pool.acquire = acquire
+    assert st["render_process"] is None and len(c.video) > 20
 
 
 def test_thirty_fps_sessions(identity, warp):

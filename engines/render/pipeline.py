@@ -72,17 +72,20 @@ class FaceAnimator:
     def frames_ready(self) -> int:
         return self.engine.frames_ready()
 
-    def step(self, copy: bool = True, emotion_at: float | None = None) -> Frame:
+    def step(self, copy: bool = True, emotion_at: float | None = None,
+             emotion: np.ndarray | None = None) -> Frame:
         """Produce the next frame (requires ``frames_ready() > 0``).
 
         With ``copy=False`` the image is a buffer reused by the next call (no allocation).
         The emotion is sampled at the frame's own time, or at ``emotion_at`` on the
         emotion state's clock (the live server uses wall time, so a switch shows in the
-        next frame computed rather than a lookahead later).
+        next frame computed rather than a lookahead later), or given as the vector
+        ``emotion`` (a render process, whose emotion state lives in the server).
         """
         index = self.engine.frame_index
         t = index / self.fps
-        emotion = self.emotion.vector_at(t if emotion_at is None else emotion_at)
+        if emotion is None:
+            emotion = self.emotion.vector_at(t if emotion_at is None else emotion_at)
         lm, params = self.engine.next_frame(emotion)
         roi = texture_warp.render_roi(self.warp, lm, self.texture.source(emotion))
         img = paste_roi(self.identity.photo, roi, self.warp.roi, self.warp.feather, out=self._out,

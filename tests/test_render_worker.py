@@ -1,0 +1,136 @@
+"""Render processes (server.render_worker) and the CPU meter behind admission."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engines.avatar import Avatar, AvatarStream, StreamConfig
+from engines.media.audio_io import load_audio
+from engines.motion.emotion_state import EmotionState
+from server.cli import builtin_sentence
+from server.cpu_meter import CpuMeter
+from server.render_worker import RenderPool, WorkerError
+
+TICK = 640  # 40 ms at 16 kHz
+
+
+@pytest.fixture(scope="module")
+def avatar(identity):
+    return Avatar(identity)
+
+
+@pytest.fixture(scope="module")
+def speech16():
+    return load_audio(builtin_sentence(), 16000).astype(np.float32)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_worker_frames_are_the_threads_frames(avatar, speech16):
+    """A render process gives the very bytes the engine thread would: same speech, seed,
+    settings and emotion (mid-transition), I420."""
+    config = StreamConfig()
+    pool = RenderPool(avatar.identity, size=2)
+    try:
+        worker = run(pool.acquire())
+        assert worker.alive and worker.pid in pool.pids()
+        assert worker.open(config, seed=11) == pytest.approx(100.0)  # the live lookahead
+        local = avatar.animator(config, seed=11)
+        stream = AvatarStream(avatar, config, animator=local)
+        emotion = EmotionState("neutral", 1.0)
+        emotion.set("happy", 0.8, at=0.5, transition_s=1.0)
+        h, w = avatar.identity.photo.shape[:2]
+        frames = same = 0
+        for k, i in enumerate(range(0, 3 * 16000, TICK)):
+            chunk = [speech16[i : i + TICK]]
+            vec = emotion.vector_at(k * 0.04)
+            got, speech_s, cpu_s = worker.render(chunk, vec, h, w)
+            n, skipped = stream.feed(chunk)
+            assert len(got) == n and speech_s >= 0 and cpu_s >= 0
+            for index, _, yuv, frame_s, _ in got:
+                ref = local.step(copy=False, emotion=vec)
+                assert index == ref.index and frame_s > 0
+                same += np.array_equal(yuv, cv2.cvtColor(ref.image, cv2.COLOR_RGB2YUV_I420))
+                frames += 1
+        assert frames >= 70 and same == frames
+        assert worker.frame_index == frames
+        pool.release(worker)
+        assert pool.stats()["busy"] == 0 and pool.stats()["idle"] >= 1
+    finally:
+        pool.close()
+
+
+def test_a_dead_worker_is_reported_and_replaced(avatar, speech16):
+    pool = RenderPool(avatar.identity, size=2)
+    try:
+        worker = run(pool.acquire())
+        worker.open(StreamConfig(), seed=0)
+        worker.proc.kill()
+        worker.proc.wait()
+        h, w = avatar.identity.photo.shape[:2]
+        with pytest.raises(WorkerError, match="gone"):
+            worker.render([speech16[:TICK]], np.zeros(7, np.float32), h, w)
+        pool.release(worker)  # not taken back
+        assert worker.pid not in pool.pids()
+        again = run(pool.acquire())
+        assert again.alive and again.pid != worker.pid
+        again.open(StreamConfig(), seed=0)
+        again.render([speech16[:TICK]], np.zeros(7, np.float32), h, w)
+    finally:
+        pool.close()
+
+
+def test_pool_size_and_bad_requests(avatar):
+    pool = RenderPool(avatar.identity, size=1)
+    try:
+        worker = run(pool.acquire())
+        with pytest.raises(WorkerError, match="busy"):
+            run(pool.acquire())
+        with pytest.raises(WorkerError, match="unknown request"):
+            worker._call("paint")
+        with pytest.raises(WorkerError, match="render process"):  # no stream opened yet
+            worker.render([np.zeros(TICK, np.float32)], np.zeros(7, np.float32), 8, 8)
+        assert worker.alive  # a bad request costs the request, not the process
+        pool.release(worker)
+        assert run(pool.acquire()) is worker
+    finally:
+        pool.close()
+    assert not worker.alive
+
+
+def test_a_face_the_worker_cannot_prepare_is_refused():
+    pool = RenderPool("not an identity", size=1)
+    try:
+        with pytest.raises(WorkerError, match="could not prepare the face"):
+            run(pool.acquire())
+        assert pool.stats()["failed"] == 1
+    finally:
+        pool.close()
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+def test_cpu_meter_counts_render_processes():
+    """The server's rate includes its render processes' CPU; idle is the machine's."""
+    burn = subprocess.Popen([sys.executable, "-c",
+                             "import time\nt=time.time()\nwhile time.time()-t<3: pass"])
+    meter = CpuMeter(lambda: [burn.pid], window_s=1.0, interval_s=0.1)
+    try:
+        assert meter.rates() is None  # no window yet
+        time.sleep(1.6)
+        free, used = meter.rates()
+        assert used > 0.6, used  # the busy child: about one core
+        assert 0.0 <= free <= 64
+    finally:
+        meter.close()
+        burn.kill()
+        burn.wait()
