@@ -377,6 +377,12 @@ def main() -> None:
     ap.add_argument("-o", "--output", default=str(RESULTS / "live_latency.json"))
     args = ap.parse_args()
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    if args.what != "all" and Path(args.output).is_file():  # keep the other part's result
+        kept = json.loads(Path(args.output).read_text())
+        other = "capacity" if args.what == "glass" else "glass_to_glass"
+        if other in kept:
+            out[other] = kept[other]
+            out[f"{other}_date"] = kept.get(f"{other}_date", kept.get("date"))
     if args.what in ("all", "glass"):
         out["glass_to_glass"] = glass(args)
         print(json.dumps(out["glass_to_glass"]["breakdown_ms"], indent=1))

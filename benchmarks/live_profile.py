@@ -1,4 +1,4 @@
-"""Where a live session's CPU goes: per frame, and per thread at 1, 2 and 3 sessions.
+"""Where a live session's CPU goes: per frame, and per thread at 1 to 4 sessions.
 
 ``frame``: one session's work for one 40 ms frame of the built-in face (512x512), each
 step timed on its own on this process's thread (median over the frames of 8 s of the
@@ -11,10 +11,12 @@ of the frame's 40 ms of returned audio.
 ``threads``: the live server in this process (the code path ``etf serve`` runs) and N real
 aiortc peers in a client process sending speech in a loop, for a few seconds per level.
 Per thread group of the server: CPU cores used (from /proc, Python threads mapped by their
-native id): the engine pool (speech, landmarks, warp, paste, YUV), the server's event loop
-(RTP, SRTP, pacing, control), aiortc's encoder/decoder threads, and native pools
-(OpenCV, libvpx, BLAS threads Python did not start); plus the sessions' stage latencies
-(p50/p99 from ``/metrics``) and the client process's own CPU.
+native id): the render processes (one per session: speech, landmarks, warp, paste, YUV),
+the engine pool (those steps when the server renders on threads; with processes its
+threads only wait), the server's event loop (RTP, SRTP, pacing, control), aiortc's
+encoder/decoder threads, and native pools (OpenCV, libvpx, BLAS threads Python did not
+start); plus the sessions' stage latencies (p50/p99 from ``/metrics``) and the client
+process's own CPU. Both ways of rendering (``--render-in processes,threads``) in one run.
 
     python benchmarks/live_profile.py        # -> benchmarks/results/live_profile.json
 """
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.live_latency import (  # noqa: E402
+    descendants,
     fetch_metrics,
     process_cpu_seconds,
     stage_latencies_ms,
@@ -93,15 +96,11 @@ def frame_steps(seconds: float = 8.0) -> dict:
             lm, _ = eng.next_frame(anim.emotion.vector_at(eng.frame_index / FPS))
             t1 = time.perf_counter()
             dst = apply_affine(warp.canon_to_roi, lm).astype(np.float32)
-            delta = np.zeros_like(warp.src_vertices)
-            delta[:68] = dst - warp.src_vertices[:68]
-            field = (warp.landmark_weights @ delta[:68]).reshape(h, w, 2)
+            moved, field = tw.displacement(warp, lm)
             t2 = time.perf_counter()
-            first = warp.grid - field
-            back = warp.grid - cv2.remap(field, first, None, cv2.INTER_LINEAR,
-                                         borderMode=cv2.BORDER_REPLICATE)
+            back = tw.invert_field(warp, field)
             t3 = time.perf_counter()
-            tw._invert_lips(warp, warp.src_vertices + delta, back)
+            tw._invert_lips(warp, moved, back)
             t4 = time.perf_counter()
             src = anim.texture.source(anim.emotion.vector_at(0.0))
             roi = cv2.remap(src, back, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -197,15 +196,26 @@ def _stages(url: str) -> dict:
     return dict(out)
 
 
-def threads(levels: list[int], seconds: float) -> list[dict]:
+RENDER_GROUP = "render processes (speech, landmarks, warp, paste, YUV)"
+
+
+def _render_cpu(client_pid: int) -> float:
+    """CPU seconds of the server's render processes (this process's children other than
+    the peers' client process)."""
+    return sum(process_cpu_seconds(p, tree=False) for p in descendants(os.getpid())
+               if p != client_pid)
+
+
+def threads(levels: list[int], seconds: float, render_in: str = "processes") -> list[dict]:
     from engines.face.default_face import default_identity
     from server.app import BackgroundServer, ServerConfig
     from server.session import SessionConfig
 
     identity = default_identity()
     out = []
-    with BackgroundServer(identity, ServerConfig(port=0, max_sessions=16, admit_headroom=0.0),
-                          SessionConfig()) as srv:
+    config = ServerConfig(port=0, max_sessions=16, admit_headroom=0.0,
+                          render_processes=render_in == "processes")
+    with BackgroundServer(identity, config, SessionConfig()) as srv:
         for n in levels:
             proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "benchmarks" / "live_latency.py"), "_clients",
@@ -213,14 +223,17 @@ def threads(levels: list[int], seconds: float) -> list[dict]:
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
             time.sleep(2.5)  # connect and settle, as the client does
             c0, g0, w0 = process_cpu_seconds(proc.pid), _thread_cpu(), time.monotonic()
+            g0[RENDER_GROUP] = _render_cpu(proc.pid)
             time.sleep(seconds - 1.0)
             c1, g1, w1 = process_cpu_seconds(proc.pid), _thread_cpu(), time.monotonic()
+            g1[RENDER_GROUP] = _render_cpu(proc.pid)
             stages = _stages(srv.url)
             got = json.loads(proc.communicate(timeout=120)[0].strip().splitlines()[-1])
             wall = w1 - w0
             cores = {k: round((g1.get(k, 0.0) - g0.get(k, 0.0)) / wall, 3)
                      for k in sorted(set(g0) | set(g1))}
-            level = {"sessions": n, "server_cores": round(sum(cores.values()), 3),
+            level = {"sessions": n, "render_in": render_in,
+                     "server_cores": round(sum(cores.values()), 3),
                      "server_cores_by_thread": cores,
                      "client_process_cores": round((c1 - c0) / wall, 3),
                      "stage_ms_worst_session": stages,
@@ -234,8 +247,10 @@ def threads(levels: list[int], seconds: float) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", nargs="?", default="all", choices=["all", "frame", "threads"])
-    ap.add_argument("--sessions", default="1,2,3")
+    ap.add_argument("--sessions", default="1,2,3,4")
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--render-in", default="processes,threads",
+                    help="threads: the server renders in processes, on threads, or both")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "live_profile.json"))
     args = ap.parse_args(argv)
     import aiortc
@@ -248,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         result["frame"] = frame_steps()
         print(json.dumps(result["frame"], indent=1), flush=True)
     if args.what in ("all", "threads"):
-        result["threads"] = threads([int(x) for x in args.sessions.split(",")], args.seconds)
+        result["threads"] = [
+            level for mode in args.render_in.split(",")
+            for level in threads([int(x) for x in args.sessions.split(",")], args.seconds, mode)]
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
