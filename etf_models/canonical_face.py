@@ -102,9 +102,17 @@ def barycentric_matrix(vertices: np.ndarray, h: int, w: int,
     mesh of ``vertices`` [V,2] (``tri``, if the caller already has it): ``B @ values``
     interpolates per-vertex values (a displacement, a position) piecewise-linearly over
     every pixel (a piecewise-affine warp)."""
-    tri = Delaunay(vertices) if tri is None else tri
     ys, xs = np.mgrid[0:h, 0:w]
     pts = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float64)
+    return barycentric_weights(vertices, pts, tri)
+
+
+def barycentric_weights(vertices: np.ndarray, pts: np.ndarray,
+                        tri: Delaunay | None = None) -> sparse.csr_matrix:
+    """Sparse [N, V] barycentric weights of points ``pts`` [N,2] in the Delaunay mesh of
+    ``vertices`` (points outside it take the nearest triangle's)."""
+    tri = Delaunay(vertices) if tri is None else tri
+    pts = np.asarray(pts, np.float64)
     simplex = tri.find_simplex(pts)
     outside = simplex < 0
     if outside.any():  # numerically on the hull's edge: snap to the nearest triangle

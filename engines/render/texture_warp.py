@@ -37,6 +37,7 @@ from etf_models.canonical_face import (
     UPPER_INNER,
     apply_affine,
     barycentric_matrix,
+    barycentric_weights,
     invert_affine,
 )
 
@@ -83,9 +84,19 @@ class WarpState:
     lid_colours: np.ndarray  # [2,3] (image-left eye, image-right eye)
     teeth_colour: np.ndarray
     feather: np.ndarray  # [h,w,1] float32 paste-back weight, 0 at the ROI edge
-    #: ``weights``' columns of the 68 landmarks [h*w, 68]: only they move (the anchors hold
-    #: the border still), so the per-frame field needs no others (half the work)
-    landmark_weights: sparse.csr_matrix
+    #: the 68 landmarks' barycentric weights [(h/2)*(w/2), 68] at the centres of 2x2 pixel
+    #: blocks (``field_grid``): the per-frame displacement field is made on this half-size
+    #: grid and enlarged (it is piecewise linear over triangles far larger than 2 px; the
+    #: lips are inverted exactly anyway). Only the landmarks move (the anchors hold the
+    #: border still), so no other columns are needed.
+    field_weights: sparse.csr_matrix
+    #: [h/2, w/2, 2] float32: where those block centres are, in ROI pixels
+    field_grid: np.ndarray
+    #: the lips' box in the photo (x0, y0, x1, y1) and the landmarks' full-size weights of
+    #: its pixels: the field jumps across the parting lips (they touch in a closed-mouth
+    #: photo), which a half-size grid cannot hold, so there it is made pixel by pixel
+    mouth_box: tuple[int, int, int, int]
+    mouth_weights: sparse.csr_matrix
     #: where ``feather`` is exactly 1 (x0, y0, x1, y1): pasted without blending
     solid: tuple[int, int, int, int] | None
     #: Expression ratio maps on this source (engines.render.expression_texture); None off.
@@ -257,7 +268,7 @@ def prepare(
         lid_colours=np.asarray(lids, np.float32),
         teeth_colour=np.asarray(teeth, np.float32),
         feather=feather,
-        landmark_weights=_landmark_columns(weights),
+        **_field_grid(vertices, weights, mesh, h, w),
         solid=solid_box(feather),
         learned_mouth=learned_mouth,
     )
@@ -274,25 +285,57 @@ def _orientation(tri: np.ndarray) -> np.ndarray:
     return np.sign(np.linalg.det(np.concatenate([tri, np.ones((len(tri), 3, 1))], axis=2)))
 
 
-def _landmark_columns(weights: sparse.csr_matrix) -> sparse.csr_matrix:
-    moving = weights[:, :68].tocsr()
+#: Pixels around the lips' box in the photo whose field is made at full size.
+MOUTH_MARGIN = 4
+
+
+def _field_grid(vertices: np.ndarray, weights: sparse.csr_matrix, mesh: Delaunay, h: int,
+                w: int) -> dict:
+    """``field_weights``, ``field_grid``, ``mouth_box``, ``mouth_weights`` of a WarpState."""
+    hh, hw = (h + 1) // 2, (w + 1) // 2
+    ys, xs = np.mgrid[0:hh, 0:hw].astype(np.float32)
+    # the points cv2.resize samples (2j + 0.5 when the size is even)
+    grid = np.stack([(xs + 0.5) * w / hw - 0.5, (ys + 0.5) * h / hh - 0.5], axis=-1)
+    moving = barycentric_weights(vertices, grid.reshape(-1, 2), mesh)[:, :68].tocsr()
     moving.eliminate_zeros()
-    return moving
+    lips = vertices[48:68]
+    x0, y0 = np.maximum(np.floor(lips.min(0)).astype(int) - MOUTH_MARGIN, 0)
+    x1, y1 = np.minimum(np.ceil(lips.max(0)).astype(int) + MOUTH_MARGIN + 1, (w, h))
+    rows = (np.arange(y0, y1)[:, None] * w + np.arange(x0, x1)[None, :]).ravel()
+    mouth = weights[rows][:, :68].tocsr()
+    mouth.eliminate_zeros()
+    return {"field_weights": moving, "field_grid": grid,
+            "mouth_box": (int(x0), int(y0), int(x1), int(y1)), "mouth_weights": mouth}
+
+
+def displacement(state: WarpState, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(where the mesh's vertices go [V,2] in ROI pixels, the forward displacement field at
+    every ROI pixel [h,w,2]): made on the half-size grid and enlarged, and pixel by pixel
+    over the lips."""
+    dst = apply_affine(state.canon_to_roi, landmarks).astype(np.float32)
+    delta = np.zeros_like(state.src_vertices)
+    delta[:68] = dst - state.src_vertices[:68]  # the anchors' is zero
+    half = (state.field_weights @ delta[:68]).reshape(state.field_grid.shape)
+    h, w = state.shape
+    field = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
+    x0, y0, x1, y1 = state.mouth_box
+    field[y0:y1, x0:x1] = (state.mouth_weights @ delta[:68]).reshape(y1 - y0, x1 - x0, 2)
+    return state.src_vertices + delta, field
+
+
+def invert_field(state: WarpState, field: np.ndarray) -> np.ndarray:
+    """The backward map [h,w,2] of a forward field [h,w,2]: one fixed-point step (the
+    displacement read where the first guess landed)."""
+    refined = cv2.remap(field, state.grid - field, None, cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+    return state.grid - refined
 
 
 def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
     """Backward map [h,w,2] float32 (output pixel -> source pixel) for canonical landmarks."""
-    h, w = state.shape
-    dst = apply_affine(state.canon_to_roi, landmarks).astype(np.float32)
-    delta = np.zeros_like(state.src_vertices)
-    delta[:68] = dst - state.src_vertices[:68]
-    # forward displacement at source points (the anchors' is zero)
-    field = (state.landmark_weights @ delta[:68]).reshape(h, w, 2)
-    first = state.grid - field
-    # One fixed-point step: displacement evaluated where the first guess landed.
-    refined = cv2.remap(field, first, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    out = state.grid - refined
-    _invert_lips(state, state.src_vertices + delta, out)
+    dst, field = displacement(state, landmarks)
+    out = invert_field(state, field)
+    _invert_lips(state, dst, out)
     return out
 
 
