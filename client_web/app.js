@@ -334,6 +334,10 @@
     const target = s.target_fps || (st.session && st.session.fps);
     setText("stat-fps", `${fmt(s.fps)} / ${fmt(target, 0)}`);
     $("stat-fps").classList.toggle("bad", target > 0 && s.fps < 0.9 * target);
+    const below = s.below_rate;
+    $("stat-fps").title = below && below.now
+      ? `below 90% of its frame rate for ${fmt(below.for_s)} s (the server is overloaded)`
+      : "";
     setText("stat-sent", String(s.frames_sent ?? "–"));
     setText("stat-dropped", `${s.frames_dropped ?? "–"} / ${s.frames_late ?? "–"}`);
     // Red only while frames are being lost or delayed now, not for a few at start-up.

@@ -58,6 +58,12 @@ STAGES = ("ingest", "speech", "frame", "yuv", "tick")
 AUDIO_FRAME = 960
 #: More than this many ticks behind (a suspended machine) resets the clock instead.
 MAX_CATCHUP_TICKS = 25
+#: A session sending under this fraction of its frame rate (over the last 2 s) for
+#: ``BELOW_RATE_AFTER_S`` is reported as below its rate (stats, /metrics, the log).
+BELOW_RATE = 0.9
+BELOW_RATE_AFTER_S = 3.0
+#: Ticks between checks of the sent frame rate.
+RATE_CHECK_TICKS = 12
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,9 @@ class Session:
         self.tts_executor = tts_executor or executor  # text to speech for say()
         self._speech_generation = 0  # bumped by interrupt(): says in flight are dropped
         self._say_lock = asyncio.Lock()
+        self._below_since: float | None = None  # when the sent rate fell under BELOW_RATE
+        self._below_reported = False  # ... and stayed there BELOW_RATE_AFTER_S
+        self._below_total_s = 0.0  # seconds of finished below-rate episodes
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -332,6 +341,8 @@ class Session:
                 n += due
                 for frame in frames:
                     self._publish(frame)
+                if n % RATE_CHECK_TICKS < due:
+                    self.check_rate()
         except asyncio.CancelledError:
             raise
         except Exception:  # an engine failure ends this session only
@@ -428,6 +439,40 @@ class Session:
 
     # ----- reporting -------------------------------------------------------------------
 
+    def sent_fps(self, now: float | None = None) -> float:
+        """Frames per second sent over the last 2 s (0 until there are a few)."""
+        now = self.clock() if now is None else now
+        recent = [t for t in self._sent_times if now - t <= 2.0]
+        return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+
+    def check_rate(self) -> None:
+        """Follow whether the session sends below ``BELOW_RATE`` of its frame rate: an
+        episode starts (logged, counted) once it has lasted ``BELOW_RATE_AFTER_S``; the
+        first 3 s of media (start-up) do not count."""
+        now = self.clock()
+        below = self.now() > 3.0 and self.sent_fps(now) < BELOW_RATE * self.config.fps
+        if below:
+            if self._below_since is None:
+                self._below_since = now
+            elif not self._below_reported and now - self._below_since >= BELOW_RATE_AFTER_S:
+                self._below_reported = True
+                self.counters["below_rate_episodes"] += 1
+                log.warning("session %s is below its frame rate: %.1f of %g fps for %.1f s",
+                            self.label, self.sent_fps(now), self.config.fps,
+                            now - self._below_since)
+            return
+        if self._below_reported:
+            self._below_total_s += now - self._below_since
+        self._below_since, self._below_reported = None, False
+
+    def below_rate(self) -> dict:
+        """Whether the session is below its rate now, since when, and in all."""
+        now = self.clock()
+        current = now - self._below_since if self._below_reported else 0.0
+        return {"now": self._below_reported, "for_s": round(current, 2),
+                "episodes": self.counters["below_rate_episodes"],
+                "seconds_total": round(self._below_total_s + current, 2)}
+
     @property
     def lookahead_ms(self) -> float:
         return self.animator.lookahead_ms if self.animator is not None else float("nan")
@@ -450,8 +495,7 @@ class Session:
     def stats(self, public: bool = False) -> dict:
         """Live statistics (JSON-ready); ``public`` names the session by label, not id."""
         now = self.clock()
-        recent = [t for t in self._sent_times if now - t <= 2.0]
-        fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+        fps = self.sent_fps(now)
         ing = self.ingest.stats
         queue = self.ingest.queue
         return {
@@ -465,6 +509,7 @@ class Session:
             "frames_rendered": self.counters["frames_rendered"],
             "frames_dropped": self.counters["frames_dropped"],
             "frames_late": self.counters["frames_late"],
+            "below_rate": self.below_rate(),
             "emotion": self.emotion.emotion,
             "intensity": self.emotion.intensity,
             "speech": ing.speech,

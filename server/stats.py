@@ -74,6 +74,15 @@ class _Snapshot:
         yield per_session(GaugeMetricFamily, "etf_fps",
                           "Video frames per second sent over the last seconds.",
                           lambda s: s["fps"])
+        yield per_session(GaugeMetricFamily, "etf_below_rate",
+                          "1 while the session has sent under 90% of its frame rate for "
+                          "over 3 s.", lambda s: int(s["below_rate"]["now"]))
+        yield per_session(CounterMetricFamily, "etf_below_rate_seconds",
+                          "Seconds spent below 90% of the frame rate (after 3 s there).",
+                          lambda s: s["below_rate"]["seconds_total"])
+        yield per_session(CounterMetricFamily, "etf_render_cpu_seconds",
+                          "CPU seconds of the session's render process.",
+                          lambda s: s.get("render_cpu_s", 0.0))
         yield per_session(CounterMetricFamily, "etf_audio_underflows_total",
                           "Jitter buffer underflows.", lambda s: s["audio"]["underflows"])
         yield per_session(GaugeMetricFamily, "etf_audio_buffer_ms",
