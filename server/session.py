@@ -166,6 +166,10 @@ class Session:
                 log.warning("session %s renders on a thread: %s", self.label, e)
                 if worker is not None:
                     self.pool.release_later(worker)
+            except BaseException:  # the offer failed or was cancelled meanwhile
+                if worker is not None:
+                    self.pool.release_later(worker)
+                raise
             else:
                 self.on_close.append(lambda s: s.pool.release_later(worker))
                 self.worker = worker
@@ -568,7 +572,9 @@ class SessionRegistry:
             from server.cpu_meter import CpuMeter
             from server.render_worker import RenderPool
 
-            self.pool = RenderPool(self.avatar.identity, max_sessions)
+            # one more than the sessions: a worker still being handed back (its session
+            # just closed) does not send the next session to a thread
+            self.pool = RenderPool(self.avatar.identity, max_sessions + 1)
             self.cpu = CpuMeter(self.pool.pids)
         self.sessions: dict[str, Session] = {}
         #: One thread speaks every session's ``say`` (in order; off the render pool).
