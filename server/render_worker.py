@@ -183,7 +183,10 @@ class RenderPool:
 
     def _launch(self) -> Future:
         """Start one worker (call with the lock held)."""
-        fut = self._starter.submit(RenderWorker.start, self._blob)
+        try:
+            fut = self._starter.submit(RenderWorker.start, self._blob)
+        except RuntimeError as e:  # shut down meanwhile
+            raise WorkerError(f"the render pool is closed ({e})") from None
         self._starting.append(fut)
         fut.add_done_callback(self._started)
         return fut
@@ -228,28 +231,28 @@ class RenderPool:
                 if total >= self.size and not self._starting:
                     raise WorkerError(f"all {self.size} render processes are busy")
                 fut = self._starting[0] if self._starting else self._launch()
-            try:
-                await asyncio.wrap_future(fut)
-            except WorkerError:
-                raise
+            await asyncio.wrap_future(fut)  # WorkerError if it could not start
             # it went to the idle list (or another session took it): take one from there
         self._top_up()
         return worker
 
     def release(self, worker: RenderWorker) -> None:
-        """Back to the pool after its session (blocking: call on a thread)."""
-        with self._lock:
-            self._busy.discard(worker)
+        """Back to the pool after its session (blocking: call on a thread; it waits for a
+        render still in flight)."""
         try:
             worker.close_stream()
         except WorkerError as e:
             log.warning("%s; it is replaced", e)
             worker.kill()
+            ok = False
         else:
-            with self._lock:
-                if not self._closed:
-                    self._idle.append(worker)
-                    return
+            ok = True
+        with self._lock:
+            self._busy.discard(worker)
+            if ok and not self._closed:
+                self._idle.append(worker)
+                return
+        if ok:
             worker.stop()
         self._top_up()
 
