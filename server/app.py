@@ -215,7 +215,7 @@ class AvatarServer:
                 await session.close(f"peer connection {pc.connectionState}")
 
         try:
-            pc.addTrack(AvatarVideoTrack(session))
+            session.video_sender = pc.addTrack(AvatarVideoTrack(session))
             if any(t.kind == "audio" and getattr(t, "_offerDirection", "sendonly")
                    in ("sendonly", "sendrecv") for t in pc.getTransceivers()):
                 pc.addTrack(DelayedAudioTrack(session))

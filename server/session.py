@@ -53,7 +53,7 @@ from etf_models.emotions import EMOTIONS
 
 log = logging.getLogger("etf.session")
 
-STAGES = ("ingest", "speech", "frame", "yuv", "tick")
+STAGES = ("ingest", "speech", "frame", "yuv", "encode", "tick")
 #: Audio frames sent to the viewer (20 ms at 48 kHz, what Opus wants).
 AUDIO_FRAME = 960
 #: More than this many ticks behind (a suspended machine) resets the clock instead.
@@ -82,9 +82,10 @@ class VideoOut:
     """A rendered frame waiting for its release time."""
 
     index: int
-    yuv: np.ndarray  # [H*3/2, W] uint8, I420
+    yuv: np.ndarray | None  # [H*3/2, W] uint8, I420 (None when ``packet`` is given)
     release: float  # session clock (monotonic seconds)
     skipped: int = 0  # frames advanced without rendering to catch up
+    packet: bytes | None = None  # the frame already encoded (VP8, by the render process)
 
 
 class Session:
@@ -122,6 +123,10 @@ class Session:
         self.neural = neural  # engines.neural.live.NeuralEngines, or None: the default engine
         self.pool = pool  # server.render_worker.RenderPool, or None: render on the pool thread
         self.worker = None  # this session's render process (server.render_worker), if any
+        #: The WebRTC sender of the video (set by the server): once it has made its VP8
+        #: encoder, the render process encodes instead (see _video_request)
+        self.video_sender = None
+        self._encode_in_worker = False
         #: Input, speech queue, animator and emotion: the in-process API (engines.avatar);
         #: built by prepare().
         self.stream: AvatarStream | None = None
@@ -365,7 +370,7 @@ class Session:
         loop = asyncio.get_running_loop()
         if self.worker is not None:
             return await loop.run_in_executor(self.executor, self._compute_remote, speech,
-                                              self.now())
+                                              self.now(), self._video_request())
         if self.neural is None:
             return await loop.run_in_executor(self.executor, self._compute, speech,
                                               self.now())
@@ -414,21 +419,51 @@ class Session:
             self.latency["tick"].add(time.perf_counter() - t_start)
         return out
 
-    def _compute_remote(self, speech: list[np.ndarray], emotion_at: float) -> list[VideoOut]:
+    def _video_request(self) -> tuple[int, bool] | None:
+        """Event loop: (bitrate, key frame) for the render process to encode this tick's
+        frames in VP8 itself, or None to send I420 for aiortc to encode.
+
+        It takes over once aiortc's sender has made its encoder for the negotiated codec and
+        that is VP8 (the first frames go as I420; the worker's first frame is a key frame),
+        and then for good (aiortc's encoder, left behind, must not get frames again). The
+        bitrate is the one the sender's congestion control set on its encoder; a viewer's
+        key-frame request (the sender's flag, set on PLI/FIR) is taken and passed on. Both
+        are aiortc internals: without them aiortc keeps encoding, as before."""
+        sender = self.video_sender
+        encoder = getattr(sender, "_RTCRtpSender__encoder", None)
+        if not self._encode_in_worker:
+            try:
+                from aiortc.codecs.vpx import Vp8Encoder
+            except ImportError:
+                return None
+            if not (isinstance(encoder, Vp8Encoder)
+                    and hasattr(sender, "_RTCRtpSender__force_keyframe")):
+                return None
+            self._encode_in_worker = True
+        key = bool(getattr(sender, "_RTCRtpSender__force_keyframe", False))
+        if key:
+            sender._RTCRtpSender__force_keyframe = False
+            self.counters["key_frames_asked"] += 1
+        return int(getattr(encoder, "target_bitrate", 500_000)), key
+
+    def _compute_remote(self, speech: list[np.ndarray], emotion_at: float,
+                        video: tuple[int, bool] | None) -> list[VideoOut]:
         """Pool thread: what ``_compute`` does, in this session's render process (it waits
-        there without the GIL)."""
+        there without the GIL), encoding VP8 there too when ``video`` asks."""
         t_start = time.perf_counter()
         h, w = self.identity.photo.shape[:2]
         frames, speech_s, cpu_s = self.worker.render(speech, self.emotion.vector_at(emotion_at),
-                                                     h, w)
+                                                     h, w, video)
         self.latency["speech"].add(speech_s)
         self.counters["engine_cpu_us"] += int(cpu_s * 1e6)
         out = []
-        for index, skipped, yuv, frame_s, yuv_s in frames:
-            self.latency["frame"].add(frame_s)
-            self.latency["yuv"].add(yuv_s)
-            release = self.t0 + (index + self.delay_ticks) * self.period
-            out.append(VideoOut(index, yuv, release, skipped=skipped))
+        for f in frames:
+            self.latency["frame"].add(f.frame_s)
+            self.latency["yuv"].add(f.yuv_s)
+            if f.packet is not None:
+                self.latency["encode"].add(f.encode_s)
+            release = self.t0 + (f.index + self.delay_ticks) * self.period
+            out.append(VideoOut(f.index, f.yuv, release, skipped=f.skipped, packet=f.packet))
         if out:
             self.latency["tick"].add(time.perf_counter() - t_start)
         return out
@@ -520,6 +555,8 @@ class Session:
             "lookahead_ms": self.lookahead_ms,
             "pipeline_delay_ms": round(self.delay_ticks * self.period * 1e3, 1),
             "render_process": self.worker.pid if self.worker is not None else None,
+            "video_encoder": "render process" if self._encode_in_worker else "aiortc",
+            "key_frames_asked": self.counters["key_frames_asked"],
             "render_cpu_s": round(self.counters["engine_cpu_us"] / 1e6, 3),
             "latency_ms": {s: r.quantiles_ms() for s, r in self.latency.items()},
             "queues": {

@@ -36,11 +36,16 @@ class AvatarVideoTrack(MediaStreamTrack):
         super().__init__()
         self.session = session
 
-    async def recv(self) -> av.VideoFrame:
+    async def recv(self) -> av.VideoFrame | av.Packet:
+        """The next frame: I420 for aiortc to encode, or a VP8 frame the session's render
+        process encoded (aiortc then only packetises it)."""
         if self.readyState != "live" or self.session.closed:
             raise MediaStreamError
         out = await self.session.next_video()
-        frame = av.VideoFrame.from_ndarray(out.yuv, format="yuv420p")
+        if out.packet is not None:
+            frame = av.Packet(out.packet)
+        else:
+            frame = av.VideoFrame.from_ndarray(out.yuv, format="yuv420p")
         frame.pts = int(round(out.index * VIDEO_CLOCK / self.session.config.fps))
         frame.time_base = VIDEO_TIME_BASE
         return frame

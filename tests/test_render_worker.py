@@ -57,15 +57,52 @@ def test_worker_frames_are_the_threads_frames(avatar, speech16):
             got, speech_s, cpu_s = worker.render(chunk, vec, h, w)
             n, skipped = stream.feed(chunk)
             assert len(got) == n and speech_s >= 0 and cpu_s >= 0
-            for index, _, yuv, frame_s, _ in got:
+            for f in got:
                 ref = local.step(copy=False, emotion=vec)
-                assert index == ref.index and frame_s > 0
-                same += np.array_equal(yuv, cv2.cvtColor(ref.image, cv2.COLOR_RGB2YUV_I420))
+                assert f.index == ref.index and f.frame_s > 0 and f.packet is None
+                same += np.array_equal(f.yuv, cv2.cvtColor(ref.image, cv2.COLOR_RGB2YUV_I420))
                 frames += 1
         assert frames >= 70 and same == frames
         assert worker.frame_index == frames
         pool.release(worker)
         assert pool.stats()["busy"] == 0 and pool.stats()["idle"] >= 1
+    finally:
+        pool.close()
+
+
+def test_worker_encodes_vp8_a_viewer_decodes(avatar, speech16):
+    """Asked to, the render process sends VP8 frames instead of I420: the first and every
+    asked-for frame is a key frame, the rest are not, and a VP8 decoder gives back the
+    frames an engine thread renders (PSNR over 30 dB at 500 kbit/s)."""
+    import av
+
+    config = StreamConfig()
+    pool = RenderPool(avatar.identity, size=1)
+    try:
+        worker = run(pool.acquire())
+        worker.open(config, seed=5)
+        local = avatar.animator(config, seed=5)
+        stream = AvatarStream(avatar, config, animator=local)
+        decoder = av.CodecContext.create("libvpx", "r")
+        h, w = avatar.identity.photo.shape[:2]
+        vec = EmotionState("neutral", 1.0).vector_at(0.0)
+        keys, psnr, k = [], [], 0
+        for i in range(0, 2 * 16000, TICK):
+            chunk = [speech16[i : i + TICK]]
+            ask = k == 30  # a viewer lost a packet
+            got, _, _ = worker.render(chunk, vec, h, w, video=(500_000, ask))
+            stream.feed(chunk)
+            for f in got:
+                assert f.yuv is None and f.packet and f.encode_s > 0
+                keys.append((f.index, f.packet[0] & 1 == 0))  # VP8: bit 0 clear = key frame
+                ref = local.step(copy=False, emotion=vec).image.astype(float)
+                for pic in decoder.decode(av.Packet(f.packet)):
+                    mse = np.mean((pic.to_ndarray(format="rgb24") - ref) ** 2)
+                    psnr.append(10 * np.log10(255**2 / mse))
+                k += 1
+        first_after_ask = min(i for i, _ in keys if i >= 30)
+        assert [i for i, key in keys if key] == [keys[0][0], first_after_ask], keys
+        assert len(psnr) == len(keys) > 40 and min(psnr) > 30, min(psnr)
     finally:
         pool.close()
 

@@ -590,6 +590,21 @@ def test_sessions_render_in_their_own_processes(server):
     assert all(pids) and pids[0] != pids[1], pids
     assert all(st["render_cpu_s"] > 0 for st in stats), stats
     assert min(len(a.video), len(b.video)) > 20
+    # the render processes encode the VP8 the peers decoded (after the first frames)
+    assert all(st["video_encoder"] == "render process" for st in stats), stats
+    assert all(st["latency_ms"]["encode"]["p50"] > 0 for st in stats), stats
+
+    async def key_frame():  # a viewer's key-frame request (PLI) reaches the render process
+        async with AvatarClient(server.url, audio=None) as c:
+            await asyncio.sleep(1.0)
+            session = server.server.registry.get(c.answer["session"])
+            n = len(c.video)
+            session.video_sender._RTCRtpSender__force_keyframe = True
+            await asyncio.sleep(1.0)
+            return session.stats()["key_frames_asked"], len(c.video) - n
+
+    asked, more = run(key_frame())
+    assert asked == 1 and more > 15, (asked, more)
 
     registry = server.server.registry
     acquire = registry.pool.acquire
