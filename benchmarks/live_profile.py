@@ -5,13 +5,15 @@ step timed on its own on this process's thread (median over the frames of 8 s of
 built-in sentence): the phone recogniser and loudness (40 ms of audio), landmarks, the warp's
 displacement field, its fixed-point inversion (a field remap), the exact lip inversion,
 the image remap, the painted mouth, the eyelids, the paste-back, RGB -> I420, and what
-aiortc then does with it: VP8 encoding (aiortc's own encoder settings) and Opus encoding
+the render process then does with it: VP8 encoding (``server.render_worker.Vp8Stream``, at
+aiortc's starting bitrate; ``vp8_encode_aiortc``: aiortc's own encoder, which encodes when
+the session renders on a thread), and what aiortc does: Opus encoding
 of the frame's 40 ms of returned audio.
 
 ``threads``: the live server in this process (the code path ``etf serve`` runs) and N real
 aiortc peers in a client process sending speech in a loop, for a few seconds per level.
 Per thread group of the server: CPU cores used (from /proc, Python threads mapped by their
-native id): the render processes (one per session: speech, landmarks, warp, paste, YUV),
+native id): the render processes (one per session: speech, landmarks, warp, paste, YUV, VP8),
 the engine pool (those steps when the server renders on threads; with processes its
 threads only wait), the server's event loop (RTP, SRTP, pacing, control), aiortc's
 encoder/decoder threads, and native pools (OpenCV, libvpx, BLAS threads Python did not
@@ -70,6 +72,7 @@ def frame_steps(seconds: float = 8.0) -> dict:
     from engines.render.pipeline import FaceAnimator
     from etf_models.canonical_face import apply_affine
     from server.cli import builtin_sentence
+    from server.render_worker import Vp8Stream
 
     identity = default_identity().for_video(512)
     warp = tw.prepare(identity)
@@ -80,7 +83,7 @@ def frame_steps(seconds: float = 8.0) -> dict:
     speech = load_audio(builtin_sentence(), 16000)
     speech = np.concatenate([speech, np.zeros(16000, np.float32)])[: int(seconds * 16000)]
     voice48 = load_audio(builtin_sentence(), 48000)
-    vp8, opus = Vp8Encoder(), OpusEncoder()
+    vp8, opus, ours = Vp8Encoder(), OpusEncoder(), Vp8Stream(FPS)
     steps: dict[str, list[float]] = defaultdict(list)
     h, w = warp.shape
     out = np.empty_like(identity.photo)
@@ -114,6 +117,8 @@ def frame_steps(seconds: float = 8.0) -> dict:
             t8 = time.perf_counter()
             yuv = cv2.cvtColor(img, cv2.COLOR_RGB2YUV_I420)
             t9 = time.perf_counter()
+            ours.encode(yuv, k, vp8.target_bitrate, k == 0)
+            t10 = time.perf_counter()
             vp8.encode(_video_frame(yuv, k))
             t11 = time.perf_counter()
             a = voice48[(k * n48) % (len(voice48) - n48):][:n48]
@@ -124,10 +129,11 @@ def frame_steps(seconds: float = 8.0) -> dict:
                              ("warp_field_inversion", t3 - t2), ("warp_lip_inversion", t4 - t3),
                              ("warp_image_remap", t5 - t4), ("mouth_paint", t6 - t5),
                              ("eyelids", t7 - t6), ("paste", t8 - t7), ("rgb_to_i420", t9 - t8),
-                             ("vp8_encode", t11 - t9), ("opus_encode", t12 - t11)):
+                             ("vp8_encode", t10 - t9), ("opus_encode", t12 - t11)):
                 steps[name].append(dt)
+            steps["vp8_encode_aiortc"].append(t11 - t10)  # not in the sum: one or the other
     per = {k: _ms(v) for k, v in steps.items()}
-    total = sum(v["p50_ms"] for v in per.values())
+    total = sum(v["p50_ms"] for k, v in per.items() if k != "vp8_encode_aiortc")
     return {"frames": len(steps["landmarks"]), "steps": per,
             "sum_of_p50_ms": round(total, 2),
             "share_of_sum": {k: round(v["p50_ms"] / total, 3) for k, v in per.items()}}
@@ -179,7 +185,7 @@ def _group(name: str | None) -> str:
     if name == "etf-server":
         return "server event loop (RTP, SRTP, pacing, control)"
     if name.startswith("asyncio"):
-        return "aiortc executor (VP8 and Opus encoding)"
+        return "aiortc executor (Opus; VP8 too when rendering on threads)"
     if "decoder" in name:
         return "aiortc inbound decoding (Opus)"
     if name == "MainThread":
@@ -196,7 +202,7 @@ def _stages(url: str) -> dict:
     return dict(out)
 
 
-RENDER_GROUP = "render processes (speech, landmarks, warp, paste, YUV)"
+RENDER_GROUP = "render processes (speech, landmarks, warp, paste, YUV, VP8)"
 
 
 def _render_cpu(client_pid: int) -> float:
