@@ -65,8 +65,19 @@ class PortError(OSError):
         super().__init__(cause.errno, msg)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status)
+#: Seconds a refused offer is told to wait (503 ``Retry-After``): the CPU meter's window,
+#: after which a session that ended has left the measurement.
+RETRY_AFTER_S = 5
+
+
+def _error(status: int, code: str, message: str,
+           retry_after: int | None = None) -> web.Response:
+    body = {"error": code, "message": message}
+    headers = {}
+    if retry_after is not None:
+        body["retry_after_s"] = retry_after
+        headers["Retry-After"] = str(retry_after)
+    return web.json_response(body, status=status, headers=headers)
 
 
 class AvatarServer:
@@ -172,11 +183,11 @@ class AvatarServer:
         try:  # checked again by create(); here it spares parsing the SDP
             self.registry.check_capacity()
         except CapacityError as e:
-            return _error(503, "at_capacity", str(e))
+            return _error(503, "at_capacity", str(e), RETRY_AFTER_S)
         overload = self.registry.overloaded()
         if overload:
             self.registry.refused["overloaded"] += 1
-            return _error(503, "overloaded", overload)
+            return _error(503, "overloaded", overload, RETRY_AFTER_S)
 
         pc = RTCPeerConnection()
         remote_tracks = []
@@ -200,7 +211,7 @@ class AvatarServer:
             session = await self.registry.create()
         except CapacityError as e:
             await pc.close()
-            return _error(503, "at_capacity", str(e))
+            return _error(503, "at_capacity", str(e), RETRY_AFTER_S)
         return await self._start_peer(pc, session, remote_tracks, request)
 
     async def _start_peer(self, pc, session: Session, remote_tracks, request) -> web.Response:

@@ -507,6 +507,16 @@ def test_offers_are_refused_while_sessions_run_slow(server):
     try:
         with pytest.raises(ConnectionError, match="overloaded"):
             run(AvatarClient(server.url, audio=None).connect())
+        import urllib.error
+        import urllib.request
+
+        offer = urllib.request.Request(f"{server.url}/offer", method="POST",
+                                       data=json.dumps({"sdp": "v=0", "type": "offer"}).encode(),
+                                       headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(offer, timeout=5)
+        assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "5"
+        assert json.loads(refused.value.read())["retry_after_s"] == 5
     finally:
         registry.sessions.pop("slow")
     assert registry.refused["overloaded"] >= 1
