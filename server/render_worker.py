@@ -145,6 +145,9 @@ class RenderWorker:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "server.render_worker", str(child.fileno())],
                 pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        except (OSError, ValueError) as e:  # no process, or no fd passing on this system
+            parent.close()
+            raise WorkerError(f"cannot start a render process: {e}") from e
         finally:
             child.close()
         worker = cls(proc, Connection(parent.detach()))

@@ -171,3 +171,18 @@ def test_cpu_meter_counts_render_processes():
         meter.close()
         burn.kill()
         burn.wait()
+
+
+def test_a_system_that_cannot_start_processes_gets_a_worker_error(avatar, monkeypatch):
+    """No process (or no file-descriptor passing, e.g. Windows): a WorkerError, which the
+    session answers by rendering on a thread, never an offer that fails."""
+    def refuse(*args, **kwargs):
+        raise ValueError("pass_fds is not supported on this platform")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    pool = RenderPool(avatar.identity, size=1)
+    try:
+        with pytest.raises(WorkerError, match="cannot start a render process"):
+            run(pool.acquire())
+    finally:
+        pool.close()
