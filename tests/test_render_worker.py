@@ -186,3 +186,36 @@ def test_a_system_that_cannot_start_processes_gets_a_worker_error(avatar, monkey
             run(pool.acquire())
     finally:
         pool.close()
+
+
+def test_a_container_quota_caps_the_free_cpu(tmp_path):
+    """cgroup v2 cpu.max of 1.5 cores with 1.2 in use leaves 0.3 free, however idle the
+    machine is; v1's cfs quota reads the same way; no quota, or 'max', is no cap."""
+    from server.cpu_meter import CgroupQuota
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    (tmp_path / "cpu.stat").write_text("usage_usec 1000000\nuser_usec 900000\n")
+    quota = CgroupQuota.find(tmp_path)
+    assert quota.cores == pytest.approx(1.5) and quota.seconds() == pytest.approx(1.0)
+    meter = CpuMeter(lambda: [], window_s=1.0, interval_s=10.0, quota=quota)
+    try:
+        meter.sample()
+        time.sleep(1.0)
+        (tmp_path / "cpu.stat").write_text("usage_usec 2200000\n")  # 1.2 s of CPU in 1 s
+        meter.sample()
+        free, _ = meter.rates()
+        assert 0.2 <= free <= 0.31, free
+    finally:
+        meter.close()
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert CgroupQuota.find(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpuacct").mkdir()
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    (v1 / "cpuacct" / "cpuacct.usage").write_text("3000000000\n")
+    quota = CgroupQuota.find(v1)
+    assert quota.cores == pytest.approx(2.0) and quota.seconds() == pytest.approx(3.0)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert CgroupQuota.find(v1) is None
