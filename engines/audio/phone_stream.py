@@ -304,6 +304,10 @@ class StreamingPhoneRecognizer:
             "lw": float(lw),
             "beam": float(beam),
             "pbeam": float(beam),
+            # no phonetic lookahead for choosing which senones to score: in allphone
+            # search it costs more than it saves (1.90 -> 1.75-1.79 ms per 40 ms of audio;
+            # 98.5% of 10 ms rows get the same phone; lip sync unchanged, see the commit)
+            "pl_window": 0,
             "loglevel": "FATAL",
         }
         """The pocketsphinx Config keys used (``lm``/``dict`` unset, allphone search)."""
