@@ -659,3 +659,27 @@ def test_capacity_check_reads_p99_whatever_the_label_order():
         'etf_stage_latency_seconds{session="s2",stage="tick",quantile="0.99"} 0.0450',
     ])
     assert tick_p99_ms(text) == pytest.approx([33.1, 45.0])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_capacity_check_counts_the_render_processes():
+    """The server's CPU in the capacity benchmark includes its children (the render
+    processes): a busy grandchild is counted with tree=True, not without."""
+    from benchmarks.live_latency import descendants, process_cpu_seconds
+
+    script = ("import subprocess, sys, time\n"
+              "c = subprocess.Popen([sys.executable, '-c', "
+              "'import time\\nt=time.time()\\nwhile time.time()-t<3: pass'])\n"
+              "c.wait()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        for _ in range(60):  # until the grandchild runs
+            if descendants(parent.pid):
+                break
+            time.sleep(0.05)
+        assert descendants(parent.pid), "the busy grandchild is found"
+        time.sleep(1.2)
+        tree, alone = process_cpu_seconds(parent.pid), process_cpu_seconds(parent.pid, False)
+        assert tree - alone > 0.5, (tree, alone)
+    finally:
+        parent.wait(10)
