@@ -16,7 +16,10 @@ in a loop) for a few seconds each; a level passes when every session receives >=
 with no gap over 200 ms and the server's p99 compute per tick stays under one frame period.
 The clients decode VP8 on the same machine, so this is a lower bound for the server; the
 server's CPU (with its render processes) and the peers' own are both reported.
-``--render-in threads`` measures the server rendering on its engine threads instead.
+``--render-in threads`` measures the server rendering on its engine threads instead;
+``--peers-nice 19`` runs the peers at the lowest priority, so they use only the CPU the
+server leaves (closer to a server whose peers are elsewhere; their fps then says whether
+that leftover was enough to decode).
 
     python benchmarks/live_latency.py            # both; writes results/live_latency.json
 """
@@ -314,8 +317,9 @@ def capacity(args) -> dict:
             cpu0 = process_cpu_seconds(server.pid)
             peers0 = _waited_children_cpu()
             w0 = time.monotonic()
+            nice = ["nice", "-n", str(args.peers_nice)] if args.peers_nice else []
             proc = subprocess.run(
-                [sys.executable, __file__, "_clients", url, str(n), str(args.seconds)],
+                [*nice, sys.executable, __file__, "_clients", url, str(n), str(args.seconds)],
                 capture_output=True, text=True, cwd=ROOT, timeout=120,
             )
             if proc.returncode != 0:
@@ -343,6 +347,7 @@ def capacity(args) -> dict:
         server.wait(10)
     passing = [lv["sessions"] for lv in levels if lv["ok"]]
     return {"fps": args.fps, "seconds_per_level": args.seconds, "render_in": args.render_in,
+            "peers_nice": args.peers_nice,
             "max_sessions_ok": max(passing) if passing else 0, "levels": levels}
 
 
@@ -372,6 +377,9 @@ def main() -> None:
     ap.add_argument("--keep-going", action="store_true",
                     help="capacity: measure every level up to --max-sessions, not only up to "
                     "the first that fails")
+    ap.add_argument("--peers-nice", type=int, default=0,
+                    help="capacity: run the peers at this niceness (19: they take only the CPU "
+                    "the server leaves, closer to a server whose peers are elsewhere)")
     ap.add_argument("--render-in", choices=("processes", "threads"), default="processes",
                     help="the server's --render-in (capacity)")
     ap.add_argument("-o", "--output", default=str(RESULTS / "live_latency.json"))
