@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import socket
 import subprocess
@@ -258,14 +257,10 @@ def descendants(pid: int) -> list[int]:
 def process_cpu_seconds(pid: int, tree: bool = True) -> float:
     """CPU seconds used by ``pid`` and (``tree``) its running descendants: the server's
     render processes are its children."""
-    total = 0.0
-    for p in [pid, *(descendants(pid) if tree else [])]:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # it ended between the listing and the reading
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    from server.cpu_meter import process_seconds
+
+    # a process that ended between the listing and the reading counts nothing
+    return sum(process_seconds(p) or 0.0 for p in [pid, *(descendants(pid) if tree else [])])
 
 
 def fetch_metrics(url: str) -> str:

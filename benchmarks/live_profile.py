@@ -164,16 +164,14 @@ def _audio_frame(pcm: np.ndarray, k: int):
 
 def _thread_cpu() -> dict[str, float]:
     """CPU seconds per thread group of this process."""
+    from server.cpu_meter import stat_seconds
+
     names = {t.native_id: t.name for t in threading.enumerate()}
     groups: dict[str, float] = defaultdict(float)
-    tick = os.sysconf("SC_CLK_TCK")
     for tid in os.listdir("/proc/self/task"):
-        try:
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended
-        cpu = (int(fields[11]) + int(fields[12])) / tick
-        groups[_group(names.get(int(tid)))] += cpu
+        cpu = stat_seconds(f"/proc/self/task/{tid}/stat")
+        if cpu is not None:  # else the thread ended
+            groups[_group(names.get(int(tid)))] += cpu
     return groups
 
 

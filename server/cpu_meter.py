@@ -32,13 +32,19 @@ def machine_idle_seconds() -> float | None:
     return (int(first[4]) + int(first[5])) / TICK
 
 
-def process_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of one process, or None if it is gone."""
+def stat_seconds(path: str | Path) -> float | None:
+    """User + system CPU seconds from a ``/proc/.../stat`` file (a process's, or a thread's
+    under ``/proc/PID/task``), or None if it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def process_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process, or None if it is gone."""
+    return stat_seconds(f"/proc/{pid}/stat")
 
 
 class CgroupQuota:
