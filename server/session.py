@@ -313,7 +313,7 @@ class Session:
         self.ensure_started()
         m = self._audio_frames
         self._audio_frames += 1
-        release = self.t0 + self.delay_ticks * self.period + m * AUDIO_FRAME / NET_RATE
+        release = self._release_at(m * AUDIO_FRAME / NET_RATE)
         wait = release - self.clock()
         if wait > 0:
             await asyncio.sleep(wait)
@@ -384,8 +384,8 @@ class Session:
         out = []
         for (index, _, skipped), yuv in zip(jobs, images, strict=True):
             self.latency["frame"].add(time.perf_counter() - t0)
-            release = self.t0 + (index + self.delay_ticks) * self.period
-            out.append(VideoOut(index, yuv, release, skipped=skipped))
+            out.append(VideoOut(index, yuv, self._release_at(index * self.period),
+                                skipped=skipped))
         if out:
             self.latency["tick"].add(time.perf_counter() - t_start)
         return out
@@ -413,7 +413,7 @@ class Session:
             t1 = time.perf_counter()
             yuv = cv2.cvtColor(frame.image, cv2.COLOR_RGB2YUV_I420)
             self.latency["yuv"].add(time.perf_counter() - t1)
-            release = self.t0 + (frame.index + self.delay_ticks) * self.period
+            release = self._release_at(frame.index * self.period)
             out.append(VideoOut(frame.index, yuv, release, skipped=skipped))
         if out:
             self.latency["tick"].add(time.perf_counter() - t_start)
@@ -462,11 +462,16 @@ class Session:
             self.latency["yuv"].add(f.yuv_s)
             if f.packet is not None:
                 self.latency["encode"].add(f.encode_s)
-            release = self.t0 + (f.index + self.delay_ticks) * self.period
+            release = self._release_at(f.index * self.period)
             out.append(VideoOut(f.index, f.yuv, release, skipped=f.skipped, packet=f.packet))
         if out:
             self.latency["tick"].add(time.perf_counter() - t_start)
         return out
+
+    def _release_at(self, content_s: float) -> float:
+        """When what holds content time ``content_s`` leaves (session clock): the pipeline
+        delay after it, the same for frames and audio, so they leave aligned."""
+        return self.t0 + self.delay_ticks * self.period + content_s
 
     def _publish(self, out: VideoOut) -> None:
         self.counters["frames_rendered"] += 1
