@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -51,6 +52,9 @@ def test_learned_interior_stays_inside_the_lips_and_is_not_flat(identity):
     dst = apply_affine(warp.canon_to_roi, lm)
     h, w = out.shape[:2]
     inside = mp.coverage((h, w), mp.smooth_ring(dst[mp.INNER_RING])) > 0
+    # the painted mouth's edge is as soft as the photo: it reaches a few pixels past it
+    reach = int(np.ceil(2 * warp.photo_blur)) + 1
+    inside = cv2.dilate(inside.astype(np.uint8), np.ones((2 * reach + 1,) * 2, np.uint8)) > 0
     changed = np.abs(out.astype(int) - painted.astype(int)).max(-1) > 0
     assert changed.sum() > 200
     assert not (changed & ~inside).any()

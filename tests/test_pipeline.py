@@ -299,7 +299,9 @@ def test_open_mouth_shows_teeth_cavity_and_tongue(identity, warp):
     col = out[int(top):int(bottom), x - 1:x + 2].mean(1)  # down the middle of the opening
     lum = col.mean(1)
     n = len(lum)
-    teeth, cavity, tongue = lum[:n // 4].max(), lum[n // 4:n // 2].min(), lum[-n // 4:].max()
+    cavity, tongue = lum[n // 4:n // 2].min(), lum[-n // 4:].max()
+    # the teeth either side of the midline (the column itself is the central incisors' gap)
+    teeth = out[int(top):int(top) + n // 4, x - 6:x + 7].mean(-1).max()
     assert teeth > 1.15 * warp.lip_colour.mean(), (teeth, warp.lip_colour)
     assert cavity < 0.6 * warp.lip_colour.mean()
     assert tongue > cavity + 15, (tongue, cavity)
@@ -340,3 +342,61 @@ def test_pressed_lips_leave_no_torn_pixels(identity, warp):
     jumps = np.maximum(np.linalg.norm(np.diff(box, axis=1), axis=-1)[1:, :],
                        np.linalg.norm(np.diff(box, axis=0), axis=-1)[:, 1:])
     assert (jumps > 16).sum() <= 10, int((jumps > 16).sum())
+
+
+def test_painted_mouth_is_as_soft_and_grainy_as_the_photo(identity, warp):
+    """The painted interior follows the photo's own softness (a sharp drawing inside a
+    soft photo read as pasted in) and grain, and the estimate follows the photo."""
+    from dataclasses import replace
+
+    import cv2
+
+    from engines.motion import face_motion as M
+
+    lm_photo = identity.canonical_to_photo(identity.landmarks_canonical)
+    sharp, grain = texture_warp.photo_softness(identity.photo, lm_photo)
+    soft, _ = texture_warp.photo_softness(cv2.GaussianBlur(identity.photo, (0, 0), 1.2),
+                                          lm_photo)
+    assert 0.5 <= sharp < soft, (sharp, soft)
+    assert grain > 0.5
+
+    p = np.zeros(M.N_PARAMS, np.float32)
+    p[[M.P["jaw_open"], M.P["lips_part"]]] = (0.85, 0.3)
+    lm = M.apply(identity.neutral, M.build_fields(identity.neutral), p)
+    dst = apply_affine(warp.canon_to_roi, lm)
+    (x0, y0), (x1, y1) = np.floor(dst[60:68].min(0)).astype(int), np.ceil(
+        dst[60:68].max(0)).astype(int)
+
+    def detail(state):
+        out = texture_warp.render_roi(state, lm)[y0:y1, x0:x1]
+        g = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return float(np.square(cv2.Laplacian(g, cv2.CV_32F)).mean())
+
+    clean = replace(warp, photo_grain=0.0)
+    assert detail(replace(clean, photo_blur=2.0)) < 0.5 * detail(replace(clean, photo_blur=0.0))
+    assert detail(replace(warp, photo_grain=4.0)) > 1.2 * detail(replace(warp, photo_grain=0.0))
+
+
+def test_f_v_rests_the_lower_lip_on_the_upper_teeth(identity, warp):
+    """/f v/ at full loudness keeps the lips nearly shut (the lower lip against the upper
+    teeth, not the jaw held open as for a vowel) and shows the upper teeth there."""
+    from engines.motion import face_motion as M
+    from engines.render.landmark_default import SpeechLandmarkEngine
+    from etf_models.canonical_face import IOD
+
+    fields = M.build_fields(identity.neutral)
+
+    def gap(phone):
+        lm = M.apply(identity.neutral, fields, SpeechLandmarkEngine.viseme(phone))
+        return float((lm[[65, 66, 67], 1] - lm[[61, 62, 63], 1]).mean()) / IOD, lm
+
+    g_f, lm = gap("F")
+    g_aa, _ = gap("AA")
+    assert 0.02 < g_f < 0.07 and g_aa > 0.2, (g_f, g_aa)
+    out = texture_warp.render_roi(warp, lm).astype(float)
+    dst = apply_affine(warp.canon_to_roi, lm)
+    x = int(round(dst[[62, 66], 0].mean()))
+    between = out[int(dst[62, 1]) + 1:int(np.ceil(dst[66, 1])), x - 1:x + 2].mean(-1)
+    # teeth in the lips' shade (real narrow openings are about as light as the lips), far
+    # lighter than the cavity's dark (CAVITY_OVER_LIP: ~0.4 of the lips)
+    assert between.max() > 0.55 * warp.lip_colour.mean(), (between, warp.lip_colour)

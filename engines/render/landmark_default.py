@@ -109,9 +109,11 @@ class SpeechLandmarkEngine:
                    opening_gain: float | None = None) -> np.ndarray:
         """Speech parameters as the face shows them (in place, and returned): the jaw held
         open with the running loudness ``level`` (0..1) unless the lips press, then every
-        lips-apart parameter scaled by the opening gain (the class's unless given)."""
+        lips-apart parameter scaled by the opening gain (the class's unless given). Nor is
+        it held open under /f v/: the lower lip rests on the upper teeth there."""
         gain = cls.opening_gain if opening_gain is None else opening_gain
-        speech[P["jaw_open"]] += cls.speech_jaw * level * (1.0 - speech[P["lip_press"]])
+        closing = min(1.0, float(speech[P["lip_press"]] + speech[P["labiodental"]]))
+        speech[P["jaw_open"]] += cls.speech_jaw * level * (1.0 - closing)
         speech[_LIPS_APART] *= gain
         return speech
 

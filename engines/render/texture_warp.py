@@ -19,6 +19,7 @@ vectorised over pixels; nothing per pixel runs in Python.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -47,7 +48,12 @@ ROI_MARGIN = 0.18
 ANCHORS_PER_SIDE = 9
 #: Upper incisors' edge below the relaxed upper lip line, and the tooth layout, in IOD.
 TEETH_EDGE_BELOW_LIP = 0.09
-TOOTH_GAPS = np.array([0.0, 0.135, 0.25, 0.34, 0.42])
+#: how tall the upper incisors' crowns are (about 10.5 mm against ~63 mm between the eyes)
+CROWN_HEIGHT = 0.17
+#: Where the gaps between upper teeth are (IOD from the midline, as seen from the front:
+#: the arch foreshortens the side teeth), and the lower teeth's, which are narrower.
+TEETH_BOUNDS = np.array([0.0, 0.135, 0.25, 0.34, 0.42, 0.49, 0.55, 0.6])
+LOWER_TEETH_BOUNDS = np.array([0.0, 0.085, 0.17, 0.26, 0.34, 0.42, 0.49, 0.55, 0.6])
 #: Real mouths against their own lips (``etf fit-mouth``'s ``interior_colours``, the median
 #: over the 23 training people of ../shared/data/talking and MEAD; benchmarks/results/
 #: mouth_model.json): the teeth's highlight is the lips' colour times TEETH_OVER_LIP (a
@@ -103,6 +109,10 @@ class WarpState:
     expression: object | None = None
     #: the mouth interior from the learned model (engines.render.mouth_model), not painted
     learned_mouth: bool = False
+    #: the photo's own softness around the eyes and lips (Gaussian sigma, ROI pixels) and
+    #: its grain (grey levels): the painted mouth is made no sharper and no cleaner
+    photo_blur: float = 0.8
+    photo_grain: float = 0.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -244,6 +254,7 @@ def prepare(
         if inner is not None and inner.mean() > lip.mean():
             teeth = inner
 
+    blur, grain = photo_softness(roi_img, lm_roi)
     roi_img = _close_photo_mouth(roi_img, lm_roi)
 
     # Paste-back weight: 1 inside, smooth to 0 over the outer band where the warp is ~0.
@@ -271,6 +282,8 @@ def prepare(
         **_field_grid(vertices, weights, mesh, h, w),
         solid=solid_box(feather),
         learned_mouth=learned_mouth,
+        photo_blur=blur,
+        photo_grain=grain,
     )
     if not expression:
         return state
@@ -278,6 +291,32 @@ def prepare(
 
     maps = expression_texture.prepare(state, identity)
     return replace(state, image=maps.base, expression=maps)
+
+
+def photo_softness(img: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
+    """How soft and how grainy the photo is around its eyes and lips (landmarks ``lm`` in
+    ``img``'s pixels): (Gaussian sigma in pixels, grain in grey levels).
+
+    Softness from the Laplacian's energy, which falls as sigma^-3 on blurred edges: blurring
+    by ``b`` more keeps the fraction q = (s^2 / (s^2 + b^2))^1.5 of it, so s follows from q.
+    Grain: the robust spread of what a slight blur takes away (flat skin dominates the
+    median)."""
+    x0, y0 = np.floor(lm[36:68].min(0) - 0.1 * np.ptp(lm[36:68, 0])).astype(int)
+    x1, y1 = np.ceil(lm[36:68].max(0) + 0.1 * np.ptp(lm[36:68, 0])).astype(int)
+    h, w = img.shape[:2]
+    box = img[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+    if box.shape[0] < 16 or box.shape[1] < 16:
+        return 0.8, 0.0
+    g = cv2.cvtColor(box, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    b = 1.5
+    e0 = float(np.square(cv2.Laplacian(g, cv2.CV_32F)[2:-2, 2:-2]).mean())
+    e1 = float(np.square(cv2.Laplacian(cv2.GaussianBlur(g, (0, 0), b), cv2.CV_32F)
+                         [2:-2, 2:-2]).mean())
+    q = np.clip(e1 / max(e0, 1e-6), 1e-3, 0.95) ** (2.0 / 3.0)
+    sigma = float(np.clip(b * np.sqrt(q / (1.0 - q)), 0.5, 3.0))
+    hp = g - cv2.GaussianBlur(g, (0, 0), 1.0)
+    grain = float(np.clip(1.4826 * np.median(np.abs(hp)), 0.0, 6.0))
+    return sigma, grain
 
 
 def _orientation(tri: np.ndarray) -> np.ndarray:
@@ -425,15 +464,40 @@ def _poly_alpha(shape: tuple[int, int], poly: np.ndarray, offset: np.ndarray) ->
     return m.astype(np.float32) / 255.0
 
 
+@lru_cache(maxsize=1)
+def _grain_texture() -> np.ndarray:
+    """A fixed field of fine noise [256,256] float32 (unit spread): the painted mouth's
+    grain, sampled where the teeth are so it stays put on them from frame to frame."""
+    n = np.random.default_rng(7).standard_normal((256, 256)).astype(np.float32)
+    n = cv2.GaussianBlur(np.tile(n, (3, 3)), (0, 0), 0.6)[256:512, 256:512]
+    return n / n.std()
+
+
+def _teeth_phase(ax: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Across a row of teeth with gaps at ``bounds`` (distance from the midline, sorted,
+    the first 0): (where each pixel sits in its tooth, 0..1 edge to edge; its distance to
+    the nearest gap), both in the units of ``bounds``."""
+    k = np.clip(np.searchsorted(bounds, ax), 1, len(bounds) - 1)
+    lo, hi = bounds[k - 1], bounds[k]
+    phase = np.clip((ax - lo) / (hi - lo), 0.0, 1.0)
+    return phase, np.minimum(np.abs(ax - lo), np.abs(hi - ax))
+
+
 def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndarray) -> None:
-    """Paint cavity, tongue and teeth inside the parted inner lips (in place)."""
+    """Paint cavity, tongue and teeth inside the parted inner lips (in place).
+
+    The teeth are rounded, each lit brightest down its middle and darker into its gaps,
+    their biting edges translucent; the side teeth fall into the cavity's warm shadow; the
+    lower teeth sit lower in the shade. All of it is then made as soft as the photo itself
+    and given its grain, so it is no sharper and no cleaner than the lips around it."""
     ring = _smooth_ring(dst[INNER_LIP_RING])
     gap = _inner_gap(lm)
     if gap < 0.01 * IOD:
         return
     h, w = state.shape
-    lo = np.maximum(np.floor(ring.min(0)).astype(int) - 2, 0)
-    hi = np.minimum(np.ceil(ring.max(0)).astype(int) + 3, (w, h))
+    pad = int(np.ceil(3 * state.photo_blur)) + 2
+    lo = np.maximum(np.floor(ring.min(0)).astype(int) - pad, 0)
+    hi = np.minimum(np.ceil(ring.max(0)).astype(int) + pad + 1, (w, h))
     if (hi <= lo).any():
         return
     bh, bw = hi[1] - lo[1], hi[0] - lo[0]
@@ -474,32 +538,74 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     tongue = (np.sqrt(tongue) * 0.85)[..., None]
     colour = cavity * (1 - tongue) + tongue_c * tongue
 
-    # The side teeth sit deeper in the mouth's shadow; the gaps between teeth are faint,
-    # narrow and fade toward the sides (a strong even comb read as drawn).
-    side = np.clip((np.abs(r) - 0.45) / 0.6, 0.0, 1.0)
-    shade = (0.55 * side * side * (3 - 2 * side))[..., None]  # how far into the shadow
-    dist = np.abs(np.abs(u - cx)[..., None] - TOOTH_GAPS * IOD).min(axis=-1)
-    seams = (1.0 - 0.12 * (1.0 - 0.5 * np.clip(np.abs(r), 0, 1))
-             * np.exp(-((dist / (0.008 * IOD)) ** 2)))[..., None]
+    # The side teeth sit deeper in the mouth's shadow, darkest toward the corners of the
+    # opening as it is now (a smile's dark corners).
+    corners = dst[[60, 64]]
+    mid_x = float(corners[:, 0].mean())
+    half_now = max(float(np.ptp(corners[:, 0])) / 2, 1.0)
+    side = np.clip((np.abs(xs - mid_x) / half_now - 0.55) / 0.45, 0.0, 1.0)
+    shade = (0.8 * side * side * (3 - 2 * side))[..., None]  # how far into the shadow
+    ax = np.abs(u - cx) / IOD
+    # Each tooth is rounded: brightest down its middle, darker into its gaps, and the gaps
+    # show most near the biting edge, where the teeth part (not as an even comb of lines).
+    phase, dist = _teeth_phase(ax, TEETH_BOUNDS)
+    near_edge = np.clip(1.0 - (edge_u - v) / (0.06 * IOD), 0.25, 1.0)
+    fade = 1.0 - 0.5 * np.clip(np.abs(r), 0, 1)
+    round_u = (1.0 - 0.08 * (2 * phase - 1) ** 2
+               - 0.22 * fade * near_edge * np.exp(-((dist / 0.007) ** 2)))[..., None]
     # a narrow opening keeps the teeth in the lips' shadow (real teeth, by the gap); the
     # side teeth darken toward the cavity's warm dark, not toward grey
     mean_gap = float((lm[LOWER_INNER, 1] - lm[UPPER_INNER, 1]).mean()) / IOD
     light = float(np.interp(mean_gap, TEETH_GAP, TEETH_LIGHT)) / TEETH_LIGHT_OPEN
-    teeth = (state.teeth_colour * min(light, 1.0) * (1 - shade)
-             + lip * CAVITY_OVER_LIP * shade) * seams
+    # (dimmed toward the cavity's warm dark, to the measured luminance: scaled down, a warm
+    # white turns grey)
+    warm_dark = lip * CAVITY_OVER_LIP
+    lt, lw = float(state.teeth_colour.mean()), float(warm_dark.mean())
+    dim = float(np.clip((min(light, 1.0) * lt - lw) / max(lt - lw, 1.0), 0.0, 1.0))
+    base = (state.teeth_colour * dim + warm_dark * (1 - dim)) * (1 - shade) + warm_dark * shade
+    # the biting edge is thin enamel: a little darker where the cavity shows through it
+    edge_band = np.clip(1.0 - (edge_u - v) / (0.02 * IOD), 0.0, 1.0)[..., None]
+    # and the lips' shade falls on the teeth just under them
+    gum = np.clip(1.0 - (v - upper_lip_rest - 0.01 * IOD) / (0.05 * IOD), 0.0, 1.0)[..., None]
+    teeth = (base * round_u * (1.0 - 0.08 * gum)
+             * (1.0 - 0.14 * edge_band))
     soft = 0.012 * IOD
     # each tooth's corners are rounded: the incisal edge rises a little at every gap
-    scallop = 0.014 * IOD * np.exp(-((dist / (0.018 * IOD)) ** 2))
+    scallop = 0.012 * IOD * np.exp(-((dist / 0.018) ** 2))
     # Lips barely apart (a pressed /m/, a relaxed seam) show a dark line, not teeth: real
     # openings under ~0.03 IOD are no brighter than the lips themselves (teeth_by_gap).
     show = float(np.clip((mean_gap - 0.015) / 0.025, 0.0, 1.0))
     upper = show * np.clip((edge_u - scallop - v) / soft + 0.5, 0.0, 1.0)[..., None]
-    lower = show * np.clip((v - edge_l) / soft + 0.5, 0.0, 1.0)[..., None] * 0.9
+    # above the crowns (a broad smile lifts the lip that far), the gum
+    gum_line = edge_u - CROWN_HEIGHT * IOD + 0.5 * scallop
+    gums = upper * np.clip((gum_line - v) / soft + 0.5, 0.0, 1.0)[..., None]
+    # the lower teeth: narrower, in the upper teeth's and the lips' shade
+    phase_l, dist_l = _teeth_phase(ax, LOWER_TEETH_BOUNDS)
+    round_l = (1.0 - 0.06 * (2 * phase_l - 1) ** 2
+               - 0.08 * fade * np.exp(-((dist_l / 0.006) ** 2)))[..., None]
+    scallop_l = 0.008 * IOD * np.exp(-((dist_l / 0.012) ** 2))
+    lower = show * 0.85 * np.clip((v - edge_l - scallop_l) / soft + 0.5, 0.0, 1.0)[..., None]
+    # below the lower crowns, when the lip drops that far, the lower gum and the lip's
+    # wet inside
+    lower_gum = lower * np.clip((v - edge_l - 0.8 * CROWN_HEIGHT * IOD) / (2 * soft) + 0.5,
+                                0.0, 1.0)[..., None]
+    # the lower teeth stand behind the upper ones (the overbite): drawn first
+    colour = colour * (1 - lower) + base * round_l * 0.72 * lower
+    colour = colour * (1 - lower_gum) + lip * 0.72 * lower_gum
     colour = colour * (1 - upper) + teeth * upper
-    colour = colour * (1 - lower) + teeth * 0.88 * lower
+    colour = colour * (1 - gums) + lip * 0.8 * gums
     # Lips shadow the interior near their edge.
     inner_shadow = cv2.GaussianBlur(alpha, (0, 0), max(0.6, 0.02 * IOD * _scale(state)))
-    colour *= (0.6 + 0.4 * inner_shadow)[..., None]
+    colour *= (0.68 + 0.32 * inner_shadow)[..., None]
+    # As soft as the photo, with its grain (fixed on the face: it does not crawl).
+    if state.photo_blur > 0.3:
+        colour = cv2.GaussianBlur(colour, (0, 0), state.photo_blur)
+        alpha = cv2.GaussianBlur(alpha, (0, 0), 0.6 * state.photo_blur)
+    if state.photo_grain > 0.2:
+        g = _grain_texture()
+        gy = (np.arange(lo[1], hi[1]) - int(round(upper_lip_rest * _scale(state)))) % 256
+        gx = (np.arange(lo[0], hi[0]) - int(round(cx * _scale(state)))) % 256
+        colour += (state.photo_grain * g[np.ix_(gy, gx)])[..., None]
 
     box = out[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float32)
     al = alpha[..., None]
