@@ -29,6 +29,7 @@ from scipy.spatial import Delaunay
 from engines.face.identity import Identity
 from engines.render import mouth_model
 from engines.render.compositor import solid_box
+from etf_models import mouth_patch
 from etf_models.canonical_face import (
     CANON_SIZE,
     INNER_LIP_RING,
@@ -176,7 +177,7 @@ def _close_photo_mouth(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
     gap = _inner_gap(lm)
     if gap < PHOTO_MOUTH_FILL_GAP:
         return img
-    ring = _smooth_ring(lm[INNER_LIP_RING])
+    ring = mouth_patch.smooth_ring(lm[INNER_LIP_RING])
     mask = np.zeros(img.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round(ring).astype(np.int32)], 255)
     mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))  # the landmarks are whole pixels
@@ -446,24 +447,6 @@ def render_roi(state: WarpState, landmarks: np.ndarray,
     return out
 
 
-def _smooth_ring(points: np.ndarray, per_edge: int = 4) -> np.ndarray:
-    """Closed Catmull-Rom curve through a ring of points: lips are round, not polygons."""
-    p = np.asarray(points, np.float64)
-    p0, p1, p2, p3 = np.roll(p, 1, 0), p, np.roll(p, -1, 0), np.roll(p, -2, 0)
-    t = (np.arange(per_edge) / per_edge)[:, None, None]
-    t2, t3 = t * t, t * t * t
-    c = 0.5 * ((2 * p1) + (-p0 + p2) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t2
-               + (-p0 + 3 * p1 - 3 * p2 + p3) * t3)
-    return c.transpose(1, 0, 2).reshape(-1, 2)
-
-
-def _poly_alpha(shape: tuple[int, int], poly: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """Anti-aliased polygon coverage in 0..1 on a small canvas."""
-    m = np.zeros(shape, np.uint8)
-    cv2.fillPoly(m, [np.round((poly - offset) * 8).astype(np.int32)], 255, cv2.LINE_AA, shift=3)
-    return m.astype(np.float32) / 255.0
-
-
 @lru_cache(maxsize=1)
 def _grain_texture() -> np.ndarray:
     """A fixed field of fine noise [256,256] float32 (unit spread): the painted mouth's
@@ -490,7 +473,7 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     their biting edges translucent; the side teeth fall into the cavity's warm shadow; the
     lower teeth sit lower in the shade. All of it is then made as soft as the photo itself
     and given its grain, so it is no sharper and no cleaner than the lips around it."""
-    ring = _smooth_ring(dst[INNER_LIP_RING])
+    ring = mouth_patch.smooth_ring(dst[INNER_LIP_RING])
     gap = _inner_gap(lm)
     if gap < 0.01 * IOD:
         return
@@ -501,7 +484,7 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     if (hi <= lo).any():
         return
     bh, bw = hi[1] - lo[1], hi[0] - lo[0]
-    alpha = _poly_alpha((bh, bw), ring, lo)
+    alpha = mouth_patch.coverage((bh, bw), ring - lo)
     if alpha.max() <= 0:
         return
     # Canonical coordinates of the box's pixels: the teeth live in face space.
@@ -566,8 +549,9 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     # the biting edge is thin enamel: a little darker where the cavity shows through it
     edge_band = np.clip(1.0 - (edge_u - v) / (0.02 * IOD), 0.0, 1.0)[..., None]
     # and the lips' shade falls on the teeth just under them
-    gum = np.clip(1.0 - (v - upper_lip_rest - 0.01 * IOD) / (0.05 * IOD), 0.0, 1.0)[..., None]
-    teeth = (base * round_u * (1.0 - 0.08 * gum)
+    lip_shade = np.clip(1.0 - (v - upper_lip_rest - 0.01 * IOD) / (0.05 * IOD), 0.0,
+                        1.0)[..., None]
+    teeth = (base * round_u * (1.0 - 0.08 * lip_shade)
              * (1.0 - 0.14 * edge_band))
     soft = 0.012 * IOD
     # each tooth's corners are rounded: the incisal edge rises a little at every gap
@@ -631,7 +615,7 @@ def _shade_lids(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndarr
         hi = np.minimum(np.ceil(poly.max(0)).astype(int) + 3, (state.shape[1], state.shape[0]))
         if (hi <= lo).any():
             continue
-        alpha = _poly_alpha((hi[1] - lo[1], hi[0] - lo[0]), poly, lo)
+        alpha = mouth_patch.coverage((hi[1] - lo[1], hi[0] - lo[0]), poly - lo)
         strength = np.clip((closure - 0.3) / 0.5, 0.0, 1.0)
         lid = state.lid_colours[k] * 0.93  # the lid crease is a little darker than the skin
         box = out[lo[1]:hi[1], lo[0]:hi[0]].astype(np.float32)
