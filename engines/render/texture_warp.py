@@ -27,7 +27,7 @@ from scipy import sparse
 from scipy.spatial import Delaunay
 
 from engines.face.identity import Identity
-from engines.render import mouth_model
+from engines.render import eyeball, mouth_model
 from engines.render.compositor import solid_box
 from etf_models import mouth_patch
 from etf_models.canonical_face import (
@@ -114,6 +114,8 @@ class WarpState:
     #: its grain (grey levels): the painted mouth is made no sharper and no cleaner
     photo_blur: float = 0.8
     photo_grain: float = 0.0
+    #: the photo's eyeballs, drawn rigidly inside the lids (engines.render.eyeball)
+    eyes: tuple = ()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -256,6 +258,7 @@ def prepare(
             teeth = inner
 
     blur, grain = photo_softness(roi_img, lm_roi)
+    eyes = eyeball.prepare_eyes(roi_img, lm_roi, _irises(identity, canon_to_roi))
     roi_img = _close_photo_mouth(roi_img, lm_roi)
 
     # Paste-back weight: 1 inside, smooth to 0 over the outer band where the warp is ~0.
@@ -285,6 +288,7 @@ def prepare(
         learned_mouth=learned_mouth,
         photo_blur=blur,
         photo_grain=grain,
+        eyes=eyes,
     )
     if not expression:
         return state
@@ -292,6 +296,23 @@ def prepare(
 
     maps = expression_texture.prepare(state, identity)
     return replace(state, image=maps.base, expression=maps)
+
+
+def _irises(identity: Identity, canon_to_roi: np.ndarray) -> np.ndarray | None:
+    """The photo's irises [2,3] (x, y, radius in ROI pixels, image-left eye first) from
+    its dense mesh's iris points, or None without a mesh."""
+    mesh = identity.mesh_photo
+    if mesh is None or len(mesh) < 478:
+        return None
+    to_roi = canon_to_roi[:, :2] @ identity.to_canonical[:, :2]
+    scale = float(np.hypot(*to_roi[:, 0]))
+    out = []
+    for c in (468, 473):
+        centre = apply_affine(canon_to_roi, apply_affine(identity.to_canonical, mesh[c, :2]))
+        radius = float(np.linalg.norm(mesh[c + 1 : c + 5, :2] - mesh[c, :2], axis=1).mean())
+        out.append([*centre, radius * scale])
+    out = np.asarray(out)
+    return out[np.argsort(out[:, 0])]  # image-left eye first, as dlib's 36-41
 
 
 def photo_softness(img: np.ndarray, lm: np.ndarray) -> tuple[float, float]:
@@ -443,6 +464,7 @@ def render_roi(state: WarpState, landmarks: np.ndarray,
                           state.roi_to_canon, state.teeth_colour)
     else:
         _paint_mouth(state, out, landmarks, dst)
+    eyeball.paint_eyes(state.eyes, out, dst, state.src_vertices[:68])
     _shade_lids(state, out, landmarks, dst)
     return out
 
