@@ -4,7 +4,8 @@
 step timed on its own on this process's thread (median over the frames of 8 s of the
 built-in sentence): the phone recogniser and loudness (40 ms of audio), landmarks, the warp's
 displacement field, its fixed-point inversion (a field remap), the exact lip inversion,
-the image remap, the painted mouth, the eyelids, the paste-back, RGB -> I420, and what
+the image remap, the painted mouth, the eyes (rigid eyeballs) and eyelids, the paste-back,
+RGB -> I420, and what
 the render process then does with it: VP8 encoding (``server.render_worker.Vp8Stream``, at
 aiortc's starting bitrate; ``vp8_encode_aiortc``: aiortc's own encoder, which encodes when
 the session renders on a thread), and what aiortc does: Opus encoding
@@ -110,6 +111,7 @@ def frame_steps(seconds: float = 8.0) -> dict:
             t5 = time.perf_counter()
             tw._paint_mouth(warp, roi, lm, dst)
             t6 = time.perf_counter()
+            tw.eyeball.paint_eyes(warp.eyes, roi, dst, warp.src_vertices[:68])
             tw._shade_lids(warp, roi, lm, dst)
             t7 = time.perf_counter()
             img = paste_roi(identity.photo, roi, warp.roi, warp.feather, out=out,
@@ -128,7 +130,8 @@ def frame_steps(seconds: float = 8.0) -> dict:
             for name, dt in (("landmarks", t1 - t), ("warp_field", t2 - t1),
                              ("warp_field_inversion", t3 - t2), ("warp_lip_inversion", t4 - t3),
                              ("warp_image_remap", t5 - t4), ("mouth_paint", t6 - t5),
-                             ("eyelids", t7 - t6), ("paste", t8 - t7), ("rgb_to_i420", t9 - t8),
+                             ("eyes_and_lids", t7 - t6), ("paste", t8 - t7),
+                             ("rgb_to_i420", t9 - t8),
                              ("vp8_encode", t10 - t9), ("opus_encode", t12 - t11)):
                 steps[name].append(dt)
             steps["vp8_encode_aiortc"].append(t11 - t10)  # not in the sum: one or the other
