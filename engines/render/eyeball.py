@@ -37,7 +37,8 @@ _UPPER = [1, 2]  # ring positions of the upper-lid points
 _LOWER = [5, 4]
 #: Points per ring edge of the lid-margin curve.
 _PER_EDGE = 4
-#: The lash line's shadow under the upper lid, as a share of the photo's eye opening.
+#: The lash line's shadow under the upper lid and the lower lid's wet rim above it, as
+#: shares of the photo's eye opening: they move with their lids.
 LASH_SHARE = 0.2
 MARGIN_SHARE = 0.12
 #: An iris's radius against the eye's corner-to-corner width when the photo has no iris
