@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from engines.render import texture_warp
+from etf_models.canonical_face import LOWER_LIDS as LOWER
+from etf_models.canonical_face import UPPER_LIDS as UPPER
 from etf_models.canonical_face import apply_affine
-
-UPPER = [37, 38, 43, 44]
-LOWER = [41, 40, 47, 46]
 
 
 @pytest.fixture(scope="module")

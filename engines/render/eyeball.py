@@ -29,10 +29,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from etf_models.canonical_face import EYE_L_RING, EYE_R_RING
 from etf_models.mouth_patch import coverage, smooth_ring
 
 #: dlib's eye rings (image-left eye first) and each one's corners within the ring.
-EYE_RINGS = (np.r_[36:42], np.r_[42:48])
+EYE_RINGS = (EYE_R_RING, EYE_L_RING)
 _UPPER = [1, 2]  # ring positions of the upper-lid points
 _LOWER = [5, 4]
 #: Points per ring edge of the lid-margin curve.
@@ -190,7 +191,7 @@ def paint_eyes(eyes: tuple[Eyeball, ...], out: np.ndarray, dst: np.ndarray,
     if not eyes:
         return
     H, W = out.shape[:2]
-    c, off = _similarity(src[SKULL], dst[SKULL])
+    skull = None  # the eyeballs' move, fitted once a frame needs it
     for eye in eyes:
         d = dst[eye.ring].astype(np.float64)
         opening = float((d[_LOWER, 1] - d[_UPPER, 1]).mean())
@@ -201,6 +202,9 @@ def paint_eyes(eyes: tuple[Eyeball, ...], out: np.ndarray, dst: np.ndarray,
         if np.abs(own * (eye.src_ring[:, 0] + 1j * eye.src_ring[:, 1]) + own_off - ring
                   ).max() < RIGID_PX:
             continue  # the lids kept the photo's shape: the warp draws this eye as it is
+        if skull is None:
+            skull = _similarity(src[SKULL], dst[SKULL])
+        c, off = skull
         moved = c * (eye.src_ring[:, 0] + 1j * eye.src_ring[:, 1]) + off
         curve = _ring_curve(d)
         lo = np.maximum(np.floor(curve.min(0)).astype(int) - 1, 0)

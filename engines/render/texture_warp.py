@@ -304,13 +304,13 @@ def _irises(identity: Identity, canon_to_roi: np.ndarray) -> np.ndarray | None:
     mesh = identity.mesh_photo
     if mesh is None or len(mesh) < 478:
         return None
-    to_roi = canon_to_roi[:, :2] @ identity.to_canonical[:, :2]
+    to_roi = canon_to_roi[:, :2] @ identity.to_canonical  # photo -> ROI
+    to_roi[:, 2] += canon_to_roi[:, 2]
     scale = float(np.hypot(*to_roi[:, 0]))
     out = []
     for c in (468, 473):
-        centre = apply_affine(canon_to_roi, apply_affine(identity.to_canonical, mesh[c, :2]))
         radius = float(np.linalg.norm(mesh[c + 1 : c + 5, :2] - mesh[c, :2], axis=1).mean())
-        out.append([*centre, radius * scale])
+        out.append([*apply_affine(to_roi, mesh[c, :2]), radius * scale])
     out = np.asarray(out)
     return out[np.argsort(out[:, 0])]  # image-left eye first, as dlib's 36-41
 
@@ -629,7 +629,7 @@ def _scale(state: WarpState) -> float:
 def _shade_lids(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndarray) -> None:
     """Cover closing eyes with eyelid skin (in place), in proportion to the closure."""
     neutral = state.neutral
-    for k, eye in enumerate((np.r_[36:42], np.r_[42:48])):
+    for k, eye in enumerate(eyeball.EYE_RINGS):
         up, low = eye[[1, 2]], eye[[5, 4]]
         rest = float((neutral[low, 1] - neutral[up, 1]).mean())
         now = float((lm[low, 1] - lm[up, 1]).mean())
