@@ -255,7 +255,7 @@ class AvatarServer:
         """Close sessions whose peer never connects or stops sending anything."""
         last_rx, last_change = -1, time.monotonic()
         while not session.closed:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(WATCHDOG_S)
             now = time.monotonic()
             if pc.connectionState != "connected":
                 if now - session.created > self.session_config.connect_timeout_s and \
@@ -316,6 +316,10 @@ class AvatarServer:
             task.cancel()
         self.registry.shutdown()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+#: How often a session's watchdog looks at its peer's packet count.
+WATCHDOG_S = 0.5
 
 
 def _packets_received(pc) -> int:
