@@ -242,7 +242,8 @@ class RenderWorker:
 
 
 class RenderPool:
-    """Render processes for one face: at most ``size``, one spare kept started."""
+    """Render processes for one face: at most ``size``, ``spares`` (one) kept started and
+    no more idle."""
 
     def __init__(self, identity, size: int, spares: int = 1) -> None:
         self.size = size
@@ -314,8 +315,10 @@ class RenderPool:
         return worker
 
     def release(self, worker: RenderWorker) -> None:
-        """Back to the pool after its session (blocking: call on a thread; it waits for a
-        render still in flight)."""
+        """Back to the pool after its session, as a spare if the pool lacks one, else
+        stopped: a server that had many sessions does not keep their processes (~170 MB
+        each) once they end (blocking: call on a thread; it waits for a render still in
+        flight)."""
         try:
             worker.close_stream()
         except WorkerError as e:
@@ -326,7 +329,9 @@ class RenderPool:
             ok = True
         with self._lock:
             self._busy.discard(worker)
-            if ok and not self._closed:
+            self._idle = [w for w in self._idle if w.alive]
+            if ok and not self._closed and \
+                    len(self._idle) + len(self._starting) < self.spares:
                 self._idle.append(worker)
                 return
         if ok:

@@ -127,6 +127,27 @@ def test_a_dead_worker_is_reported_and_replaced(avatar, speech16):
         pool.close()
 
 
+def test_an_ended_session_leaves_one_spare_not_its_process(avatar):
+    """A pool that served two sessions at once keeps one spare process once both end, not
+    three: the ended sessions' processes are stopped when a spare is already there."""
+    pool = RenderPool(avatar.identity, size=4)
+    try:
+        first, second = run(pool.acquire()), run(pool.acquire())
+        for _ in range(300):  # the pool starts a spare behind each acquire
+            if pool.stats()["idle"] == 1 and not pool.stats()["starting"]:
+                break
+            time.sleep(0.05)
+        assert pool.stats()["idle"] == 1 and len(pool.pids()) == 3
+        pool.release(first)
+        pool.release(second)
+        assert pool.stats() | {"started": 0} == {"idle": 1, "busy": 0, "starting": 0,
+                                                "started": 0, "failed": 0}
+        assert len(pool.pids()) == 1 and not first.alive and not second.alive
+        assert run(pool.acquire()).alive  # the spare serves the next session
+    finally:
+        pool.close()
+
+
 def test_pool_size_and_bad_requests(avatar):
     pool = RenderPool(avatar.identity, size=1)
     try:
