@@ -46,7 +46,8 @@ class ReceivedFrame:
 
 
 class FileAudioTrack(MediaStreamTrack):
-    """Mono 48 kHz float32 samples sent as 20 ms frames in real time, then silence.
+    """Mono 48 kHz float32 samples sent as 20 ms frames in real time, then silence (or,
+    with ``loop``, the samples again from the start, without end).
 
     ``sent[m]`` is the monotonic time frame ``m`` (samples ``m*960 ...``) was handed to the
     encoder: the sender's clock for glass-to-glass measurements.
@@ -54,10 +55,11 @@ class FileAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, pcm: np.ndarray, tail_silence: bool = True) -> None:
+    def __init__(self, pcm: np.ndarray, tail_silence: bool = True, loop: bool = False) -> None:
         super().__init__()
         self.pcm = np.asarray(pcm, np.float32)
         self.tail_silence = tail_silence
+        self.loop = loop and self.pcm.size > 0
         self.sent: list[float] = []
         self._start: float | None = None
 
@@ -68,7 +70,11 @@ class FileAudioTrack(MediaStreamTrack):
         wait = self._start + m * FRAME / RATE - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        chunk = self.pcm[m * FRAME:(m + 1) * FRAME]
+        if self.loop:  # the samples over and over, for as long as the session runs
+            at = np.arange(m * FRAME, (m + 1) * FRAME) % self.pcm.size
+            chunk = self.pcm[at]
+        else:
+            chunk = self.pcm[m * FRAME:(m + 1) * FRAME]
         if chunk.size < FRAME:
             if not self.tail_silence and chunk.size == 0:
                 self.stop()
@@ -89,6 +95,7 @@ class AvatarClient:
 
     base_url: str
     audio: np.ndarray | None = None  # mono 48 kHz float32 to send; None sends no audio
+    loop_audio: bool = False  # send ``audio`` over and over (soak runs)
     token: str | None = None
     keep_images: bool = True
     video: list[ReceivedFrame] = field(default_factory=list)
@@ -107,7 +114,8 @@ class AvatarClient:
         import aiohttp
 
         self.pc = RTCPeerConnection()
-        self.sender_track = FileAudioTrack(self.audio) if self.audio is not None else None
+        self.sender_track = (FileAudioTrack(self.audio, loop=self.loop_audio)
+                             if self.audio is not None else None)
         if self.sender_track is not None:
             self.pc.addTrack(self.sender_track)
         else:

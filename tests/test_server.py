@@ -683,3 +683,31 @@ def test_capacity_check_counts_the_render_processes():
         assert tree - alone > 0.5, (tree, alone)
     finally:
         parent.wait(10)
+
+
+def test_soak_counts_windows_under_rate_and_reads_below_rate():
+    """The soak benchmark's 10 s windows catch a 2.5 s stall that the run's mean fps
+    (~24.75) would hide, and it reads the server's below-rate seconds per session."""
+    from benchmarks.live_soak import _below_rate_seconds, _window_fps
+
+    k = np.arange(750)
+    t = (k[(k < 300) | (k >= 362)] + 0.5) * 0.04  # nothing received for 2.5 s at 12 s
+    assert _window_fps(t, 30.0) == [25.0, 18.8, 25.0]
+    text = "\n".join(['etf_below_rate_seconds_total{session="1"} 0.0',
+                      'etf_below_rate_seconds_created{session="1"} 1.7e9',
+                      'etf_below_rate_seconds_total{session="2"} 4.5'])
+    assert _below_rate_seconds(text) == [0.0, 4.5]
+
+
+def test_looping_audio_track_repeats_its_samples():
+    from server.client import FRAME, FileAudioTrack
+
+    pcm = (np.arange(FRAME * 3 // 2, dtype=np.float32) / (FRAME * 2))  # 1.5 frames
+    track = FileAudioTrack(pcm, loop=True)
+
+    async def take(n):
+        return [(await track.recv()).to_ndarray()[0] for _ in range(n)]
+
+    got = np.concatenate(run(take(4)))
+    want = (np.clip(np.resize(pcm, 4 * FRAME), -1, 1) * 32767).astype(np.int16)
+    assert np.array_equal(got, want)
