@@ -22,6 +22,7 @@ import pytest
 from engines.audio.phone_stream import (
     PhoneSegment,
     StreamingPhoneRecognizer,
+    StreamResampler,
     merge_segments,
     normalize_phone,
 )
@@ -237,3 +238,56 @@ def test_normalize_phone_and_validation():
     assert rec.flush() == []
     out = rec.push(np.zeros(100, np.float32)) + rec.flush()
     assert out == [PhoneSegment("SIL", 0.0, 100 / 16000)]
+
+
+class _Counting(StreamingPhoneRecognizer):
+    """Counts the samples its decoder is given."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.decoded = 0
+        rec, decoder = self, self._decoder
+
+        class Proxy:
+            def __getattr__(self, name):
+                return getattr(decoder, name)
+
+            def process_raw(self, data, *args):
+                rec.decoded += len(data) // 2
+                return decoder.process_raw(data, *args)
+
+        self._decoder = Proxy()
+
+
+class _Decoding(_Counting):
+    SKIP_SILENCE = False
+
+
+def test_digital_silence_between_utterances_is_not_decoded(slt):
+    """Exact zeros between utterances (a closed VAD gate, a muted microphone) skip the
+    decoder: a listening session's recogniser CPU. The phones come out as when the zeros
+    were decoded, and the commit horizon still trails the audio by the lookahead."""
+    rate, audio, _ = slt
+    rate16 = 16000
+    if rate != rate16:
+        audio = StreamResampler(rate, rate16).process(audio)
+    gap = np.zeros(4 * rate16, np.float32)
+    x = np.concatenate([gap, audio, gap, audio, gap])
+    chunk = rate16 // 25
+    runs = {}
+    for cls in (_Counting, _Decoding):
+        rec = cls(rate16, lookahead_ms=100)
+        segs = []
+        for pos in range(0, x.size, chunk):
+            segs += rec.push(x[pos:pos + chunk])
+            pushed = min(pos + chunk, x.size) / rate16
+            assert pushed - 0.1 - 0.02 - 1e-9 <= rec.final_until_s <= pushed + 1e-9
+        segs += rec.flush()
+        for a, b in zip(segs, segs[1:], strict=False):
+            assert b.start_s == pytest.approx(a.end_s, abs=1e-9)
+        assert segs[-1].end_s == pytest.approx(x.size / rate16, abs=1e-6)
+        runs[cls] = (_frames(_seg_labels(segs), int(x.size / 160)), rec.decoded)
+    (skipping, n_skip), (decoding, n_all) = runs[_Counting], runs[_Decoding]
+    assert n_all >= x.size and n_skip < 0.6 * n_all, (n_skip, n_all)
+    assert np.mean(skipping == decoding) > 0.97
+    assert np.all(skipping[: 3 * 100] == 0)  # the leading silence is silence

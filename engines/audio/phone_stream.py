@@ -235,6 +235,10 @@ class StreamingPhoneRecognizer:
     """
 
     DEFAULT_LOOKAHEAD_MS = 150.0
+    #: Digital silence between utterances is not decoded (see :meth:`_skip`).
+    SKIP_SILENCE = True
+    #: Skipped silence decoded before an utterance that follows it (see :meth:`_feed`).
+    SKIP_LEAD_MS = 300
     #: The least commit delay: the decoder's own (feature deltas plus search).
     MIN_LOOKAHEAD_MS = 60.0
 
@@ -334,6 +338,7 @@ class StreamingPhoneRecognizer:
         self._pending = np.zeros(0, dtype=np.int16)
         self._recent: deque[np.ndarray] = deque(maxlen=self._refeed_blocks)
         self._fed = 0  # 16 kHz samples given to the decoder (absolute)
+        self._skipped = 0  # samples of digital silence not decoded since the last utterance
         self._utt_start = 0  # absolute sample where the current utterance began
         self._final = 0  # absolute sample up to which segments are final
         self._pushed_in = 0  # input samples pushed since reset (at sample_rate)
@@ -373,6 +378,9 @@ class StreamingPhoneRecognizer:
         n_steps = self._pending.size // self._step
         for i in range(n_steps):
             block = self._pending[i * self._step : (i + 1) * self._step]
+            if self.SKIP_SILENCE and not self._in_utt and not block.any():
+                out.extend(self._skip(block))
+                continue
             self._feed(block)
             out.extend(self._advance())
         if n_steps:
@@ -419,14 +427,35 @@ class StreamingPhoneRecognizer:
         return x.astype(np.float32, copy=False)
 
     def _feed(self, block: np.ndarray) -> None:
-        """Give one block of int16 samples to the decoder, starting an utterance if needed."""
+        """Give one block of int16 samples to the decoder, starting an utterance if needed
+        (after skipped silence, with up to ``SKIP_LEAD_MS`` of it: the decoder expects
+        silence before speech, and labels an onset it starts on differently)."""
         if not self._in_utt:
             self._decoder.start_utt()
             self._in_utt = True
-            self._utt_start = self._fed
+            lead = min(self._skipped, self.SKIP_LEAD_MS * _FRAME // 10)
+            self._utt_start = self._fed - lead
+            if lead:
+                self._decoder.process_raw(bytes(2 * lead), False, False)
+        self._skipped = 0
         self._decoder.process_raw(block.tobytes(), False, False)
         self._fed += block.size
         self._recent.append(block)
+
+    def _skip(self, block: np.ndarray) -> list[PhoneSegment]:
+        """Digital silence between utterances (a VAD gate's closed output, a muted or
+        absent microphone) is silence: it is not decoded, which is most of a listening
+        session's recogniser CPU. It is committed as SIL up to the lookahead horizon, as a
+        decoded silence would be, so what follows is seen no later than before."""
+        self._fed += block.size
+        self._skipped += block.size
+        self._recent.append(block)
+        horizon = self._fed - self._la
+        if horizon <= self._final:
+            return []
+        seg = self._make("SIL", self._final, horizon)
+        self._final = horizon
+        return [seg]
 
     def _restart_with_overlap(self) -> None:
         """Drop the current utterance and decode the recent audio again in a new one."""
@@ -461,6 +490,12 @@ class StreamingPhoneRecognizer:
         out: list[PhoneSegment] = []
         if horizon <= self._final:
             return out
+        if self._final < self._utt_start:  # skipped silence before this utterance
+            sil_end = min(self._utt_start, horizon)
+            out.append(self._make("SIL", self._final, sil_end))
+            self._final = sil_end
+            if horizon <= self._final:
+                return out
         for label, start, end in path:
             lo = max(start, self._final)
             hi = min(end, horizon)
