@@ -52,8 +52,10 @@ log = logging.getLogger("etf.render_worker")
 #: Seconds a new worker may take to import and prepare the face.
 START_TIMEOUT_S = 60.0
 #: Environment of a worker: one thread per native library (a session is one core's work;
-#: more threads would only fight the other sessions' processes).
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: more threads would only fight the other sessions' processes), and as few malloc arenas
+#: as the server (``server.app.limit_malloc_arenas``).
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "MALLOC_ARENA_MAX": "2"}
 
 
 class WorkerError(RuntimeError):

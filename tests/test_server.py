@@ -711,3 +711,31 @@ def test_looping_audio_track_repeats_its_samples():
     got = np.concatenate(run(take(4)))
     want = (np.clip(np.resize(pcm, 4 * FRAME), -1, 1) * 32767).astype(np.int16)
     assert np.array_equal(got, want)
+
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_malloc_arenas_are_capped_on_glibc():
+    """Eight threads that allocate get eight malloc arenas from glibc, two once capped."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    script = ("import ctypes, sys, threading\n"
+              "from server.app import limit_malloc_arenas\n"
+              "if sys.argv[1] == 'cap': assert limit_malloc_arenas()\n"
+              "alive = threading.Barrier(8)\n"
+              "def work():\n"
+              "    keep = [bytes(4096 + k) for k in range(200)]\n"
+              "    alive.wait()  # all eight threads live at once\n"
+              "ts = [threading.Thread(target=work) for _ in range(8)]\n"
+              "[t.start() for t in ts]; [t.join() for t in ts]\n"
+              "ctypes.CDLL(None).malloc_stats()\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    arenas = {}
+    for how in ("cap", "default"):
+        out = subprocess.run([sys.executable, "-c", script, how], capture_output=True,
+                             text=True, cwd=root, env={**os.environ, "PYTHONPATH": root})
+        assert out.returncode == 0, out.stderr[-500:]
+        arenas[how] = out.stderr.count("Arena ")
+    assert arenas["cap"] <= 2 < arenas["default"], arenas
