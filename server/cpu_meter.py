@@ -47,6 +47,16 @@ def process_seconds(pid: int) -> float | None:
     return stat_seconds(f"/proc/{pid}/stat")
 
 
+def waited_children_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid``'s children that ended and were waited for (and
+    of theirs), or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[13]) + int(fields[14])) / TICK
+
+
 class CgroupQuota:
     """A CPU quota on this process's cgroup: the cores it may use and its CPU seconds."""
 

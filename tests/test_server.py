@@ -664,23 +664,31 @@ def test_capacity_check_reads_p99_whatever_the_label_order():
 @pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
 def test_capacity_check_counts_the_render_processes():
     """The server's CPU in the capacity benchmark includes its children (the render
-    processes): a busy grandchild is counted with tree=True, not without."""
+    processes): a busy child is counted with tree=True, not without, and still once it has
+    ended and been waited for (the server stops an ended session's process)."""
     from benchmarks.live_latency import descendants, process_cpu_seconds
 
     script = ("import subprocess, sys, time\n"
               "c = subprocess.Popen([sys.executable, '-c', "
-              "'import time\\nt=time.time()\\nwhile time.time()-t<3: pass'])\n"
-              "c.wait()\n")
-    parent = subprocess.Popen([sys.executable, "-c", script])
+              "'import time\\nt=time.time()\\nwhile time.time()-t<2: pass'])\n"
+              "c.wait()\n"
+              "print('reaped', flush=True)\n"
+              "time.sleep(3)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True)
     try:
-        for _ in range(60):  # until the grandchild runs
+        for _ in range(60):  # until the child runs
             if descendants(parent.pid):
                 break
             time.sleep(0.05)
-        assert descendants(parent.pid), "the busy grandchild is found"
+        assert descendants(parent.pid), "the busy child is found"
         time.sleep(1.2)
         tree, alone = process_cpu_seconds(parent.pid), process_cpu_seconds(parent.pid, False)
         assert tree - alone > 0.5, (tree, alone)
+        assert parent.stdout.readline().strip() == "reaped"
+        assert not descendants(parent.pid)
+        tree, alone = process_cpu_seconds(parent.pid), process_cpu_seconds(parent.pid, False)
+        assert tree - alone > 1.2, (tree, alone)
     finally:
         parent.wait(10)
 
