@@ -201,12 +201,12 @@ def soak(args) -> dict:
             if now >= next_sample:
                 kids = descendants(server.pid)
                 sessions = _health(url)["sessions"]
+                rss = _rss_mb(server.pid)
                 samples.append({
                     "t": round(now - t0, 2), "sessions": sessions,
                     "churn_peer": state in ("connecting", "live", "freeing"),
-                    "rss_server_mb": round(_rss_mb(server.pid), 1),
-                    "rss_with_render_mb": round(_rss_mb(server.pid)
-                                                + sum(_rss_mb(k) for k in kids), 1),
+                    "rss_server_mb": round(rss, 1),
+                    "rss_with_render_mb": round(rss + sum(_rss_mb(k) for k in kids), 1),
                     "render_processes": len(kids),
                     "cpu_s": round(process_cpu_seconds(server.pid) - cpu0, 2)})
                 next_sample += 1.0

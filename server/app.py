@@ -334,18 +334,20 @@ def _packets_received(pc) -> int:
     return total
 
 
-#: glibc malloc arenas a server process may use (see :func:`limit_malloc_arenas`).
-MALLOC_ARENAS = 2
-
-
-def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+def limit_malloc_arenas(arenas: int | None = None) -> bool:
     """Cap glibc's malloc arenas (True if it took). glibc gives threads that allocate at
     the same time arenas of their own (up to 8 per core), and the server's threads (aiortc's
     encoders and decoders, the executors) come and go with sessions, so its memory grew in
     ~11 MB steps for minutes (benchmarks/live_soak.py, this 2-core AMD EPYC, one session and
     a peer killed every 10 s for 4 min: RSS +2.7% after the first minute, 502 MB; capped at
-    two arenas: +0.4%, 451 MB, the same CPU). Other C libraries: nothing to do."""
+    two arenas: +0.4%, 451 MB, the same CPU). ``arenas``: default
+    ``server.render_worker.MALLOC_ARENAS``, as the render processes. Other C libraries:
+    nothing to do."""
     import ctypes
+
+    from server.render_worker import MALLOC_ARENAS
+
+    arenas = MALLOC_ARENAS if arenas is None else arenas
 
     try:
         return ctypes.CDLL(None).mallopt(-8, int(arenas)) == 1  # M_ARENA_MAX

@@ -32,14 +32,16 @@ def machine_idle_seconds() -> float | None:
     return (int(first[4]) + int(first[5])) / TICK
 
 
-def stat_seconds(path: str | Path) -> float | None:
+def stat_seconds(path: str | Path, children: bool = False) -> float | None:
     """User + system CPU seconds from a ``/proc/.../stat`` file (a process's, or a thread's
-    under ``/proc/PID/task``), or None if it is gone."""
+    under ``/proc/PID/task``), or None if it is gone. ``children``: instead those of its
+    children that ended and were waited for (and of theirs)."""
     try:
         fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / TICK
+    k = 13 if children else 11  # utime, stime; cutime, cstime
+    return (int(fields[k]) + int(fields[k + 1])) / TICK
 
 
 def process_seconds(pid: int) -> float | None:
@@ -50,11 +52,7 @@ def process_seconds(pid: int) -> float | None:
 def waited_children_seconds(pid: int) -> float | None:
     """User + system CPU seconds of ``pid``'s children that ended and were waited for (and
     of theirs), or None if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[13]) + int(fields[14])) / TICK
+    return stat_seconds(f"/proc/{pid}/stat", children=True)
 
 
 class CgroupQuota:

@@ -51,11 +51,14 @@ log = logging.getLogger("etf.render_worker")
 
 #: Seconds a new worker may take to import and prepare the face.
 START_TIMEOUT_S = 60.0
+#: glibc malloc arenas the server's processes may use: the server's own
+#: (``server.app.limit_malloc_arenas``) and its workers'.
+MALLOC_ARENAS = 2
 #: Environment of a worker: one thread per native library (a session is one core's work;
 #: more threads would only fight the other sessions' processes), and as few malloc arenas
-#: as the server (``server.app.limit_malloc_arenas``).
+#: as the server.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "MALLOC_ARENA_MAX": "2"}
+              "MALLOC_ARENA_MAX": str(MALLOC_ARENAS)}
 
 
 class WorkerError(RuntimeError):
