@@ -163,7 +163,7 @@ def glass(args) -> dict:
     pcm, onsets = onsets_signal()
     cfg = SessionConfig(fps=args.fps, phone_lookahead_ms=args.lookahead,
                         coart_future_ms=args.coart, anticipation_ms=args.anticipation,
-                        jitter_ms=args.jitter)
+                        jitter_ms=args.jitter, jitter_adaptive=not args.jitter_fixed)
     with BackgroundServer(identity, ServerConfig(port=0), cfg) as srv:
         res = asyncio.run(_glass(srv.url, pcm, onsets, identity))
     lead, lead_q = engine_leads_ms(identity, pcm, onsets, cfg)
@@ -180,7 +180,9 @@ def glass(args) -> dict:
         "engine_mouth_quarter_open_offline_ms": round(lead_q, 1),
         "settings": {"phone_lookahead_ms": cfg.phone_lookahead_ms,
                      "coart_future_ms": cfg.coart_future_ms,
-                     "anticipation_ms": cfg.anticipation_ms, "jitter_ms": cfg.jitter_ms},
+                     "anticipation_ms": cfg.anticipation_ms, "jitter_ms": cfg.jitter_ms,
+                     "jitter_adaptive": cfg.jitter_adaptive,
+                     "jitter_min_ms": cfg.jitter_min_ms},
         "audio_roundtrip_ms_median": round(float(np.median(a)), 1),
         "engine_mouth_lead_offline_ms": round(lead, 1),
         "received_mouth_minus_audio_ms": round(float(np.median(v) - np.median(a)), 1),
@@ -192,6 +194,8 @@ def glass(args) -> dict:
             "aiortc_inbound_audio_hold": 20.0,
             "jitter_buffer_mean_depth": st["queues"]["audio_mean_ms"],
             "jitter_buffer_target": args.jitter,
+            "jitter_buffer_target_at_end": st["queues"]["audio_target_ms"],
+            "jitter_buffer_underflows": st["audio"]["underflows"],
             "pipeline_delay": p["pipeline_delay_ms"],
             "  of_which_lookahead": p["lookahead_ms"],
             "  of_which_tick_rounding_and_compute_budget": round(
@@ -443,7 +447,10 @@ def main() -> None:
                     help="how far coarticulation looks ahead (ms)")
     ap.add_argument("--anticipation", type=float, default=40.0,
                     help="how far the mouth leads its sound (ms)")
-    ap.add_argument("--jitter", type=float, default=60.0)
+    ap.add_argument("--jitter", type=float, default=60.0,
+                    help="the jitter buffer's target (ms; where it starts when adaptive)")
+    ap.add_argument("--jitter-fixed", action="store_true",
+                    help="keep the jitter buffer at --jitter (the server's --jitter-fixed)")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--min-sessions", type=int, default=1, help="capacity: the first level")
     ap.add_argument("--max-sessions", type=int, default=8)

@@ -57,10 +57,14 @@ class StreamConfig:
     fps: float = 25.0
     emotion: str = "neutral"
     intensity: float = 1.0
-    #: Live input: jitter buffer target and bound, and the VAD gate.
+    #: Live input: jitter buffer target (where it starts when adaptive) and bound, and the
+    #: VAD gate. Adaptive: the target follows how late packets arrive, down to
+    #: ``jitter_min_ms`` (engines/audio/audio_ingest.py).
     jitter_ms: float = 60.0
     max_buffer_ms: float = 300.0
     use_vad: bool = True
+    jitter_adaptive: bool = True
+    jitter_min_ms: float = 20.0
     #: The live path waits for 100 ms of audio after a frame's centre: the phone
     #: recogniser's 60 ms commit delay + the mouth's 40 ms lead over its sound, with no
     #: coarticulation reaching into the future (``etf render`` offline: 150 + 100 + 40 ms).
@@ -79,7 +83,8 @@ class StreamConfig:
     def make_ingest(self) -> AudioIngest:
         """The input side of one stream: jitter buffer, VAD and speech queue as set here."""
         return AudioIngest(self.jitter_ms, self.max_buffer_ms, use_vad=self.use_vad,
-                           max_queued_s=self.max_queued_s)
+                           max_queued_s=self.max_queued_s, adaptive=self.jitter_adaptive,
+                           min_target_ms=self.jitter_min_ms)
 
     def __post_init__(self) -> None:
         if self.fps not in (25.0, 30.0):
@@ -88,6 +93,12 @@ class StreamConfig:
             raise ValueError(f"emotion {self.emotion!r} is not one of {', '.join(EMOTIONS)}")
         if not 0.0 <= self.intensity <= 1.0:
             raise ValueError(f"intensity {self.intensity} is outside 0..1")
+        if not 0.0 <= self.jitter_ms < self.max_buffer_ms:
+            raise ValueError(f"jitter target {self.jitter_ms:g} ms is outside "
+                             f"0..{self.max_buffer_ms:g}")
+        if not 0.0 <= self.jitter_min_ms <= self.max_buffer_ms / 2:
+            raise ValueError(f"minimum jitter target {self.jitter_min_ms:g} ms is outside "
+                             f"0..{self.max_buffer_ms / 2:g}")
         # the engine's own bounds, checked here so a bad setting fails at start-up
         phones = StreamingPhoneRecognizer.MIN_LOOKAHEAD_MS
         if not phones <= self.phone_lookahead_ms <= 1000.0:
@@ -268,10 +279,11 @@ class AvatarStream:
         with self._lock:
             self.ingest.queue.end()
 
-    def push_live(self, pcm48: np.ndarray) -> None:
-        """Live input (a microphone): mono float32 at 48 kHz, as it arrives."""
+    def push_live(self, pcm48: np.ndarray, media_end_s: float | None = None) -> None:
+        """Live input (a microphone): mono float32 at 48 kHz, as it arrives;
+        ``media_end_s``: its end on the sender's media clock (RTP), if known."""
         with self._lock:
-            self.ingest.push(pcm48)
+            self.ingest.push(pcm48, media_end_s)
 
     def interrupt(self) -> float:
         """Barge-in: drop all queued speech now; returns the seconds dropped. What was

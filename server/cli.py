@@ -194,7 +194,8 @@ def cmd_serve(args) -> int:
     session = SessionConfig(
         fps=args.fps, emotion=args.emotion, intensity=parse_intensity(args.intensity),
         phone_lookahead_ms=args.lookahead_ms, coart_future_ms=args.coart_ms,
-        jitter_ms=args.jitter_ms,
+        jitter_ms=args.jitter_ms, jitter_min_ms=args.jitter_min_ms,
+        jitter_adaptive=not args.jitter_fixed,
     )
     identity = _load_identity(args).for_video(args.max_side)
     _photo_warnings(args, identity)
@@ -264,7 +265,9 @@ def cmd_live(args) -> int:
     session = SessionConfig(fps=args.fps, emotion=args.emotion,
                             intensity=parse_intensity(args.intensity),
                             phone_lookahead_ms=args.lookahead_ms,
-                            coart_future_ms=args.coart_ms, jitter_ms=args.jitter_ms)
+                            coart_future_ms=args.coart_ms, jitter_ms=args.jitter_ms,
+                            jitter_min_ms=args.jitter_min_ms,
+                            jitter_adaptive=not args.jitter_fixed)
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     config = LiveConfig(output=args.output, window=args.window, audio_file=args.audio,
                         device=device, duration_s=args.duration, host=args.host,
@@ -682,7 +685,13 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coart-ms", type=float, default=0.0,
                    help="how far the mouth's coarticulation looks ahead, 0..100 ms (more: "
                    "smoother transitions, more latency)")
-    p.add_argument("--jitter-ms", type=float, default=60.0, help="audio jitter buffer target")
+    p.add_argument("--jitter-ms", type=float, default=60.0,
+                   help="audio jitter buffer target at the start (ms); it then follows how "
+                   "late the peer's packets arrive, within --jitter-min-ms and 150 ms")
+    p.add_argument("--jitter-min-ms", type=float, default=20.0,
+                   help="the adaptive jitter buffer's smallest target (ms)")
+    p.add_argument("--jitter-fixed", action="store_true",
+                   help="keep the jitter buffer at --jitter-ms (no adaptation)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--token", default=None,
                    help="require this token on every request and the control channel "

@@ -227,10 +227,12 @@ class Session:
 
     # ----- inputs ----------------------------------------------------------------------
 
-    def push_audio(self, pcm48: np.ndarray) -> None:
-        """Mono 48 kHz float32 samples from the peer (event loop)."""
+    def push_audio(self, pcm48: np.ndarray, media_end_s: float | None = None) -> None:
+        """Mono 48 kHz float32 samples from the peer (event loop); ``media_end_s``: their
+        end on the peer's media clock (RTP timestamps), which the jitter buffer's
+        adaptive target measures lateness against."""
         t = time.perf_counter()
-        self.ingest.push(pcm48)
+        self.ingest.push(pcm48, media_end_s)
         self.latency["ingest"].add(time.perf_counter() - t)
 
     # Speech queued ahead of time (an agent's audio, ``say``): engines.avatar's queue.
@@ -570,6 +572,7 @@ class Session:
             "queues": {
                 "audio_ms": round(self.ingest.buffered_ms, 1),
                 "audio_mean_ms": round(ing.mean_depth_ms, 1),
+                "audio_target_ms": round(self.ingest.target_ms, 1),
                 "video_frames": self.video_queue.qsize(),
                 "audio_out_ms": round(len(self._audio_out) * 1000.0 / NET_RATE, 1),
             },
@@ -586,6 +589,8 @@ class Session:
                 "underflows": ing.underflows,
                 "silence_padded_s": round(ing.silence_padded_s, 3),
                 "dropped_s": round(ing.dropped_s, 3),
+                "trims": ing.trims,
+                "grows": ing.grows,
                 "out_underruns": self.counters["audio_out_underruns"],
             },
         }

@@ -88,6 +88,9 @@ class _Snapshot:
         yield per_session(GaugeMetricFamily, "etf_audio_buffer_ms",
                           "Audio waiting in the jitter buffer.",
                           lambda s: s["queues"]["audio_ms"])
+        yield per_session(GaugeMetricFamily, "etf_audio_buffer_target_ms",
+                          "The jitter buffer's target depth (adapts to the network).",
+                          lambda s: s["queues"]["audio_target_ms"])
         yield per_session(GaugeMetricFamily, "etf_speech_queued_ms",
                           "Agent speech (pushed audio, say) queued to be spoken.",
                           lambda s: s["speech_queue"]["queued_ms"])

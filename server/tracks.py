@@ -80,8 +80,12 @@ async def read_inbound_audio(track: MediaStreamTrack, session: Session) -> None:
         while not session.closed:
             frame = await track.recv()
             frames += 1
+            # the packet's end on the peer's RTP clock: lost packets and pauses in sending
+            # then do not read as lateness to the jitter buffer
+            end = (None if frame.pts is None or frame.time_base is None
+                   else float((frame.pts + frame.samples) * frame.time_base))
             for out in resampler.resample(frame):
-                session.push_audio(out.to_ndarray().reshape(-1))
+                session.push_audio(out.to_ndarray().reshape(-1), end)
     except MediaStreamError:
         log.info("session %s: inbound audio ended after %d frames", session.label, frames)
     except asyncio.CancelledError:

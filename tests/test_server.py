@@ -465,7 +465,8 @@ def test_metrics_and_health(server):
     names = {k[0] for k in samples}
     assert {"etf_sessions_active", "etf_sessions_max", "etf_sessions_started_total",
             "etf_frames_total", "etf_frames_dropped_total", "etf_fps", "etf_uptime_seconds",
-            "etf_audio_underflows_total", "etf_audio_buffer_ms", "etf_speech_queued_ms",
+            "etf_audio_underflows_total", "etf_audio_buffer_ms", "etf_audio_buffer_target_ms",
+            "etf_speech_queued_ms",
             "etf_interrupts_total", "etf_stage_latency_seconds"} <= names, names
     assert samples[("etf_sessions_active", None, None)] >= 1
     assert 0 < samples[("etf_stage_latency_seconds", "frame", "0.5")] < 1.0
@@ -580,6 +581,22 @@ def test_offers_are_refused_without_headroom(server):
         registry.sessions.pop("busy", None)
         registry.admit_headroom = 0.0
         registry.pool, registry.cpu = pool, cpu
+
+
+def test_jitter_buffer_adapts_to_a_smooth_link(server, speech48):
+    """On loopback the peer's packets arrive on time (measured on their RTP clock), so the
+    jitter buffer's target falls from its 60 ms start toward its 20 ms floor, and the depth
+    follows at a pause, without an underflow."""
+    async def scenario():
+        async with AvatarClient(server.url, audio=speech48) as c:
+            await asyncio.sleep(len(speech48) / 48000)
+            return server.server.registry.get(c.answer["session"]).stats()
+
+    st = run(scenario())
+    assert st["audio"]["received_s"] > 5
+    assert st["queues"]["audio_target_ms"] <= 40, st["queues"]
+    assert st["queues"]["audio_ms"] <= 60, st["queues"]
+    assert st["audio"]["trims"] >= 1 and st["audio"]["underflows"] == 0, st["audio"]
 
 
 def test_sessions_render_in_their_own_processes(server):
