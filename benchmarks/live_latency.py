@@ -299,6 +299,12 @@ def stage_latencies_ms(metrics: str) -> dict[tuple[str, str], list[float]]:
     return out
 
 
+def per_session_values(metrics: str, name: str) -> list[float]:
+    """One value per session of the ``/metrics`` series ``name`` (counters: its total)."""
+    pat = re.compile(rf"{name}(?:_total)?\{{[^}}]*\}} (\S+)$")
+    return [float(m.group(1)) for line in metrics.splitlines() if (m := pat.match(line))]
+
+
 def tick_p99_ms(metrics: str) -> list[float]:
     """Each session's p99 compute per tick (ms) from ``/metrics``."""
     return stage_latencies_ms(metrics).get(("tick", "0.99"), [])
@@ -361,7 +367,11 @@ def _level(server: subprocess.Popen, url: str, n: int, args) -> dict:
             "server_cpu_cores": round(cpu, 2),
             "server_cpu_cores_per_session": round(cpu / n, 3),
             "peers_cpu_cores": round(peers_cpu, 2),
-            "tick_p99_ms_max": round(max(p99), 1) if p99 else None}
+            "tick_p99_ms_max": round(max(p99), 1) if p99 else None,
+            # the sessions' audio: jitter buffer underflows (each an audible gap) and the
+            # jitter buffer's target at the end (it adapts to how late packets arrive)
+            "audio_underflows": per_session_values(text, "etf_audio_underflows"),
+            "jitter_target_ms": per_session_values(text, "etf_audio_buffer_target_ms")}
 
 
 def _bench_render_fps() -> float:
