@@ -246,6 +246,49 @@ async def _clients(url: str, n: int, seconds: float) -> dict:
     return {"per_session": out, "metrics": metrics}
 
 
+async def _admission(url: str, max_peers: int, join_s: float, seconds: float) -> dict:
+    """Peers join one at a time, ``join_s`` apart, until one is refused; then the admitted
+    ones are measured for ``seconds`` and one more peer tries to join at the end."""
+    from server.client import AvatarClient
+
+    speech = load_audio(builtin_sentence(), RATE)
+    loop_pcm = np.concatenate([speech, np.zeros(RATE // 2, np.float32)])
+    clients, attempts = [], []
+
+    async def attempt(label: str) -> bool:
+        c = AvatarClient(url, audio=loop_pcm, loop_audio=True, keep_images=False)
+        try:
+            await c.connect()
+        except ConnectionError:
+            attempts.append({"peer": label, "admitted": False, "answer": c.answer})
+            await c.close()
+            return False
+        attempts.append({"peer": label, "admitted": True})
+        clients.append(c)
+        return True
+
+    for i in range(max_peers):
+        if not await attempt(str(i + 1)):
+            break
+        await asyncio.sleep(join_s)
+    marks = [len(c.video) for c in clients]
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    t1 = time.monotonic()
+    await attempt("late")
+    out = []
+    for c, k in zip(clients, marks, strict=True):
+        t = np.array([f.arrival for f in c.video[k:] if f.arrival <= t1])
+        gaps = np.diff(t) * 1e3
+        out.append({"fps": round(len(t) / (t1 - t0), 2),
+                    "max_gap_ms": round(float(gaps.max()), 1) if len(t) > 1 else None,
+                    "p99_gap_ms": round(float(np.percentile(gaps, 99)), 1) if len(t) > 1
+                    else None})
+    await asyncio.gather(*(c.close() for c in clients))
+    return {"attempts": attempts, "admitted": len(clients), "per_session": out,
+            "measured_s": round(t1 - t0, 1)}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -325,13 +368,14 @@ def _serve_flags(root: Path) -> set[str]:
     return set(re.findall(r"(--[a-z][a-z-]+)", out.stdout))
 
 
-def _start_server(root: Path, args) -> tuple[subprocess.Popen, str]:
+def _start_server(root: Path, args, admit_headroom: float = 0.0
+                  ) -> tuple[subprocess.Popen, str]:
     port, cport = _free_port(), _free_port()
     flags = _serve_flags(root)
     cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--control-port",
            str(cport), "--max-sessions", "64", "--fps", str(args.fps)]
-    if "--admit-headroom" in flags:  # the benchmark, not admission, sets the load
-        cmd += ["--admit-headroom", "0"]
+    if "--admit-headroom" in flags:  # 0: the benchmark, not admission, sets the load
+        cmd += ["--admit-headroom", str(admit_headroom)]
     if "--render-in" in flags:
         cmd += ["--render-in", args.render_in]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -437,6 +481,38 @@ def capacity(args) -> dict:
     return out
 
 
+def admission(args) -> dict:
+    """``etf serve`` with admission on (``--admit-headroom``, the server's default unless
+    given): peers join one at a time until one is refused; the admitted ones' rate while a
+    last peer is refused too."""
+    server, url = _start_server(ROOT, args, admit_headroom=args.admit_headroom)
+    try:
+        cpu0, w0 = process_cpu_seconds(server.pid), time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, __file__, "_admission", url, str(args.max_sessions),
+             str(args.join_s), str(args.seconds)],
+            capture_output=True, text=True, cwd=ROOT, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        cpu = (process_cpu_seconds(server.pid) - cpu0) / (time.monotonic() - w0)
+    finally:
+        server.terminate()
+        server.wait(10)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    per = got["per_session"]
+    got.update({
+        "admit_headroom": args.admit_headroom, "join_every_s": args.join_s,
+        "server_cpu_cores_whole_run": round(cpu, 2),
+        "rate_held": all(p["fps"] >= args.fps - 1 and (p["p99_gap_ms"] or 1e9)
+                         <= 2500 / args.fps for p in per),
+    })
+    print(f"admitted {got['admitted']}; refused: "
+          f"{[a['answer'] for a in got['attempts'] if not a['admitted']]}; fps "
+          f"{[p['fps'] for p in per]}, p99 gap {[p['p99_gap_ms'] for p in per]} ms",
+          flush=True)
+    return got
+
+
 def machine() -> dict:
     import aiortc
 
@@ -448,8 +524,14 @@ def main() -> None:
         url, n, seconds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
         print(json.dumps(asyncio.run(_clients(url, n, seconds))))
         return
+    if len(sys.argv) > 1 and sys.argv[1] == "_admission":
+        url, n, join_s, seconds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), \
+            float(sys.argv[5])
+        print(json.dumps(asyncio.run(_admission(url, n, join_s, seconds))))
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", nargs="?", default="all", choices=["all", "glass", "capacity"])
+    ap.add_argument("what", nargs="?", default="all",
+                    choices=["all", "glass", "capacity", "admission"])
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--lookahead", type=float, default=60.0,
                     help="the phone recogniser's commit delay (ms)")
@@ -475,9 +557,22 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR",
                     help="capacity: also measure the server of the checkout in DIR (e.g. a "
                     "git worktree of an older commit), level by level beside ours")
-    ap.add_argument("-o", "--output", default=str(RESULTS / "live_latency.json"))
+    ap.add_argument("--admit-headroom", type=float, default=0.75,
+                    help="admission: the server's --admit-headroom (its default: 0.75)")
+    ap.add_argument("--join-s", type=float, default=6.0,
+                    help="admission: seconds between peers joining")
+    ap.add_argument("-o", "--output", default=None,
+                    help="default: benchmarks/results/live_latency.json "
+                    "(admission: live_admission.json)")
     args = ap.parse_args()
     out = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    if args.what == "admission":
+        out["admission"] = admission(args)
+        path = Path(args.output or RESULTS / "live_admission.json")
+        path.write_text(json.dumps(out, indent=1) + "\n")
+        print(f"wrote {path}")
+        return
+    args.output = args.output or str(RESULTS / "live_latency.json")
     if args.what != "all" and Path(args.output).is_file():  # keep the other part's result
         kept = json.loads(Path(args.output).read_text())
         other = "capacity" if args.what == "glass" else "glass_to_glass"

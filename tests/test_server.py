@@ -595,7 +595,10 @@ def test_jitter_buffer_adapts_to_a_smooth_link(server, speech48):
     st = run(scenario())
     assert st["audio"]["received_s"] > 5
     assert st["queues"]["audio_target_ms"] <= 40, st["queues"]
-    assert st["queues"]["audio_ms"] <= 60, st["queues"]
+    # read between takes: the depth after a take plus what arrived since (< a tick + a
+    # packet); its mean over the session includes the first seconds at 60 ms
+    assert st["queues"]["audio_ms"] <= st["queues"]["audio_target_ms"] + 60, st["queues"]
+    assert st["queues"]["audio_mean_ms"] < 55, st["queues"]
     assert st["audio"]["trims"] >= 1 and st["audio"]["underflows"] == 0, st["audio"]
 
 
