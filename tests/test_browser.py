@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import synth_speech
+from served import INNER_FACE_BOX as INNER
 from served import etf_server, gray, grey_diff, kept_shots, upper_face
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -177,23 +178,28 @@ def test_live_session_video_emotions_and_stats(tmp_path, browser, shots):
         # Upper face only (the mouth moves with speech); the emotions learned from MEAD lift
         # the brows in happy too, so the contrast pair is surprise (brows up, forehead lines)
         # and angry (brows down, furrow).
-        neutral_a = _grab(page, 3, 0.15, shots, "1-neutral")
-        neutral_b = _grab(page, 3, 0.15)
+        neutral_a = _grab(page, 5, 0.1, shots, "1-neutral")
+        neutral_b = _grab(page, 5, 0.1)
         _choose(page, "surprise")
-        surprise = _grab(page, 3, 0.15, shots, "2-surprise")
+        surprise = _grab(page, 5, 0.1, shots, "2-surprise")
         _choose(page, "angry")
-        angry = _grab(page, 3, 0.15, shots, "3-angry")
-        face_a, face_b = upper_face(neutral_a), upper_face(neutral_b)
-        face_s, face_h = upper_face(surprise), upper_face(angry)
+        angry = _grab(page, 5, 0.1, shots, "3-angry")
+        face_a, face_b = upper_face(neutral_a, box=INNER), upper_face(neutral_b, box=INNER)
+        face_s, face_h = upper_face(surprise, box=INNER), upper_face(angry, box=INNER)
         noise = grey_diff(face_a, face_b)
-        single = grey_diff(upper_face(neutral_a[:1]), upper_face(neutral_a[1:2]))
+        single = grey_diff(upper_face(neutral_a[:1], box=INNER),
+                           upper_face(neutral_a[1:2], box=INNER))
         to_surprise, to_angry = grey_diff(face_a, face_s), grey_diff(face_s, face_h)
         neutral_angry = grey_diff(face_a, face_h)
         metrics = {"noise": noise, "noise_single_frames": single, "neutral_surprise": to_surprise,
                    "surprise_angry": to_angry, "neutral_angry": neutral_angry}
         (shots / "emotion_metrics.json").write_text(json.dumps(metrics, indent=1))
         print("face differences (grey levels):", {k: round(v, 2) for k, v in metrics.items()})
-        floor = max(2.5 * noise, 6.0)
+        # Inside the hairline: in the wider FACE_BOX the head's own turns between the two
+        # neutral sets moved the hair's edge enough to read 5-8 (CI: noise 5.2, neutral ->
+        # surprise 12.9); here four runs read noise 4.1-6.0 against surprise 17.7-21.2
+        # (an emotion that changed nothing would read ~1x the noise).
+        floor = max(2.0 * noise, 6.0)
         assert to_surprise > floor, metrics
         assert to_angry > floor, metrics
 
