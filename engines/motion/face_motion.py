@@ -146,20 +146,27 @@ def build_fields(neutral: np.ndarray) -> np.ndarray:
     move("lip_stretch", [50, 51, 52], 0.0, 0.01)
     outward("lip_stretch", [4, 5, 11, 12], 0.015)
 
+    # Rounding purses the lips: the outer corners come in, the inner ones further, so the
+    # opening becomes a small round hole in the middle (real "oo" mouths in the talking
+    # clips, benchmarks/mouth_sheets.py) rather than a lens across the whole mouth.
     outward("lip_round", [48, 54], -0.13)
-    outward("lip_round", [60, 64], -0.11)
+    outward("lip_round", [60, 64], -0.18)
     outward("lip_round", [49, 53, 59, 55], -0.07)
-    outward("lip_round", [61, 63, 65, 67], -0.05)
+    outward("lip_round", [61, 63, 65, 67], -0.08)
     move("lip_round", [50, 51, 52], 0.0, -0.03)
     move("lip_round", [56, 57, 58], 0.0, 0.03)
     move("lip_round", [62], 0.0, -0.02)
     move("lip_round", [66], 0.0, 0.05)
     move("lip_round", [65, 67], 0.0, 0.03)
 
-    move("labiodental", [61, 62, 63], 0.0, -0.065)
-    move("labiodental", [49, 50, 51, 52, 53], 0.0, -0.05)
-    move("labiodental", [65, 66, 67], 0.0, -0.005)
-    move("labiodental", [56, 57, 58], 0.0, -0.02)
+    # /f v/: the lower lip rolls up and in under the upper teeth (it looks thinner) and the
+    # upper lip lifts a little, so a sliver of the upper teeth's edge shows; real mouths
+    # keep the lips all but closed (not a band of teeth).
+    move("labiodental", [61, 62, 63], 0.0, -0.03)
+    move("labiodental", [49, 50, 51, 52, 53], 0.0, -0.02)
+    move("labiodental", [65, 66, 67], 0.0, -0.01)
+    move("labiodental", [56, 57, 58], 0.0, -0.035)
+    move("labiodental", [55, 59], 0.0, -0.015)
 
     move("upper_lip_raise", [50, 51, 52, 61, 62, 63], 0.0, -0.08)
     move("upper_lip_raise", [49, 53], 0.0, -0.05)
