@@ -687,7 +687,8 @@ class SessionRegistry:
             if why:
                 return why
         running = 0
-        for s in self.sessions.values():
+        sessions = list(self.sessions.values())  # a copy: sessions end on the event loop
+        for s in sessions:
             st = s.stats(public=True)
             if st["media_s"] <= 3.0:
                 continue
@@ -704,7 +705,7 @@ class SessionRegistry:
         rates = self.cpu.rates() if self.cpu is not None else None
         if running and rates is not None and self.admit_headroom > 0:
             free, used = rates
-            per_session = used / max(1, len(self.sessions))
+            per_session = used / max(1, len(sessions))
             if free < per_session / self.admit_headroom:
                 return (f"the server is full (a session here costs {per_session:.2f} CPU "
                         f"cores and {free:.2f} are free); try again in a few seconds")
