@@ -20,19 +20,17 @@ import numpy as np
 DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"
 DEVSET_FACES = ["full4.jpeg", "people_0.png", "art_1.png", "happy.png"]
 MEAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "emotion"
-SPEECH_SHAPES = {
-    "talk: aa": {"jaw_open": 0.8, "lips_part": 0.4},
-    "talk: oo": {"lip_round": 1.0, "jaw_open": 0.25, "lips_part": 0.3},
-    "talk: ee": {"lip_stretch": 0.75, "jaw_open": 0.22, "lips_part": 0.4},
-    "talk: f": {"labiodental": 1.0},
-    "blink": {"blink": 1.0},
-}
+#: the default engine's own targets for these phones at full loudness (what a viewer sees;
+#: the raw fields at 1.0 go past real mouths: lip_round 1.0 narrows the lips to half)
+SPEECH_SHAPES = {"talk: aa": "AA", "talk: oo": "UW", "talk: ee": "IY", "talk: f": "F",
+                 "blink": {"blink": 1.0}}
 
 
 def sheet(identity, tile: int = 260, real: str | None = None) -> np.ndarray:
     from engines.motion import face_motion as M
     from engines.render import texture_warp
     from engines.render.compositor import paste_roi
+    from engines.render.landmark_default import SpeechLandmarkEngine
     from etf_models.canonical_face import apply_affine
     from etf_models.emotions import EMOTIONS, emotion_one_hot
 
@@ -49,9 +47,12 @@ def sheet(identity, tile: int = 260, real: str | None = None) -> np.ndarray:
     offsets = emotion_offsets(identity.neutral)
     cells = [("photo", identity.photo)]
     for name, ps in SPEECH_SHAPES.items():
-        p = np.zeros(M.N_PARAMS, np.float32)
-        for k, v in ps.items():
-            p[M.P[k]] = v
+        if isinstance(ps, str):
+            p = SpeechLandmarkEngine.viseme(ps)
+        else:
+            p = np.zeros(M.N_PARAMS, np.float32)
+            for k, v in ps.items():
+                p[M.P[k]] = v
         lm = M.apply(identity.neutral, fields, p)
         cells.append((name, paste_roi(identity.photo, texture_warp.render_roi(warp, lm),
                                       warp.roi, warp.feather)))
