@@ -69,6 +69,23 @@ TEETH_GAP = np.array([0.03, 0.05, 0.07, 0.1, 0.15, 0.24])
 TEETH_LIGHT = np.array([0.899, 0.944, 1.1, 1.27, 1.443, 1.655])
 TEETH_LIGHT_OPEN = 1.475  # teeth_over_lip_luminance: TEETH_OVER_LIP's own light
 CAVITY_OVER_LIP = np.array([0.48, 0.373, 0.303])
+#: The open mouth's make-up, set against real mouths band by band from the upper lip down
+#: (benchmarks/mouth_profile.py: real openings are mostly teeth and tongue, a dark void
+#: only in a few people): the cavity's light over its darkest tenth, at the back and added
+#: toward its floor; the tongue's colour over the lips', how far it rises (per IOD the
+#: opening exceeds 0.1 IOD below the teeth) and its cover; the lower teeth's tint (a plain
+#: dim white read cyan beside red lips); how much rounded lips shade the teeth (at inner
+#: lips 0.65 of their resting width and narrower); the upper lip's shade on the teeth and
+#: how far it reaches (IOD); how much darker each tooth is at its sides than down its
+#: middle.
+CAV_BASE, CAV_DOWN = 0.85, 0.45
+TONGUE_OVER_LIP = np.array([0.95, 0.86, 0.86])
+TONGUE_RISE = 0.5
+TONGUE_ALPHA = 0.92
+LOWER_TEETH_TINT = np.array([0.92, 0.84, 0.76])
+ROUND_SHADE = 1.0
+LIP_SHADE, LIP_SHADE_DEPTH = 0.3, 0.07
+TOOTH_ROUND = 0.15
 
 
 @dataclass(frozen=True, eq=False)
@@ -534,13 +551,15 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     # lip (or the lower teeth) when the jaw drops.
     floor = float(lm[LOWER_INNER, 1].mean())
     down = np.clip((v - edge_u) / np.maximum(floor - edge_u, 1e-3), 0.0, 1.0)[..., None]
-    cavity = lip * CAVITY_OVER_LIP * (0.6 + 0.35 * depth + 0.35 * down)
-    tongue_c = lip * 0.72 + 6.0
+    cavity = lip * CAVITY_OVER_LIP * (CAV_BASE + 0.35 * depth + CAV_DOWN * down)
+    tongue_c = lip * TONGUE_OVER_LIP
     lower_teeth = upper_lip_rest + (TEETH_EDGE_BELOW_LIP - 0.02) * IOD + 0.85 * max(jaw, 0.0)
-    tongue_top = min(floor, lower_teeth) - 0.03 * IOD
+    tongue_top = (min(floor, lower_teeth) - 0.03 * IOD
+                  - TONGUE_RISE * max(floor - upper_lip_rest - TEETH_EDGE_BELOW_LIP * IOD
+                                      - 0.1 * IOD, 0.0))
     tongue = np.clip(1.0 - ((u - cx) / (0.8 * half)) ** 2
                      - ((v - (tongue_top + 0.05 * IOD)) / (0.09 * IOD)) ** 2, 0.0, 1.0)
-    tongue = (np.sqrt(tongue) * 0.85)[..., None]
+    tongue = (np.sqrt(tongue) * TONGUE_ALPHA)[..., None]
     colour = cavity * (1 - tongue) + tongue_c * tongue
 
     # The side teeth sit deeper in the mouth's shadow, darkest toward the corners of the
@@ -556,7 +575,7 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     phase, dist = _teeth_phase(ax, TEETH_BOUNDS)
     near_edge = np.clip(1.0 - (edge_u - v) / (0.06 * IOD), 0.25, 1.0)
     fade = 1.0 - 0.5 * np.clip(np.abs(r), 0, 1)
-    round_u = (1.0 - 0.08 * (2 * phase - 1) ** 2
+    round_u = (1.0 - TOOTH_ROUND * (2 * phase - 1) ** 2
                - 0.22 * fade * near_edge * np.exp(-((dist / 0.007) ** 2)))[..., None]
     # a narrow opening keeps the teeth in the lips' shadow (real teeth, by the gap); the
     # side teeth darken toward the cavity's warm dark, not toward grey
@@ -567,6 +586,11 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     warm_dark = lip * CAVITY_OVER_LIP
     lt, lw = float(state.teeth_colour.mean()), float(warm_dark.mean())
     dim = float(np.clip((min(light, 1.0) * lt - lw) / max(lt - lw, 1.0), 0.0, 1.0))
+    # rounded lips (oo, w) stand forward of the teeth, which fall back into their shade:
+    # real rounded openings show mostly dark with the teeth's edges, not a grey row
+    rest_w = max(float(neutral[64, 0] - neutral[60, 0]), 1e-3)
+    narrow = float(np.clip((0.9 - float(lm[64, 0] - lm[60, 0]) / rest_w) / 0.25, 0.0, 1.0))
+    dim *= 1.0 - ROUND_SHADE * narrow
     # a wide opening lets more light on the teeth than TEETH_OVER_LIP's own (the same
     # measurement, up to 1.12x at 0.24 IOD): brighter, below white
     lit = state.teeth_colour * min(max(light, 1.0), 250.0 / max(float(state.teeth_colour.max()),
@@ -575,9 +599,11 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     # the biting edge is thin enamel: a little darker where the cavity shows through it
     edge_band = np.clip(1.0 - (edge_u - v) / (0.02 * IOD), 0.0, 1.0)[..., None]
     # and the lips' shade falls on the teeth just under them
-    lip_shade = np.clip(1.0 - (v - upper_lip_rest - 0.01 * IOD) / (0.05 * IOD), 0.0,
-                        1.0)[..., None]
-    teeth = (base * round_u * (1.0 - 0.08 * lip_shade)
+    # (where the upper lip is now: real teeth are brightest in their lower half and darker
+    # under the lip, their band's mean ~0.75 of their highlight; benchmarks/mouth_profile.py)
+    lip_now = float(lm[UPPER_INNER, 1].mean())
+    lip_shade = np.clip(1.0 - (v - lip_now) / (LIP_SHADE_DEPTH * IOD), 0.0, 1.0)[..., None]
+    teeth = (base * round_u * (1.0 - LIP_SHADE * lip_shade)
              * (1.0 - 0.14 * edge_band))
     soft = 0.012 * IOD
     # each tooth's corners are rounded: the incisal edge rises a little at every gap
@@ -600,7 +626,7 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     lower_gum = lower * np.clip((v - edge_l - 0.8 * CROWN_HEIGHT * IOD) / (2 * soft) + 0.5,
                                 0.0, 1.0)[..., None]
     # the lower teeth stand behind the upper ones (the overbite): drawn first
-    colour = colour * (1 - lower) + base * round_l * 0.72 * lower
+    colour = colour * (1 - lower) + base * round_l * LOWER_TEETH_TINT * lower
     colour = colour * (1 - lower_gum) + lip * 0.72 * lower_gum
     colour = colour * (1 - upper) + teeth * upper
     colour = colour * (1 - gums) + lip * 0.8 * gums
