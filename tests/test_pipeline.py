@@ -400,3 +400,37 @@ def test_f_v_rests_the_lower_lip_on_the_upper_teeth(identity, warp):
     # teeth in the lips' shade (real narrow openings are about as light as the lips), far
     # lighter than the cavity's dark (CAVITY_OVER_LIP: ~0.4 of the lips)
     assert between.max() > 0.55 * warp.lip_colour.mean(), (between, warp.lip_colour)
+
+
+def test_rounded_lips_leave_the_teeth_in_shade(identity, warp):
+    """Real rounded openings (oo, w) show mostly dark: the lips stand forward of the teeth.
+    At the same jaw opening, rounded lips show the teeth darker than relaxed ones."""
+    from engines.motion import face_motion as M
+
+    fields = M.build_fields(identity.neutral)
+    tops = []
+    for rnd in (0.0, 0.6):
+        p = np.zeros(M.N_PARAMS, np.float32)
+        p[[M.P["jaw_open"], M.P["lips_part"], M.P["lip_round"]]] = (0.4, 0.3, rnd)
+        lm = M.apply(identity.neutral, fields, p)
+        out = texture_warp.render_roi(warp, lm).astype(float)
+        dst = apply_affine(warp.canon_to_roi, lm)
+        x = int(round(dst[[62, 66], 0].mean()))
+        tops.append(out[int(dst[62, 1]):int(dst[66, 1]) + 1, x - 4:x + 5].mean(-1).max())
+    assert tops[1] < 0.8 * tops[0], tops
+
+
+def test_mouth_profile_bands():
+    """The profile benchmark splits each column of the opening from its top to its bottom
+    and divides by the lips' colour."""
+    from benchmarks.mouth_profile import BINS, profile
+
+    patch = np.zeros((48, 64, 3), np.uint8)
+    inner = np.zeros((48, 64), np.float32)
+    inner[10:22, 12:52] = 1.0
+    patch[10:16, 12:52] = 200  # the top half of the opening bright, the rest dark
+    patch[16:22, 12:52] = 50
+    p = profile(patch, inner, np.array([100.0, 100.0, 100.0]))
+    assert p.shape == (BINS, 3)
+    assert np.allclose(p[: BINS // 2], 2.0) and np.allclose(p[BINS // 2:], 0.5)
+    assert profile(patch, np.zeros_like(inner), np.ones(3)) is None
