@@ -434,3 +434,17 @@ def test_mouth_profile_bands():
     assert p.shape == (BINS, 3)
     assert np.allclose(p[: BINS // 2], 2.0) and np.allclose(p[BINS // 2:], 0.5)
     assert profile(patch, np.zeros_like(inner), np.ones(3)) is None
+
+
+def test_a_wide_open_mouth_is_not_a_dark_void(identity):
+    """Real wide openings are mostly teeth and tongue: band by band from the upper lip down
+    (benchmarks/mouth_profile.py) their middle is 0.93-1.04 of the lips' luminance (the
+    median over 22 people). The painted interior was a dark void there (0.41); it must stay
+    well above that, and the upper teeth must stay brighter than the lips."""
+    from benchmarks.mouth_profile import our_profiles
+
+    wide = our_profiles(identity)["wide (aa)"]
+    assert len(wide) >= 3
+    lum = np.median(np.stack(wide).mean(-1), 0)
+    assert lum[3] > 0.55, lum
+    assert lum[:2].max() > 1.05, lum
