@@ -310,19 +310,23 @@ def test_open_mouth_shows_teeth_cavity_and_tongue(identity, warp):
 def test_teeth_dim_in_a_narrow_opening(identity, warp):
     """Real teeth in a narrow opening stay in the lips' shadow (benchmarks/results/
     mouth_model.json, teeth_by_gap): ours are darker at a small gap than at a wide one."""
+    tops = [_brightest_in_opening(identity, warp, {"jaw_open": jaw}, 1) for jaw in (0.15, 0.9)]
+    assert tops[0] < 0.8 * tops[1], tops
+
+
+def _brightest_in_opening(identity, warp, params: dict[str, float], half: int) -> float:
+    """The brightest grey level down the middle of the opening (2 * ``half`` + 1 columns
+    wide) of the face rendered with speech ``params``."""
     from engines.motion import face_motion as M
 
-    fields = M.build_fields(identity.neutral)
-    tops = []
-    for jaw in (0.15, 0.9):
-        p = np.zeros(M.N_PARAMS, np.float32)
-        p[M.P["jaw_open"]] = jaw
-        lm = M.apply(identity.neutral, fields, p)
-        out = texture_warp.render_roi(warp, lm).astype(float)
-        dst = apply_affine(warp.canon_to_roi, lm)
-        x = int(round(dst[[62, 66], 0].mean()))
-        tops.append(out[int(dst[62, 1]):int(dst[66, 1]) + 1, x - 1:x + 2].mean(-1).max())
-    assert tops[0] < 0.8 * tops[1], tops
+    p = np.zeros(M.N_PARAMS, np.float32)
+    for k, v in params.items():
+        p[M.P[k]] = v
+    lm = M.apply(identity.neutral, M.build_fields(identity.neutral), p)
+    out = texture_warp.render_roi(warp, lm).astype(float)
+    dst = apply_affine(warp.canon_to_roi, lm)
+    x = int(round(dst[[62, 66], 0].mean()))
+    return float(out[int(dst[62, 1]):int(dst[66, 1]) + 1, x - half:x + half + 1].mean(-1).max())
 
 
 def test_pressed_lips_leave_no_torn_pixels(identity, warp):
@@ -405,18 +409,9 @@ def test_f_v_rests_the_lower_lip_on_the_upper_teeth(identity, warp):
 def test_rounded_lips_leave_the_teeth_in_shade(identity, warp):
     """Real rounded openings (oo, w) show mostly dark: the lips stand forward of the teeth.
     At the same jaw opening, rounded lips show the teeth darker than relaxed ones."""
-    from engines.motion import face_motion as M
-
-    fields = M.build_fields(identity.neutral)
-    tops = []
-    for rnd in (0.0, 0.6):
-        p = np.zeros(M.N_PARAMS, np.float32)
-        p[[M.P["jaw_open"], M.P["lips_part"], M.P["lip_round"]]] = (0.4, 0.3, rnd)
-        lm = M.apply(identity.neutral, fields, p)
-        out = texture_warp.render_roi(warp, lm).astype(float)
-        dst = apply_affine(warp.canon_to_roi, lm)
-        x = int(round(dst[[62, 66], 0].mean()))
-        tops.append(out[int(dst[62, 1]):int(dst[66, 1]) + 1, x - 4:x + 5].mean(-1).max())
+    tops = [_brightest_in_opening(identity, warp,
+                                  {"jaw_open": 0.4, "lips_part": 0.3, "lip_round": rnd}, 4)
+            for rnd in (0.0, 0.6)]
     assert tops[1] < 0.8 * tops[0], tops
 
 
