@@ -53,6 +53,16 @@ LOWER_LIDS = np.array([41, 40, 47, 46])  # paired with UPPER_LIDS
 #: Inner-lip ring in drawing order (a closed polygon).
 INNER_LIP_RING = np.array([60, 61, 62, 63, 64, 65, 66, 67])
 EYE_R_RING = EYE_R
+#: Each landmark's left-right partner (a point on the midline is its own): the face seen in
+#: a mirror has landmark ``MIRROR_68[i]`` where the face has landmark ``i``.
+MIRROR_68 = np.array(
+    list(range(16, -1, -1))  # jaw
+    + list(range(26, 21, -1)) + list(range(21, 16, -1))  # brows
+    + [27, 28, 29, 30, 35, 34, 33, 32, 31]  # nose
+    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]  # eyes
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55]  # outer lips
+    + [64, 63, 62, 61, 60, 67, 66, 65]  # inner lips
+)
 EYE_L_RING = EYE_L
 
 

@@ -301,3 +301,21 @@ def test_forehead_creases_pool_into_lines():
         gx = np.abs(np.diff(lr, axis=1))[:-1][on].mean()
         gy = np.abs(np.diff(lr, axis=0))[:, :-1][on].mean()
         assert gx < 0.75 * gy, (emo, gx, gy)
+
+
+def test_measured_fields_are_made_left_right_symmetric():
+    """Each point moves as its mirrored partner does (x negated); midline points only up or
+    down; a symmetric field is left as it is."""
+    from etf_models.canonical_face import MIRROR_68
+
+    raw = EM.default_model().fields
+    sym = EM.symmetric(raw)
+    assert np.allclose(sym[..., 0], -sym[..., MIRROR_68, 0], atol=1e-5)
+    assert np.allclose(sym[..., 1], sym[..., MIRROR_68, 1], atol=1e-5)
+    assert np.allclose(sym[:, [27, 28, 29, 30, 33, 51, 57, 62, 66, 8], 0], 0.0, atol=1e-5)
+    assert np.allclose(EM.symmetric(sym), sym, atol=1e-5)
+    assert not np.allclose(raw, sym, atol=1e-3)  # the measured ones were not
+    # what a face gets is the symmetric field, scaled to its proportions
+    off = EM.emotion_offsets(default_identity().neutral)
+    k = EMOTIONS.index("surprise")
+    assert np.allclose(off[k, 21], off[k, 22] * [-1, 1], atol=1e-4), off[k, [21, 22]]
