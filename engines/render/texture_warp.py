@@ -79,12 +79,12 @@ CAVITY_OVER_LIP = np.array([0.48, 0.373, 0.303])
 #: how far it reaches (IOD); how much darker each tooth is at its sides than down its
 #: middle.
 CAV_BASE, CAV_DOWN = 0.85, 0.45
-TONGUE_OVER_LIP = np.array([0.95, 0.86, 0.86])
+TONGUE_OVER_LIP = np.array([0.85, 0.76, 0.76])
 TONGUE_RISE = 0.5
 TONGUE_ALPHA = 0.92
 LOWER_TEETH_TINT = np.array([0.92, 0.84, 0.76])
 ROUND_SHADE = 1.0
-LIP_SHADE, LIP_SHADE_DEPTH = 0.15, 0.07
+LIP_SHADE, LIP_SHADE_DEPTH = 0.08, 0.05
 TOOTH_ROUND = 0.15
 
 
