@@ -77,15 +77,16 @@ def _medians(profiles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def summarise(groups: dict[str, list[np.ndarray]], min_n: int = 5) -> dict | None:
     """Per group (a person, a face) the median profile of its samples, then the median
     over the groups: a person with many frames counts once."""
-    meds = [_medians(v) for v in groups.values() if len(v) >= min_n]
-    if not meds:
+    kept = [v for v in groups.values() if len(v) >= min_n]
+    if not kept:
         return None
-    return {"groups": len(meds), "n": sum(len(v) for v in groups.values() if len(v) >= min_n),
+    meds = [_medians(v) for v in kept]
+    return {"groups": len(meds), "n": sum(len(v) for v in kept),
             "luminance": np.round(np.median([m[0] for m in meds], 0), 3).tolist(),
             "redness": np.round(np.median([m[1] for m in meds], 0), 3).tolist()}
 
 
-def real_profiles(people: list[str] | None = None) -> dict[str, dict[str, list]]:
+def real_profiles() -> dict[str, dict[str, list]]:
     """Per person, per gap class, the samples' profiles."""
     from engines.recordings import mouth_fit
 
@@ -94,8 +95,6 @@ def real_profiles(people: list[str] | None = None) -> dict[str, dict[str, list]]
         mouth_fit.collect(mouth_fit.videos_in(data / "talking", data / "emotion"), CACHE)
     out: dict[str, dict[str, list]] = {}
     for f in sorted(CACHE.glob("*.npz")):
-        if people and f.stem not in people:
-            continue
         with np.load(f) as z:
             patch, cond, lip, gap = z["patch"], z["cond"], z["lip"], z["gap"]
         per = out.setdefault(f.stem, {g: [] for g in GAPS})
@@ -121,7 +120,7 @@ def our_profiles(identity) -> dict[str, list]:
 
     warp = texture_warp.prepare(identity)
     fields = M.build_fields(identity.neutral)
-    to_canon = np.linalg.inv(np.vstack([identity.from_canonical, [0, 0, 1]]))[:2]
+    to_canon = identity.to_canonical
     ph_rest = identity.canonical_to_photo(identity.neutral)
     lip = mp.lip_colour(paste_roi(identity.photo, texture_warp.render_roi(
         warp, identity.neutral), warp.roi, warp.feather), ph_rest)

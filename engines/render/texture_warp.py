@@ -554,9 +554,9 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     cavity = lip * CAVITY_OVER_LIP * (CAV_BASE + 0.35 * depth + CAV_DOWN * down)
     tongue_c = lip * TONGUE_OVER_LIP
     lower_teeth = upper_lip_rest + (TEETH_EDGE_BELOW_LIP - 0.02) * IOD + 0.85 * max(jaw, 0.0)
+    edge_mid = upper_lip_rest + TEETH_EDGE_BELOW_LIP * IOD  # edge_u at the midline
     tongue_top = (min(floor, lower_teeth) - 0.03 * IOD
-                  - TONGUE_RISE * max(floor - upper_lip_rest - TEETH_EDGE_BELOW_LIP * IOD
-                                      - 0.1 * IOD, 0.0))
+                  - TONGUE_RISE * max(floor - edge_mid - 0.1 * IOD, 0.0))
     tongue = np.clip(1.0 - ((u - cx) / (0.8 * half)) ** 2
                      - ((v - (tongue_top + 0.05 * IOD)) / (0.09 * IOD)) ** 2, 0.0, 1.0)
     tongue = (np.sqrt(tongue) * TONGUE_ALPHA)[..., None]
@@ -598,9 +598,10 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     base = (lit * dim + warm_dark * (1 - dim)) * (1 - shade) + warm_dark * shade
     # the biting edge is thin enamel: a little darker where the cavity shows through it
     edge_band = np.clip(1.0 - (edge_u - v) / (0.02 * IOD), 0.0, 1.0)[..., None]
-    # and the lips' shade falls on the teeth just under them
-    # (where the upper lip is now: real teeth are brightest in their lower half and darker
-    # under the lip, their band's mean ~0.75 of their highlight; benchmarks/mouth_profile.py)
+    # and the lips' shade falls on the teeth just under them, where the upper lip is now.
+    # Real teeth are darker still under the lip (a band's mean is ~0.75 of their highlight,
+    # benchmarks/mouth_profile.py), but that much shade blurred the lip's edge for dlib
+    # (the built-in sentence's widest opening read 0.148 instead of 0.171), so it stays light.
     lip_now = float(lm[UPPER_INNER, 1].mean())
     lip_shade = np.clip(1.0 - (v - lip_now) / (LIP_SHADE_DEPTH * IOD), 0.0, 1.0)[..., None]
     teeth = (base * round_u * (1.0 - LIP_SHADE * lip_shade)
