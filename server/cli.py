@@ -538,7 +538,16 @@ def cmd_fit_emotions(args) -> int:
     print(f"{len(clips)} speakers: {', '.join(sorted(clips))}"
           + (f" (holding out {args.hold_out})" if args.hold_out else ""))
     model = fit(args.root, hold_out=args.hold_out)
-    if not args.no_calibrate:
+    if args.gains_from:
+        from engines.render.emotion_calibration import calibrate
+
+        with np.load(args.gains_from) as z:
+            gains = np.asarray(z["instrument_gain"], np.float32)
+        print(f"read-back gains from {args.gains_from} (not measured again)")
+        model["measured_fields"] = model["fields"]
+        model["instrument_gain"] = gains
+        model["fields"] = calibrate(model["fields"], gains)
+    elif not args.no_calibrate:
         from engines.motion.emotion_model import EmotionModel
         from engines.recordings.emotion_fit import neutral_still
         from engines.render.emotion_calibration import calibrate, instrument_gains
@@ -898,6 +907,10 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--hold-out", help="leave this speaker out (for judging on it)")
     fe.add_argument("--no-calibrate", action="store_true",
                     help="keep the fields as dlib measured them (no render read-back gains)")
+    fe.add_argument("--gains-from", metavar="NPZ",
+                    help="take the read-back gains of an earlier fit instead of rendering and "
+                         "reading back again (the shipped file is rebuilt byte for byte with "
+                         "--gains-from etf_models/weights/emotion_mead.npz)")
     fe.set_defaults(func=cmd_fit_emotions)
 
     fm = sub.add_parser("fit-mesh68", help="dlib's 68 points as weighted sums of face-mesh "

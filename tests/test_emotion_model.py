@@ -192,7 +192,9 @@ def test_smiling_photo_texture_is_neutralised(warp):
 
 @pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/emotion")
 def test_fields_fitted_without_a_speaker_predict_that_speaker():
-    """Leave W011 out: the fitted fields point the way W011's own expressions go."""
+    """Leave W011 out: the fitted fields point the way W011's own expressions go. And the
+    fit on all three reproduces the shipped file's measurements exactly (``etf
+    fit-emotions`` rebuilds it; the read-back calibration on top depends on the renderer)."""
     from engines.recordings import emotion_fit as F
 
     measured: dict = {}
@@ -210,6 +212,10 @@ def test_fields_fitted_without_a_speaker_predict_that_speaker():
         cos = own @ pred / (np.linalg.norm(own) * np.linalg.norm(pred))
         assert cos > 0.3, (name, cos)
     assert alone["fields"].shape == (7, 68, 2)
+    shipped = np.load(EM.files("etf_models") / "weights" / EM.MODEL_FILE)
+    np.testing.assert_array_equal(alone["fields"], shipped["measured_fields"])
+    np.testing.assert_array_equal(alone["ratio"], shipped["ratio"])
+    np.testing.assert_array_equal(alone["template"], shipped["template"])
 
 
 def test_lip_closure_wins_over_an_open_emotion(offsets):
@@ -255,6 +261,26 @@ def test_shipped_fields_are_the_measured_fields_times_their_read_back_gains():
     eyes_nose = np.r_[27:48]  # not calibrated: see emotion_calibration.REGIONS
     np.testing.assert_array_equal(EM.default_model().fields[:, eyes_nose],
                                   measured[:, eyes_nose])
+
+
+def test_refit_with_the_shipped_gains_rebuilds_the_shipped_file(tmp_path, monkeypatch):
+    """``etf fit-emotions --gains-from`` applies an earlier fit's read-back gains to the new
+    measurement without rendering: given the shipped measurement, it writes the shipped
+    file byte for byte (the measurement itself is checked against the clips above)."""
+    from engines.recordings import emotion_fit
+    from server.cli import main
+
+    shipped = EM.files("etf_models") / "weights" / EM.MODEL_FILE
+    with np.load(shipped) as z:
+        model = {k: z[k] for k in z.files if k not in ("instrument_gain", "measured_fields")}
+        model["fields"] = z["measured_fields"]
+    monkeypatch.setattr(emotion_fit, "find_mead_clips", lambda root: {"M030": {}})
+    monkeypatch.setattr(emotion_fit, "fit", lambda root, hold_out=None: dict(model))
+    monkeypatch.setattr(emotion_fit, "neutral_still", lambda path: pytest.fail("rendered"))
+    out = tmp_path / "refit.npz"
+    assert main(["fit-emotions", str(tmp_path), "--gains-from", str(shipped),
+                 "-o", str(out)]) == 0
+    assert out.read_bytes() == shipped.read_bytes()
 
 
 def test_renders_read_back_moving_the_way_the_fields_say():

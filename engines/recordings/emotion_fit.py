@@ -116,7 +116,7 @@ def measure_clip(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from engines.recordings.preprocess import _frames_at, _track_landmarks
 
     frames = _frames_at(str(path), 25.0)
-    lms = _track_landmarks(frames)
+    lms = _track_landmarks(frames, window=False)
     out_lm, out_y = [], []
     for img, lm in zip(frames, lms, strict=True):
         if np.isnan(lm).any():
@@ -139,7 +139,7 @@ def neutral_still(path: Path) -> np.ndarray:
     from engines.recordings.preprocess import _frames_at, _track_landmarks
 
     frames = _frames_at(str(path), 25.0)
-    lms = _track_landmarks(frames)
+    lms = _track_landmarks(frames, window=False)
     ok = [i for i in range(len(frames)) if not np.isnan(lms[i]).any()]
     if not ok:
         raise ValueError(f"{path.name}: no face in any frame")

@@ -61,7 +61,7 @@ def _frames_at(path: str, fps: float) -> list[np.ndarray]:
     return [frames[max(0, int(i))][1] for i in pick]
 
 
-def _track_landmarks(frames: list[np.ndarray]) -> np.ndarray:
+def _track_landmarks(frames: list[np.ndarray], window: bool = True) -> np.ndarray:
     """68 points per frame, the detector run on every frame.
 
     dlib's shape model is fitted to its own detector's boxes: a box made from the previous
@@ -70,14 +70,16 @@ def _track_landmarks(frames: list[np.ndarray]) -> np.ndarray:
     and the last one is kept only for frames where it finds no face. After the first
     detection the detector looks in a window around the last box, scaled so the face is
     about 160 px (a 1080x1920 frame costs what a 256x256 one does); the whole frame is
-    searched again whenever the window finds nothing.
+    searched again whenever the window finds nothing. Without ``window`` the whole frame
+    is searched every time: the box, and so the points, then do not depend on the
+    window's rescaling (a few pixels on MEAD's mouths), as the emotion fit was measured.
     """
     from engines.face.enrollment import detect_face_near, detect_faces, detect_landmarks
 
     out = np.full((len(frames), 68, 2), np.nan, np.float32)
     box = None
     for i, img in enumerate(frames):
-        found = detect_face_near(img, box) if box is not None else None
+        found = detect_face_near(img, box) if window and box is not None else None
         if found is None:
             faces = detect_faces(img)
             if faces:

@@ -216,6 +216,7 @@ def prepare(
     canon_to_image: np.ndarray | None = None,
     expression: bool = True,
     learned_mouth: bool = False,
+    emotion_model=None,
 ) -> WarpState:
     """Build the warp state for an identity.
 
@@ -224,6 +225,8 @@ def prepare(
     transform to render 256x256 canonical crops instead (the TextureEngine contract).
     ``expression``: carry the learned expression texture onto this source (and take a
     smiling photo's smile out of it); off, the photo's pixels are warped as they are.
+    ``emotion_model``: whose ratio images (:class:`engines.motion.emotion_model.EmotionModel`;
+    default the shipped one).
     ``learned_mouth``: show the interior the learned model draws (experimental: it reads
     as a mouth on real lip shapes, not yet on this engine's wider openings) instead of
     the painted one.
@@ -311,7 +314,7 @@ def prepare(
         return state
     from engines.render import expression_texture
 
-    maps = expression_texture.prepare(state, identity)
+    maps = expression_texture.prepare(state, identity, emotion_model)
     return replace(state, image=maps.base, expression=maps)
 
 
