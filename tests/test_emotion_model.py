@@ -263,6 +263,26 @@ def test_shipped_fields_are_the_measured_fields_times_their_read_back_gains():
                                   measured[:, eyes_nose])
 
 
+def test_ratio_images_leave_the_brows_hair_out():
+    """Along the brows the shipped ratio images are 1: a brow that moved left its hair's
+    edge in the ratio, which painted pale smudges over other faces' foreheads. The skin
+    around keeps its shading (the angry furrow between the brows, surprise's forehead)."""
+    from engines.recordings.emotion_fit import BROW_BAND_PX
+    from etf_models.canonical_face import BROW_L, BROW_R, CANON_SIZE
+
+    m = EM.default_model()
+    scale = m.ratio.shape[-1] / CANON_SIZE
+    for brow in (BROW_R, BROW_L):
+        band = (m.template[brow] + [0.0, BROW_BAND_PX[0]]) * scale
+        xs, ys = np.round(band).astype(int).T
+        np.testing.assert_allclose(m.ratio[1:, ys, xs], 1.0, atol=2e-3)
+    mid = np.round(m.template[[21, 22]].mean(0) * scale).astype(int)
+    for name in ("angry", "surprise"):
+        k = EMOTIONS.index(name)
+        skin = m.ratio[k, mid[1] - 12:mid[1] + 6, mid[0] - 3:mid[0] + 4]
+        assert np.abs(skin - 1.0).max() > 0.03, name
+
+
 def test_refit_with_the_shipped_gains_rebuilds_the_shipped_file(tmp_path, monkeypatch):
     """``etf fit-emotions --gains-from`` applies an earlier fit's read-back gains to the new
     measurement without rendering: given the shipped measurement, it writes the shipped

@@ -41,7 +41,7 @@ from etf_models.emotions import EMOTIONS
 
 MODEL_FILE = "emotion_mead.npz"
 #: The shipped file is pinned: a different file is refused, never silently used.
-MODEL_SHA256 = "18ee627844de18af45d116ffe9cdf57e234ea396c6b6c12cfde403af939b0caa"
+MODEL_SHA256 = "3407c80a3dc1ad86c3569e6c8fa4392657ee98f166be0a35cad5f04fb05f01ed"
 
 #: Which geometry each face region takes: "mead" (measured) or "facs" (hand-made).
 GEOMETRY: dict[str, str] = {"brows": "mead", "eyes": "mead", "nose": "mead", "mouth": "mead",

@@ -41,6 +41,8 @@ import numpy as np
 from scipy import sparse
 
 from etf_models.canonical_face import (
+    BROW_L,
+    BROW_R,
     CANON_SIZE,
     EYE_L,
     EYE_R,
@@ -283,8 +285,15 @@ def forehead_lines(log_ratio: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return log_ratio * (1.0 - weight) + along * weight
 
 
+#: The band along each brow left out of the ratio images: its middle's offset below the
+#: brow's landmarks and its thickness (px on the 256 frame, where the eyes are 64 apart):
+#: the brow's hair and how far it moves.
+BROW_BAND_PX = (5, 18)
+
+
 def _face_masks(template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(face weight, mouth-interior weight) on the 256 template frame, soft-edged."""
+    """(face weight, weight of what is not skin: the mouth's interior, the eyeballs, the
+    brows' hair) on the 256 template frame, soft-edged."""
     face = np.zeros((CANON_SIZE, CANON_SIZE), np.float32)
     hull = cv2.convexHull(np.vstack([template[JAW], template[68:78]]).astype(np.float32))
     cv2.fillConvexPoly(face, np.round(hull).astype(np.int32), 1.0)
@@ -294,6 +303,12 @@ def _face_masks(template: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for ring in (INNER_LIP_RING, EYE_R, EYE_L):  # teeth and eyeballs are not skin
         cv2.fillPoly(mouth, [np.round(template[ring]).astype(np.int32)], 1.0)
     mouth = cv2.dilate(mouth, np.ones((5, 5), np.uint8))
+    # Nor is the brows' hair: where a brow moved between the emotion and neutral, the ratio
+    # holds its edge (dark where it arrived, light where it left), not the skin's shading,
+    # and on another face that edge paints pale smudges over the forehead.
+    for brow in (BROW_R, BROW_L):  # (dlib's brow points run along the hair's upper edge)
+        line = template[brow] + np.array([0.0, BROW_BAND_PX[0]])
+        cv2.polylines(mouth, [np.round(line).astype(np.int32)], False, 1.0, BROW_BAND_PX[1])
     mouth = cv2.GaussianBlur(mouth, (0, 0), 1.5)
     return face, mouth
 
