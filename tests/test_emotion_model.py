@@ -256,7 +256,7 @@ def test_shipped_fields_are_the_measured_fields_times_their_read_back_gains():
     with np.load(EM.files("etf_models") / "weights" / EM.MODEL_FILE) as z:
         measured, gains = z["measured_fields"], z["instrument_gain"]
     assert gains.shape == (7, len(REGIONS)) and np.all(gains[0] == 1)
-    assert np.all((gains >= GAIN_RANGE[0]) & (gains <= GAIN_RANGE[1]))
+    assert np.all((gains >= GAIN_RANGE[0]) & (gains < GAIN_RANGE[1]))  # none untrusted
     np.testing.assert_allclose(EM.default_model().fields, calibrate(measured, gains), atol=1e-5)
     eyes_nose = np.r_[27:48]  # not calibrated: see emotion_calibration.REGIONS
     np.testing.assert_array_equal(EM.default_model().fields[:, eyes_nose],
@@ -301,6 +301,13 @@ def test_refit_with_the_shipped_gains_rebuilds_the_shipped_file(tmp_path, monkey
     assert main(["fit-emotions", str(tmp_path), "--gains-from", str(shipped),
                  "-o", str(out)]) == 0
     assert out.read_bytes() == shipped.read_bytes()
+
+
+def test_a_read_back_too_faint_to_trust_keeps_the_measured_size():
+    from engines.render.emotion_calibration import GAIN_RANGE, untrusted_to_one
+
+    g = np.array([[1.7, 1.7], [GAIN_RANGE[1], 1.2], [9.0, 0.5], [1.8, 2.49]], np.float32)
+    np.testing.assert_allclose(untrusted_to_one(g), [[1, 1], [1, 1.2], [1, 1], [1.8, 2.49]])
 
 
 def test_renders_read_back_moving_the_way_the_fields_say():

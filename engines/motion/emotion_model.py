@@ -41,7 +41,7 @@ from etf_models.emotions import EMOTIONS
 
 MODEL_FILE = "emotion_mead.npz"
 #: The shipped file is pinned: a different file is refused, never silently used.
-MODEL_SHA256 = "3407c80a3dc1ad86c3569e6c8fa4392657ee98f166be0a35cad5f04fb05f01ed"
+MODEL_SHA256 = "6a557e6c4fbd59b6c54e75e6209746419918c3430d178304001d3ae7068545bf"
 
 #: Which geometry each face region takes: "mead" (measured) or "facs" (hand-made).
 GEOMETRY: dict[str, str] = {"brows": "mead", "eyes": "mead", "nose": "mead", "mouth": "mead",
