@@ -310,6 +310,21 @@ def test_a_read_back_too_faint_to_trust_keeps_the_measured_size():
     np.testing.assert_allclose(untrusted_to_one(g), [[1, 1], [1, 1.2], [1, 1], [1.8, 2.49]])
 
 
+def test_instrument_gains_invert_the_read_back_and_distrust_a_faint_one(monkeypatch):
+    """Read back at half the field, a region gets 2x; at a fifth (2.5x needed), 1x."""
+    from engines.render import emotion_calibration as C
+
+    intended = np.random.default_rng(0).normal(size=(7, 68, 2)).astype(np.float32)
+    seen = np.ones((7, len(C.REGIONS)), np.float32)
+    seen[1], seen[2] = [0.5, 0.8], [0.2, 1.0]
+    read = C.calibrate(intended, seen)
+    monkeypatch.setattr(C, "response", lambda model, still, name: np.stack([read, intended]))
+    gains = C.instrument_gains(None, {"a": None, "b": None})
+    np.testing.assert_allclose(gains[1], [2.0, 1.25], rtol=1e-5)
+    np.testing.assert_allclose(gains[2], [1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(gains[3:], 1.0, rtol=1e-5)
+
+
 def test_renders_read_back_moving_the_way_the_fields_say():
     """The calibration's instrument on the built-in face: dlib, reading our renders, sees
     surprise lift the brows and angry lower them, in proportion to the field."""
