@@ -573,6 +573,8 @@ class Session:
                 "audio_ms": round(self.ingest.buffered_ms, 1),
                 "audio_mean_ms": round(ing.mean_depth_ms, 1),
                 "audio_target_ms": round(self.ingest.target_ms, 1),
+                "audio_lateness_ms": (None if (late := self.ingest.lateness_ms) is None
+                                      else round(late, 1)),
                 "video_frames": self.video_queue.qsize(),
                 "audio_out_ms": round(len(self._audio_out) * 1000.0 / NET_RATE, 1),
             },

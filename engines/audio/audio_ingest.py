@@ -254,6 +254,13 @@ class AudioIngest:
         return self.target * 1000.0 / NET_RATE
 
     @property
+    def lateness_ms(self) -> float | None:
+        """How late the network delivers audio now (the adaptive target's measure, ms), or
+        None when the target is fixed or too few packets have come yet."""
+        late = self.jitter.lateness_s() if self.adaptive else None
+        return None if late is None else late * 1000.0
+
+    @property
     def _buffered(self) -> int:
         return len(self._fifo)
 
