@@ -538,19 +538,15 @@ def cmd_fit_emotions(args) -> int:
     print(f"{len(clips)} speakers: {', '.join(sorted(clips))}"
           + (f" (holding out {args.hold_out})" if args.hold_out else ""))
     model = fit(args.root, hold_out=args.hold_out)
+    gains = None
     if args.gains_from:
-        from engines.render.emotion_calibration import calibrate
-
         with np.load(args.gains_from) as z:
             gains = np.asarray(z["instrument_gain"], np.float32)
         print(f"read-back gains from {args.gains_from} (not measured again)")
-        model["measured_fields"] = model["fields"]
-        model["instrument_gain"] = gains
-        model["fields"] = calibrate(model["fields"], gains)
     elif not args.no_calibrate:
         from engines.motion.emotion_model import EmotionModel
         from engines.recordings.emotion_fit import neutral_still
-        from engines.render.emotion_calibration import calibrate, instrument_gains
+        from engines.render.emotion_calibration import instrument_gains
 
         print("calibrating: rendering each emotion on the speakers' neutral faces and "
               "reading it back")
@@ -558,6 +554,9 @@ def cmd_fit_emotions(args) -> int:
         measured = EmotionModel(model["fields"], model["ratio"].astype(np.float32),
                                 model["template"], str(model["source"]), "unsaved")
         gains = instrument_gains(measured, stills)
+    if gains is not None:
+        from engines.render.emotion_calibration import calibrate
+
         model["measured_fields"] = model["fields"]
         model["instrument_gain"] = gains
         model["fields"] = calibrate(model["fields"], gains)
