@@ -189,7 +189,7 @@ def _close_photo_mouth(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
 
     The warp closes an open-mouthed photo's lips by squeezing what lies between them into
     a seam, so a smiling photo showed a strip of its teeth between shut lips. Filled from
-    the surrounding lips (OpenCV's Telea inpainting) with a soft dark line where the lips
+    the surrounding lips (OpenCV's Navier-Stokes inpainting) with a soft dark line where the lips
     meet, the shut mouth shows lips meeting lips; when the mouth opens, the interior
     painted over the parted lips covers the fill.
     """
@@ -200,7 +200,9 @@ def _close_photo_mouth(img: np.ndarray, lm: np.ndarray) -> np.ndarray:
     mask = np.zeros(img.shape[:2], np.uint8)
     cv2.fillPoly(mask, [np.round(ring).astype(np.int32)], 255)
     mask = cv2.dilate(mask, np.ones((3, 3), np.uint8))  # the landmarks are whole pixels
-    out = cv2.inpaint(img, mask, max(2.0, gap / 2), cv2.INPAINT_TELEA)
+    # Navier-Stokes, not Telea: Telea's fast marching at this radius left dotted lines of
+    # teeth colour along the fill's edge, which a shut mouth then showed across its lips
+    out = cv2.inpaint(img, mask, max(2.0, gap / 2), cv2.INPAINT_NS)
     mid = np.vstack([lm[60], 0.5 * (lm[UPPER_INNER] + lm[LOWER_INNER]), lm[64]])
     seam = np.zeros(img.shape[:2], np.uint8)
     cv2.polylines(seam, [np.round(mid * 8).astype(np.int32)], False, 255, 1, cv2.LINE_AA,
@@ -420,6 +422,12 @@ def backward_map(state: WarpState, landmarks: np.ndarray) -> np.ndarray:
     return out
 
 
+#: A lip triangle squeezed under this (a photo's open mouth shut) is left to the fixed
+#: point: drawn as a sliver, its exact map spreads each of its pixels over its whole source,
+#: and along the sliver it dotted the colour of the seam drawn where the photo's lips meet.
+SLIVER_SQUEEZE = 0.15
+
+
 def _invert_lips(state: WarpState, dst: np.ndarray, out: np.ndarray) -> None:
     """Exact backward map over the triangles around the lips (in place).
 
@@ -442,6 +450,7 @@ def _invert_lips(state: WarpState, dst: np.ndarray, out: np.ndarray) -> None:
     # fails from ~2x, and its first guess may land in a neighbouring stretched triangle)
     sv = np.linalg.svd(m[:, :2], compute_uv=False)  # the inverse's; the warp's are 1/sv
     ok &= (sv[:, 1] < 1 / 1.15) | (sv[:, 0] > 1 / 0.75)
+    ok &= sv[:, 0] < 1 / SLIVER_SQUEEZE
     if not ok.any():
         return
     d, m = d[ok], m[ok]
