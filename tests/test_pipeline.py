@@ -194,8 +194,7 @@ def test_warp_is_exact_on_parting_lips(identity):
     lm = M.apply(identity.neutral, M.build_fields(identity.neutral), p)
     h, w = warp.shape
     dst = apply_affine(warp.canon_to_roi, lm).astype(np.float32)
-    delta = np.zeros_like(warp.src_vertices)
-    delta[:68] = dst - warp.src_vertices[:68]
+    delta = texture_warp.vertex_displacement(warp, dst - warp.src_vertices[:68])
     field = (warp.weights @ delta).reshape(h, w, 2)
     lips = np.zeros((h, w), np.uint8)
     cv2.fillPoly(lips, [np.round(dst[48:60]).astype(np.int32)], 1)
@@ -235,7 +234,8 @@ def test_the_half_size_field_is_the_whole_meshs(identity, warp):
     from server.cli import builtin_sentence
 
     h, w = warp.shape
-    assert warp.field_weights.shape == (((h + 1) // 2) * ((w + 1) // 2), 68)
+    moving = 68 + len(warp.fill_weights)
+    assert warp.field_weights.shape == (((h + 1) // 2) * ((w + 1) // 2), moving)
     assert warp.field_weights.nnz + warp.mouth_weights.nnz < 0.4 * warp.weights.nnz
     anim = FaceAnimator(identity, warp=warp)
     speech = load_audio(builtin_sentence(), 16000)[: 16000 * 3]
@@ -443,6 +443,70 @@ def test_a_wide_open_mouth_is_not_a_dark_void(identity):
     lum = np.median(np.stack(wide).mean(-1), 0)
     assert lum[3] > 0.55, lum
     assert lum[:2].max() > 1.05, lum
+
+
+def _skin(warp) -> np.ndarray:
+    """The face's skin in the ROI [h,w] bool: inside the jaw and brows' hull, away from
+    the lips and eyes."""
+    src = warp.src_vertices[:68].astype(np.int32)
+    h, w = warp.shape
+    face = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(face, cv2.convexHull(src[:27]), 1)
+    holes = np.zeros_like(face)
+    cv2.fillPoly(holes, [src[48:60], src[36:42], src[42:48]], 1)
+    return (face > 0) & (cv2.dilate(holes, np.ones((9, 9), np.uint8)) == 0)
+
+
+def test_fill_vertices_sit_on_the_skin_and_follow_the_landmarks_spline(identity, warp):
+    """Between the landmarks the mesh has fill vertices on a lattice (none in the lips or
+    eyes, none crowding a landmark), moved by a thin-plate spline of the landmarks'
+    motion: the spline passes through each control's own displacement and holds the
+    border still."""
+    src = warp.src_vertices
+    n_fill = len(warp.fill_weights)
+    fills = src[68 : 68 + n_fill]
+    iod = texture_warp.IOD * np.sqrt(abs(np.linalg.det(warp.canon_to_roi[:, :2])))
+    assert n_fill > 300
+    for ring in (src[48:60], src[36:42], src[42:48]):
+        inside = [cv2.pointPolygonTest(ring, (float(x), float(y)), True) for x, y in fills]
+        assert max(inside) < -texture_warp.FILL_CLEARANCE * iod * 0.99
+    gaps = np.linalg.norm(fills[:, None] - src[None, :68], axis=-1).min(1)
+    assert gaps.min() > texture_warp.FILL_CLEARANCE * iod * 0.99
+    anchors = src[68 + n_fill :]
+    at_ctrl = texture_warp._fill_weights(src[:68].astype(np.float64), anchors, src[:68],
+                                         iod)
+    # read back at the landmarks, the (smoothing) spline is nearly the identity over them
+    assert np.diag(at_ctrl).min() > 0.9
+    assert np.abs(at_ctrl - np.diag(np.diag(at_ctrl))).max() < 0.1
+    at_border = texture_warp._fill_weights(src[:68].astype(np.float64), anchors,
+                                           anchors[::3], iod)
+    assert np.abs(at_border).sum(1).max() < 0.02
+
+
+def test_a_smile_bends_the_skin_smoothly(identity, monkeypatch):
+    """The field's bends over the skin (its Laplacian, 99th percentile) in a broad smile and
+    in surprise: the landmarks' own long triangles bend it along their edges only (seen as
+    creases from nose to mouth corner); with the fill vertices the bends are spread out,
+    over a third smaller."""
+    def bends(warp, frames):
+        skin = _skin(warp)
+        out = []
+        for f in frames:
+            _, field = texture_warp.displacement(warp, f.landmarks)
+            lap = np.abs(cv2.Laplacian(field, cv2.CV_32F, ksize=3)).sum(-1)
+            out.append(np.percentile(lap[skin], 99))
+        return float(np.mean(out))
+
+    audio = np.zeros(16000, np.float32)
+    for emotion in ("happy", "surprise"):
+        frames = list(FaceAnimator(identity, emotion=EmotionState(emotion, 1.0))
+                      .render_all(audio))[10::10]
+        smooth = bends(texture_warp.prepare(identity, expression=False), frames)
+        monkeypatch.setattr(texture_warp, "FILL_SPACING", 0.0)
+        coarse = texture_warp.prepare(identity, expression=False)
+        monkeypatch.undo()
+        assert len(coarse.fill_weights) == 0
+        assert smooth < 0.67 * bends(coarse, frames), (emotion, smooth)
 
 
 def test_a_shut_mouth_over_the_photos_open_one_has_no_dotted_lines(identity):

@@ -52,8 +52,9 @@ def _template_coords(state, model: EmotionModel) -> np.ndarray:
     h, w = state.shape
     lm_src = state.src_vertices[:68]
     tpl_roi = apply_affine(state.canon_to_roi, model.template[:68]).astype(np.float32)
-    delta = np.zeros_like(state.src_vertices)
-    delta[:68] = tpl_roi - lm_src
+    from engines.render.texture_warp import vertex_displacement
+
+    delta = vertex_displacement(state, tpl_roi - lm_src)
     pos = state.grid + (state.weights @ delta).reshape(h, w, 2)
     a = state.roi_to_canon.astype(np.float32)
     return np.stack([a[0, 0] * pos[..., 0] + a[0, 1] * pos[..., 1] + a[0, 2],

@@ -47,6 +47,22 @@ from etf_models.canonical_face import (
 #: stretches the neck over a long distance instead of squashing it.
 ROI_MARGIN = 0.18
 ANCHORS_PER_SIDE = 9
+#: Fill vertices between the landmarks, on a triangular lattice this far apart (IOD): the
+#: 68 points alone leave long triangles (nose to mouth corner, cheek to jaw) whose
+#: piecewise-linear field bends only along their edges, which a smile or a dropped jaw
+#: showed as creases. The fill vertices move with a thin-plate spline of the landmarks'
+#: motion (``fill_weights``), so the skin between them bends smoothly.
+FILL_SPACING = 0.16
+#: No fill vertex this close (IOD) to a landmark or inside the lips and eyes (grown by it):
+#: there the landmarks' own triangles hold the shapes the mouth and lids are drawn from.
+FILL_CLEARANCE = 0.08
+#: The spline's smoothing (on IOD-scaled points): the inner lips of a closed-mouth photo
+#: sit a pixel apart and part in opposite directions; an exact spline would ripple the
+#: skin around them.
+FILL_SMOOTHING = 1e-3
+#: Off the face (outside the landmarks' hull) a fill vertex's motion fades to nothing over
+#: this distance (IOD), as the landmarks' own mesh faded it toward the still border.
+FILL_FADE = 1.0
 #: Upper incisors' edge below the relaxed upper lip line, and the tooth layout, in IOD.
 TEETH_EDGE_BELOW_LIP = 0.09
 #: how tall the upper incisors' crowns are (about 10.5 mm against ~63 mm between the eyes)
@@ -96,8 +112,13 @@ class WarpState:
     roi: tuple[int, int, int, int]  # x0, y0, w, h in the output image
     canon_to_roi: np.ndarray  # 2x3
     roi_to_canon: np.ndarray  # 2x3
-    src_vertices: np.ndarray  # [68 + anchors, 2] in ROI pixels
+    #: [68 + fills + anchors, 2] in ROI pixels: the landmarks, the fill vertices between
+    #: them (``FILL_SPACING``), the border anchors
+    src_vertices: np.ndarray
     weights: sparse.csr_matrix  # [h*w, vertices]
+    #: [fills, 68] float32: each fill vertex's displacement from the landmarks' (a
+    #: thin-plate spline with the anchors held still; ``vertex_displacement``)
+    fill_weights: np.ndarray
     #: the mesh's triangles [T,3] that touch the lips: inverted exactly per frame
     lip_triangles: np.ndarray
     #: their orientation in the photo [T] (+-1): drawn the other way round, one is folded
@@ -108,11 +129,11 @@ class WarpState:
     lid_colours: np.ndarray  # [2,3] (image-left eye, image-right eye)
     teeth_colour: np.ndarray
     feather: np.ndarray  # [h,w,1] float32 paste-back weight, 0 at the ROI edge
-    #: the 68 landmarks' barycentric weights [(h/2)*(w/2), 68] at the centres of 2x2 pixel
-    #: blocks (``field_grid``): the per-frame displacement field is made on this half-size
-    #: grid and enlarged (it is piecewise linear over triangles far larger than 2 px; the
-    #: lips are inverted exactly anyway). Only the landmarks move (the anchors hold the
-    #: border still), so no other columns are needed.
+    #: the moving vertices' (landmarks and fills) barycentric weights [(h/2)*(w/2),
+    #: 68 + fills] at the centres of 2x2 pixel blocks (``field_grid``): the per-frame
+    #: displacement field is made on this half-size grid and enlarged (it is piecewise
+    #: linear over triangles far larger than 2 px; the lips are inverted exactly anyway).
+    #: The anchors hold the border still, so no other columns are needed.
     field_weights: sparse.csr_matrix
     #: [h/2, w/2, 2] float32: where those block centres are, in ROI pixels
     field_grid: np.ndarray
@@ -256,7 +277,10 @@ def prepare(
         np.c_[t * ex, np.zeros_like(t)], np.c_[np.full_like(t, ex), t * ey],
         np.c_[(1 - t) * ex, np.full_like(t, ey)], np.c_[np.zeros_like(t), (1 - t) * ey],
     ])
-    vertices = np.vstack([lm_src, anchors])
+    iod = IOD * float(np.sqrt(abs(np.linalg.det(canon_to_roi[:, :2]))))
+    fills = _fill_points(lm_src, anchors, iod)
+    fill_weights = _fill_weights(lm_src, anchors, fills, iod)
+    vertices = np.vstack([lm_src, fills, anchors])
     mesh = Delaunay(vertices)
     weights = barycentric_matrix(vertices, h, w, mesh)
     simplices = mesh.simplices
@@ -305,7 +329,8 @@ def prepare(
         lid_colours=np.asarray(lids, np.float32),
         teeth_colour=np.asarray(teeth, np.float32),
         feather=feather,
-        **_field_grid(vertices, weights, mesh, h, w),
+        fill_weights=fill_weights,
+        **_field_grid(vertices, weights, mesh, h, w, 68 + len(fills)),
         solid=solid_box(feather),
         learned_mouth=learned_mouth,
         photo_blur=blur,
@@ -372,20 +397,82 @@ def _orientation(tri: np.ndarray) -> np.ndarray:
 MOUTH_MARGIN = 4
 
 
+def _tps_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The thin-plate spline's radial basis r^2 log r between points a [N,2] and b [M,2]."""
+    r2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    return 0.5 * r2 * np.log(np.maximum(r2, 1e-12))
+
+
+def _fill_points(lm: np.ndarray, anchors: np.ndarray, iod: float) -> np.ndarray:
+    """Fill vertices [F,2] (ROI pixels): a triangular lattice over the ROI, ``FILL_SPACING``
+    apart, clear of the landmarks, the lips, the eyes and the border."""
+    if FILL_SPACING <= 0:  # no fill: the landmarks' own mesh
+        return np.zeros((0, 2))
+    step = FILL_SPACING * iod
+    lo, hi = anchors.min(0), anchors.max(0)
+    rows = []
+    for i, y in enumerate(np.arange(lo[1] + 0.5 * step, hi[1] - 0.4 * step,
+                                    step * np.sqrt(3) / 2)):
+        xs = np.arange(lo[0] + (0.5 + 0.5 * (i % 2)) * step, hi[0] - 0.4 * step, step)
+        rows.append(np.c_[xs, np.full(len(xs), y)])
+    pts = np.concatenate(rows)
+    clear = FILL_CLEARANCE * iod
+    keep = np.ones(len(pts), bool)
+    for ring in (lm[48:60], lm[36:42], lm[42:48]):
+        inside = np.array([cv2.pointPolygonTest(ring.astype(np.float32), (float(x), float(y)),
+                                                True) for x, y in pts])
+        keep &= inside < -clear
+    near = np.sqrt(((pts[:, None] - np.vstack([lm, anchors])[None]) ** 2).sum(-1)).min(1)
+    keep &= near > max(clear, 0.45 * step)
+    return pts[keep]
+
+
+def _fill_weights(lm: np.ndarray, anchors: np.ndarray, fills: np.ndarray,
+                  iod: float) -> np.ndarray:
+    """[F,68] float32: the thin-plate spline through the landmarks' displacements (and the
+    anchors' zero), read at the fill vertices, as a linear map of the 68 displacements."""
+    ctrl = np.vstack([lm, anchors]) / iod
+    n = len(ctrl)
+    k = _tps_kernel(ctrl, ctrl) + FILL_SMOOTHING * np.eye(n)
+    p = np.c_[np.ones(n), ctrl]
+    system = np.block([[k, p], [p.T, np.zeros((3, 3))]])
+    q = fills / iod
+    basis = np.c_[_tps_kernel(q, ctrl), np.ones(len(q)), q]  # [F, n + 3]
+    # displacement at q = basis @ solve(system, [d; 0]); only the landmarks' d can move
+    weights = np.linalg.solve(system.T, basis.T).T[:, : len(lm)]
+    # off the face the motion fades out within FILL_FADE: a spline alone carries a head
+    # turn on into the hair and background, which should stay put
+    hull = cv2.convexHull(lm.astype(np.float32))
+    out = -np.array([cv2.pointPolygonTest(hull, (float(x), float(y)), True) for x, y in fills])
+    t = np.clip(1.0 - np.maximum(out, 0.0) / (FILL_FADE * iod), 0.0, 1.0)
+    return (weights * (t * t * (3 - 2 * t))[:, None]).astype(np.float32)
+
+
+def vertex_displacement(state: WarpState, delta68: np.ndarray) -> np.ndarray:
+    """Every vertex's displacement [V,2] for the landmarks' [68,2]: fills follow the
+    spline, anchors stay."""
+    delta = np.zeros_like(state.src_vertices)
+    n = 68 + len(state.fill_weights)
+    delta[:68] = delta68
+    delta[68:n] = state.fill_weights @ delta[:68]
+    return delta
+
+
 def _field_grid(vertices: np.ndarray, weights: sparse.csr_matrix, mesh: Delaunay, h: int,
-                w: int) -> dict:
+                w: int, moving: int) -> dict:
     """``field_weights``, ``field_grid``, ``mouth_box``, ``mouth_weights`` of a WarpState."""
     hh, hw = (h + 1) // 2, (w + 1) // 2
     ys, xs = np.mgrid[0:hh, 0:hw].astype(np.float32)
     # the points cv2.resize samples (2j + 0.5 when the size is even)
     grid = np.stack([(xs + 0.5) * w / hw - 0.5, (ys + 0.5) * h / hh - 0.5], axis=-1)
-    moving = barycentric_weights(vertices, grid.reshape(-1, 2), mesh)[:, :68].tocsr()
+    n_moving = moving
+    moving = barycentric_weights(vertices, grid.reshape(-1, 2), mesh)[:, :n_moving].tocsr()
     moving.eliminate_zeros()
     lips = vertices[48:68]
     x0, y0 = np.maximum(np.floor(lips.min(0)).astype(int) - MOUTH_MARGIN, 0)
     x1, y1 = np.minimum(np.ceil(lips.max(0)).astype(int) + MOUTH_MARGIN + 1, (w, h))
     rows = (np.arange(y0, y1)[:, None] * w + np.arange(x0, x1)[None, :]).ravel()
-    mouth = weights[rows][:, :68].tocsr()
+    mouth = weights[rows][:, :n_moving].tocsr()
     mouth.eliminate_zeros()
     return {"field_weights": moving, "field_grid": grid,
             "mouth_box": (int(x0), int(y0), int(x1), int(y1)), "mouth_weights": mouth}
@@ -396,13 +483,13 @@ def displacement(state: WarpState, landmarks: np.ndarray) -> tuple[np.ndarray, n
     every ROI pixel [h,w,2]): made on the half-size grid and enlarged, and pixel by pixel
     over the lips."""
     dst = apply_affine(state.canon_to_roi, landmarks).astype(np.float32)
-    delta = np.zeros_like(state.src_vertices)
-    delta[:68] = dst - state.src_vertices[:68]  # the anchors' is zero
-    half = (state.field_weights @ delta[:68]).reshape(state.field_grid.shape)
+    delta = vertex_displacement(state, dst - state.src_vertices[:68])  # the anchors' is 0
+    moving = delta[: state.field_weights.shape[1]]
+    half = (state.field_weights @ moving).reshape(state.field_grid.shape)
     h, w = state.shape
     field = cv2.resize(half, (w, h), interpolation=cv2.INTER_LINEAR)
     x0, y0, x1, y1 = state.mouth_box
-    field[y0:y1, x0:x1] = (state.mouth_weights @ delta[:68]).reshape(y1 - y0, x1 - x0, 2)
+    field[y0:y1, x0:x1] = (state.mouth_weights @ moving).reshape(y1 - y0, x1 - x0, 2)
     return state.src_vertices + delta, field
 
 
