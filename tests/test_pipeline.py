@@ -576,3 +576,28 @@ def test_a_smiles_upper_teeth_are_a_row_not_a_comb(identity):
     ripple = (np.percentile(middle, 95) - np.percentile(middle, 5)) / np.median(middle)
     assert ripple < 0.1, ripple
     assert prof[np.abs(t) > 0.8].mean() < 0.9 * np.median(middle)
+
+
+def test_an_oo_shows_a_dark_opening_not_grey_teeth(identity):
+    """Rounded lips stand forward of the teeth, which fall into their shade: at the
+    engine's own oo (UW, W: inner lips 0.82 of their resting width) the opening is dark,
+    under 0.55 of the lips' luminance (the teeth showed 70% lit there: 0.77, a grey
+    slot), while an aa keeps its lit teeth (over 0.7)."""
+    from engines.motion.face_motion import apply, build_fields
+    from engines.render.landmark_default import SpeechLandmarkEngine
+    from etf_models.canonical_face import INNER_LIP_RING
+
+    warp = texture_warp.prepare(identity)
+    fields = build_fields(identity.neutral)
+    seen = {}
+    for phone in ("UW", "W", "AA"):
+        lm = apply(identity.neutral, fields, SpeechLandmarkEngine.viseme(phone, 1.0))
+        out = texture_warp.render_roi(warp, lm).astype(np.float32)
+        dst = apply_affine(warp.canon_to_roi, lm)
+        inside = np.zeros(out.shape[:2], np.uint8)
+        cv2.fillPoly(inside, [np.round(dst[INNER_LIP_RING]).astype(np.int32)], 1)
+        inside = cv2.erode(inside, np.ones((3, 3), np.uint8)) > 0
+        assert inside.sum() > 150
+        seen[phone] = out[inside].mean() / warp.lip_colour.mean()
+    assert seen["UW"] < 0.55 and seen["W"] < 0.55, seen
+    assert seen["AA"] > 0.7, seen

@@ -100,6 +100,12 @@ TONGUE_RISE = 0.5
 TONGUE_ALPHA = 0.92
 LOWER_TEETH_TINT = np.array([0.92, 0.84, 0.76])
 ROUND_SHADE = 1.0
+#: ... from inner lips this narrow against their resting width (a jaw opened alone narrows
+#: them to 0.91, and an aa keeps its teeth lit), fully at ROUND_FULL: the fitted visemes
+#: round an oo to 0.82 of the resting width (W 0.82, OW 0.86), and with the shade reaching
+#: full only at 0.65 (the roundest real frames) an oo showed its teeth 70% lit, a grey
+#: putty slot beside real rounded mouths' dark openings (benchmarks/mouth_sheets.py).
+ROUND_FROM, ROUND_FULL = 0.9, 0.82
 LIP_SHADE, LIP_SHADE_DEPTH = 0.08, 0.05
 TOOTH_ROUND = 0.06
 #: Seen beside real smiles (MEAD's happy clips, the talking clips' open mouths), the teeth
@@ -699,7 +705,8 @@ def _paint_mouth(state: WarpState, out: np.ndarray, lm: np.ndarray, dst: np.ndar
     # rounded lips (oo, w) stand forward of the teeth, which fall back into their shade:
     # real rounded openings show mostly dark with the teeth's edges, not a grey row
     rest_w = max(float(neutral[64, 0] - neutral[60, 0]), 1e-3)
-    narrow = float(np.clip((0.9 - float(lm[64, 0] - lm[60, 0]) / rest_w) / 0.25, 0.0, 1.0))
+    narrow = float(np.clip((ROUND_FROM - float(lm[64, 0] - lm[60, 0]) / rest_w)
+                           / (ROUND_FROM - ROUND_FULL), 0.0, 1.0))
     dim *= 1.0 - ROUND_SHADE * narrow
     # a wide opening lets more light on the teeth than TEETH_OVER_LIP's own (the same
     # measurement, up to 1.12x at 0.24 IOD): brighter, below white
