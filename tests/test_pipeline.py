@@ -445,18 +445,6 @@ def test_a_wide_open_mouth_is_not_a_dark_void(identity):
     assert lum[:2].max() > 1.05, lum
 
 
-def _skin(warp) -> np.ndarray:
-    """The face's skin in the ROI [h,w] bool: inside the jaw and brows' hull, away from
-    the lips and eyes."""
-    src = warp.src_vertices[:68].astype(np.int32)
-    h, w = warp.shape
-    face = np.zeros((h, w), np.uint8)
-    cv2.fillConvexPoly(face, cv2.convexHull(src[:27]), 1)
-    holes = np.zeros_like(face)
-    cv2.fillPoly(holes, [src[48:60], src[36:42], src[42:48]], 1)
-    return (face > 0) & (cv2.dilate(holes, np.ones((9, 9), np.uint8)) == 0)
-
-
 def test_fill_vertices_sit_on_the_skin_and_follow_the_landmarks_spline(identity, warp):
     """Between the landmarks the mesh has fill vertices on a lattice (none in the lips or
     eyes, none crowding a landmark), moved by a thin-plate spline of the landmarks'
@@ -487,20 +475,13 @@ def test_a_smile_bends_the_skin_smoothly(identity, monkeypatch):
     """The field's bends over the skin (its Laplacian, 99th percentile) in a broad smile and
     in surprise: the landmarks' own long triangles bend it along their edges only (seen as
     creases from nose to mouth corner); with the fill vertices the bends are spread out,
-    over a third smaller."""
-    def bends(warp, frames):
-        skin = _skin(warp)
-        out = []
-        for f in frames:
-            _, field = texture_warp.displacement(warp, f.landmarks)
-            lap = np.abs(cv2.Laplacian(field, cv2.CV_32F, ksize=3)).sum(-1)
-            out.append(np.percentile(lap[skin], 99))
-        return float(np.mean(out))
+    over a third smaller (measured as benchmarks/warp_bends.py measures it)."""
+    from benchmarks.warp_bends import bends
 
     audio = np.zeros(16000, np.float32)
     for emotion in ("happy", "surprise"):
-        frames = list(FaceAnimator(identity, emotion=EmotionState(emotion, 1.0))
-                      .render_all(audio))[10::10]
+        frames = [f.landmarks for f in FaceAnimator(identity, emotion=EmotionState(emotion, 1.0))
+                  .render_all(audio)][10::10]
         smooth = bends(texture_warp.prepare(identity, expression=False), frames)
         monkeypatch.setattr(texture_warp, "FILL_SPACING", 0.0)
         coarse = texture_warp.prepare(identity, expression=False)

@@ -435,8 +435,9 @@ def _fill_points(lm: np.ndarray, anchors: np.ndarray, iod: float) -> np.ndarray:
     clear = FILL_CLEARANCE * iod
     keep = np.ones(len(pts), bool)
     for ring in (lm[48:60], lm[36:42], lm[42:48]):
-        inside = np.array([cv2.pointPolygonTest(ring.astype(np.float32), (float(x), float(y)),
-                                                True) for x, y in pts])
+        ring = ring.astype(np.float32)
+        inside = np.array([cv2.pointPolygonTest(ring, (float(x), float(y)), True)
+                           for x, y in pts])
         keep &= inside < -clear
     near = np.sqrt(((pts[:, None] - np.vstack([lm, anchors])[None]) ** 2).sum(-1)).min(1)
     keep &= near > max(clear, 0.45 * step)
@@ -475,13 +476,13 @@ def vertex_displacement(state: WarpState, delta68: np.ndarray) -> np.ndarray:
 
 
 def _field_grid(vertices: np.ndarray, weights: sparse.csr_matrix, mesh: Delaunay, h: int,
-                w: int, moving: int) -> dict:
-    """``field_weights``, ``field_grid``, ``mouth_box``, ``mouth_weights`` of a WarpState."""
+                w: int, n_moving: int) -> dict:
+    """``field_weights``, ``field_grid``, ``mouth_box``, ``mouth_weights`` of a WarpState:
+    the columns of the first ``n_moving`` vertices (landmarks and fills; anchors stay)."""
     hh, hw = (h + 1) // 2, (w + 1) // 2
     ys, xs = np.mgrid[0:hh, 0:hw].astype(np.float32)
     # the points cv2.resize samples (2j + 0.5 when the size is even)
     grid = np.stack([(xs + 0.5) * w / hw - 0.5, (ys + 0.5) * h / hh - 0.5], axis=-1)
-    n_moving = moving
     moving = barycentric_weights(vertices, grid.reshape(-1, 2), mesh)[:, :n_moving].tocsr()
     moving.eliminate_zeros()
     lips = vertices[48:68]
