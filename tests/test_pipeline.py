@@ -445,6 +445,28 @@ def test_a_wide_open_mouth_is_not_a_dark_void(identity):
     assert lum[:2].max() > 1.05, lum
 
 
+def test_teeth_from_lips_are_no_brighter_than_real_teeth_rows(identity, monkeypatch):
+    """TEETH_OVER_LIP is real teeth's highlight; shown over the whole row, a mid opening's
+    upper-teeth bands were 1.3x the lips (real mouths: 1.06-1.16, the median over 22 people
+    in benchmarks/mouth_profile.py). Teeth made from the lips' colour (a photo that shows
+    none of its own) now stay under 1.25x there, and above the lips."""
+    import dataclasses
+
+    from benchmarks.mouth_profile import our_profiles
+
+    prepare = texture_warp.prepare
+
+    def from_lips(*a, **k):
+        w = prepare(*a, **k)
+        return dataclasses.replace(w, teeth_colour=texture_warp.teeth_from_lips(w.lip_colour))
+
+    monkeypatch.setattr(texture_warp, "prepare", from_lips)
+    mid = our_profiles(identity)["mid"]
+    assert len(mid) >= 3
+    lum = np.median(np.stack(mid).mean(-1), 0)
+    assert 1.05 < lum[1:3].max() < 1.25, lum
+
+
 def test_fill_vertices_sit_on_the_skin_and_follow_the_landmarks_spline(identity, warp):
     """Between the landmarks the mesh has fill vertices on a lattice (none in the lips or
     eyes, none crowding a landmark), moved by a thin-plate spline of the landmarks'

@@ -79,6 +79,12 @@ LOWER_TEETH_BOUNDS = np.array([0.0, 0.085, 0.17, 0.26, 0.34, 0.42, 0.49, 0.55, 0
 #: lips' colour times CAVITY_OVER_LIP (a dark red, not black).
 TEETH_OVER_LIP = np.array([1.232, 1.764, 1.756])
 TEETH_MAX_SATURATION = 0.283
+#: ... and taken down to TEETH_LEVEL of it: TEETH_OVER_LIP is the teeth's highlight, and
+#: ours showed it over the whole row, the upper teeth's bands 1.2-1.55x the lips against
+#: real mouths' 0.9-1.24 (benchmarks/mouth_profile.py; fitted on the mouth model's training
+#: people: 0.8 fitted best, but dimmed that far a white row turned putty grey beside real
+#: smiles in benchmarks/mouth_sheets.py, so 0.9).
+TEETH_LEVEL = 0.9
 #: ... measured where the lips part 0.08 IOD or more; as they part, light reaches further in
 #: (``teeth_by_gap``, the same report): the highlight over the lips' luminance by gap (IOD).
 TEETH_GAP = np.array([0.03, 0.05, 0.07, 0.1, 0.15, 0.24])
@@ -95,7 +101,9 @@ CAVITY_OVER_LIP = np.array([0.48, 0.373, 0.303])
 #: how far it reaches (IOD); how much darker each tooth is at its sides than down its
 #: middle.
 CAV_BASE, CAV_DOWN = 0.85, 0.45
-TONGUE_OVER_LIP = np.array([0.85, 0.76, 0.76])
+#: (the tongue: about the lips' own light and a little less red than them, as the lower
+#: bands of real open mouths are; it was 0.85, 0.76, 0.76: a dark red lump)
+TONGUE_OVER_LIP = np.array([0.97, 0.937, 0.937])
 TONGUE_RISE = 0.5
 TONGUE_ALPHA = 0.92
 LOWER_TEETH_TINT = np.array([0.92, 0.84, 0.76])
@@ -182,7 +190,7 @@ def teeth_from_lips(lip: np.ndarray) -> np.ndarray:
     TEETH_MAX_SATURATION, below white. The lips sit in the mouth's own light; the eyelids,
     often shadowed or made up, misjudged it (people_0's and art_1's teeth came out
     grey-blue)."""
-    t = np.asarray(lip, np.float64) * TEETH_OVER_LIP
+    t = np.asarray(lip, np.float64) * TEETH_OVER_LIP * TEETH_LEVEL
     # teeth are a yellowish white (R >= G >= B): pale pink lips times the ratio came out
     # green-white, the ratio being fitted on redder lips
     t = np.minimum.accumulate(t)
