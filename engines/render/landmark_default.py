@@ -23,6 +23,7 @@ from engines.audio.phone_stream import StreamingPhoneRecognizer
 from engines.motion.emotion_model import EmotionModel, close_lips, emotion_offsets
 from engines.motion.face_motion import P, apply, build_fields
 from engines.motion.idle import Blinker, IdleMotion, pose_points
+from engines.render import opening_ridge
 from engines.render.visemes import (
     COART_ROWS,
     DOMINANCE,
@@ -33,7 +34,7 @@ from engines.render.visemes import (
     blend,
     phone_id,
 )
-from etf_models.canonical_face import IOD
+from etf_models.canonical_face import IOD, mouth_opening
 
 #: Phones that stay in place when the signal is quiet: closures are silent by nature.
 _QUIET_OK = {phone_id(p) for p in ("P", "B", "M")}
@@ -41,6 +42,8 @@ _SPEECH_OPENING = np.array([P["jaw_open"], P["lips_part"]])
 #: Everything that parts the inner lips (rounding and the f/v lip tuck do a little):
 #: ``opening_gain`` scales them together, so the opening's time course keeps its shape
 #: (scaling the jaw alone cost 0.02 of lip-sync correlation on real clips).
+#: The learned opening works fully from this held loudness (0..1) on, less below it.
+OPENING_GATE = 0.1
 _LIPS_APART = np.array([P["jaw_open"], P["lips_part"], P["lip_round"], P["labiodental"]])
 
 
@@ -134,6 +137,7 @@ class SpeechLandmarkEngine:
         emotion_model: EmotionModel | None = None,
         depth: np.ndarray | None = None,
         anticipation_ms: float | None = None,
+        learned_opening: bool = True,
     ) -> None:
         """``phone_lookahead_ms``: the phone recogniser's commit delay (default 150 ms).
         ``coart_future_ms``: how far the coarticulation window reaches into the future
@@ -144,7 +148,8 @@ class SpeechLandmarkEngine:
         ``emotion_model``: the emotions' geometry (default: the shipped model).
         ``depth``: the 68 points' depth [68] (canonical pixels, :meth:`Identity.
         canonical_depth`), what the head turns and nods through; default a typical
-        face's."""
+        face's. ``learned_opening``: blend the visemes' opening with the one learned from
+        real mouths (:mod:`engines.render.opening_ridge`); off, the visemes alone."""
         self.neutral = np.asarray(neutral, np.float32)
         if depth is None:
             from engines.face.mesh68 import template_depth_68
@@ -175,6 +180,12 @@ class SpeechLandmarkEngine:
             else StreamingPhoneRecognizer(sample_rate=sample_rate, lookahead_ms=phone_lookahead_ms)
         )
         self.loudness = Loudness(sample_rate)
+        #: the learned opening blended with the visemes' (None: the visemes alone)
+        self.opening_model: opening_ridge.OpeningRidge | None = (
+            opening_ridge.default_model() if learned_opening else None)
+        jaw = self.fields[P["jaw_open"]]
+        self._jaw_slope = max(2.0 * float(mouth_opening(self.neutral + jaw)
+                                          - mouth_opening(self.neutral + 0.5 * jaw)), 1e-3)
         self.reset()
 
     @property
@@ -283,12 +294,30 @@ class SpeechLandmarkEngine:
         speech[P["outer_brow_raise"]] += 0.10 * self._slow_level
         speech[P["blink"]] = self.blinker.at(t)
         lm = apply(self.neutral, self.fields, speech)
+        if self.opening_model is not None:
+            lm = self._learned_opening(lm, speech, c)
         if emotion is not None:
             offset = (np.asarray(emotion, np.float32) @ self.emotion_offsets).reshape(68, 2)
             lm = lm + close_lips(offset, float(speech[P["lip_press"]]))
         pose = self.idle.at(t, self._slow_level)
         lm = pose_points(lm, self.depth, pose, self.neutral[27:31].mean(axis=0))
         return lm, speech
+
+    def _learned_opening(self, lm: np.ndarray, speech: np.ndarray, row: int) -> np.ndarray:
+        """``lm`` with the jaw moved so the mouth opens as far as the visemes' opening
+        blended with the learned one (:mod:`engines.render.opening_ridge`) says; ``speech``
+        is updated too. Lips that press or tuck (p b m, f v) are left as they are, and
+        the blend fades in and out with the held loudness (OPENING_GATE): a face at rest
+        stays shut."""
+        gate = min(1.0, self._slow_level / OPENING_GATE)
+        if gate <= 0.0 or speech[P["lip_press"]] + speech[P["labiodental"]] >= 0.5:
+            return lm
+        m = self.opening_model
+        ours = float(mouth_opening(lm))
+        want = m.target(ours, m.predict(self._phones, self._levels, row, self.coart_future))
+        d = max(gate * (want - ours) / self._jaw_slope, -float(speech[P["jaw_open"]]))
+        speech[P["jaw_open"]] += d
+        return lm + d * self.fields[P["jaw_open"]]
 
     @property
     def frame_index(self) -> int:
