@@ -61,21 +61,23 @@ def heard(neutral: np.ndarray, audio: np.ndarray, n: int) -> dict:
             "engine": eng}
 
 
+def _rows(d: dict, n: int) -> np.ndarray:
+    """Each frame's anticipated 10 ms row, as the engine's ``next_frame`` takes it."""
+    from engines.render.visemes import ROW_S
+
+    return np.round((np.arange(n) / FPS + d["ant"]) / ROW_S).astype(int)
+
+
 def features(d: dict, n: int) -> np.ndarray:
     """[n, K * (n_phones + 1)]: per offset the phone one-hot and the loudness (the layout
     :class:`engines.render.opening_ridge.OpeningRidge` reads its weights in)."""
+    from engines.render.opening_ridge import window
     from engines.render.visemes import PHONES
 
-    rows = np.round((np.arange(n) / FPS + d["ant"]) / 0.01).astype(int)
-    ph, lv = d["phones"], d["levels"]
-    m = min(len(ph), len(lv))
+    ph, lv = window(d["phones"], d["levels"], _rows(d, n), OFFSETS, d["reach"])
     out = np.zeros((n, len(OFFSETS), len(PHONES) + 1), np.float32)
-    for k, o in enumerate(OFFSETS):
-        idx = np.minimum(rows + o, rows + d["reach"])
-        ok = (idx >= 0) & (idx < m)
-        p = np.where(ok, ph[np.clip(idx, 0, m - 1)], PHONES.index("SIL"))
-        out[np.arange(n), k, p] = 1.0
-        out[:, k, -1] = np.where(ok, lv[np.clip(idx, 0, m - 1)], 0.0)
+    out[np.arange(n)[:, None], np.arange(len(OFFSETS))[None, :], ph] = 1.0
+    out[:, :, -1] = lv
     return out.reshape(n, -1)
 
 
@@ -109,8 +111,8 @@ def blended(model, d: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(regression alone, the engine's opening with ``model``) per frame."""
     from etf_models.canonical_face import mouth_opening
 
-    rows = np.round((np.arange(n) / FPS + d["ant"]) / 0.01).astype(int)
-    r = np.array([model.predict(d["phones"], d["levels"], int(c), d["reach"]) for c in rows])
+    r = np.array([model.predict(d["phones"], d["levels"], int(c), d["reach"])
+                  for c in _rows(d, n)])
     eng = d["engine"]
     eng.opening_model = model
     eng.rewind()

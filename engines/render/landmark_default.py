@@ -42,9 +42,9 @@ _SPEECH_OPENING = np.array([P["jaw_open"], P["lips_part"]])
 #: Everything that parts the inner lips (rounding and the f/v lip tuck do a little):
 #: ``opening_gain`` scales them together, so the opening's time course keeps its shape
 #: (scaling the jaw alone cost 0.02 of lip-sync correlation on real clips).
+_LIPS_APART = np.array([P["jaw_open"], P["lips_part"], P["lip_round"], P["labiodental"]])
 #: The learned opening works fully from this held loudness (0..1) on, less below it.
 OPENING_GATE = 0.1
-_LIPS_APART = np.array([P["jaw_open"], P["lips_part"], P["lip_round"], P["labiodental"]])
 
 
 class Loudness:

@@ -67,15 +67,10 @@ class OpeningRidge:
 
     def predict(self, phones: np.ndarray, levels: np.ndarray, row: int, reach: int) -> float:
         """The regression's opening (deviation from a clip's median) at ``row`` from the
-        rows heard so far (``phones``, ``levels``); rows beyond ``row + reach`` repeat that
-        row, and rows outside what was heard are silence (as the viseme kernel does)."""
-        idx = np.minimum(row + self.offsets, row + reach)
-        n = min(len(phones), len(levels))
-        ok = (idx >= 0) & (idx < n)
-        k = np.arange(len(idx))
-        ph = np.where(ok, phones[np.clip(idx, 0, max(n - 1, 0))] if n else 0, SILENCE_ID)
-        lv = np.where(ok, levels[np.clip(idx, 0, max(n - 1, 0))] if n else 0.0, 0.0)
-        return float(self.bias + self.w_phone[k, ph].sum() + (self.w_level * lv).sum())
+        rows heard so far (``phones``, ``levels``): see :func:`window`."""
+        ph, lv = window(phones, levels, np.array([row]), self.offsets, reach)
+        k = np.arange(len(self.offsets))
+        return float(self.bias + self.w_phone[k, ph[0]].sum() + (self.w_level * lv[0]).sum())
 
     def target(self, ours: float, predicted: float) -> float:
         """The frame's opening: ``ours`` (the visemes') blended with the regression's."""
@@ -85,6 +80,23 @@ class OpeningRidge:
 
 
 SILENCE_ID = PHONES.index("SIL")
+
+
+def window(phones: np.ndarray, levels: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
+           reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """The phone ids and loudness [N, K] the regression reads for each 10 ms row of
+    ``rows`` [N], at ``offsets`` [K] from it: rows beyond ``row + reach`` repeat that row,
+    rows outside what was heard (``phones``, ``levels``) are silence, as the viseme kernel
+    does. The fit (benchmarks/opening_ridge.py) and the engine read through this alone."""
+    rows = np.asarray(rows, np.int64)[:, None]
+    idx = np.minimum(rows + offsets, rows + reach)
+    n = min(len(phones), len(levels))
+    if n == 0:
+        return np.full(idx.shape, SILENCE_ID, np.int64), np.zeros(idx.shape, np.float32)
+    ok = (idx >= 0) & (idx < n)
+    at = np.clip(idx, 0, n - 1)
+    return (np.where(ok, phones[at], SILENCE_ID).astype(np.int64),
+            np.where(ok, levels[at], 0.0).astype(np.float32))
 
 
 def load(path: str | Path | None = None) -> OpeningRidge:
