@@ -160,10 +160,11 @@ def glass(args) -> dict:
     from server.session import SessionConfig
 
     identity = default_identity()
-    pcm, onsets = onsets_signal()
+    pcm, onsets = onsets_signal(args.onsets)
     cfg = SessionConfig(fps=args.fps, phone_lookahead_ms=args.lookahead,
                         coart_future_ms=args.coart, anticipation_ms=args.anticipation,
-                        jitter_ms=args.jitter, jitter_adaptive=not args.jitter_fixed)
+                        jitter_ms=args.jitter, jitter_adaptive=not args.jitter_fixed,
+                        compute_budget_ms=args.compute_budget)
     with BackgroundServer(identity, ServerConfig(port=0), cfg) as srv:
         res = asyncio.run(_glass(srv.url, pcm, onsets, identity))
     lead, lead_q = engine_leads_ms(identity, pcm, onsets, cfg)
@@ -182,7 +183,8 @@ def glass(args) -> dict:
                      "coart_future_ms": cfg.coart_future_ms,
                      "anticipation_ms": cfg.anticipation_ms, "jitter_ms": cfg.jitter_ms,
                      "jitter_adaptive": cfg.jitter_adaptive,
-                     "jitter_min_ms": cfg.jitter_min_ms},
+                     "jitter_min_ms": cfg.jitter_min_ms,
+                     "compute_budget_ms": round(cfg.compute_budget_s * 1e3, 1)},
         "audio_roundtrip_ms_median": round(float(np.median(a)), 1),
         "engine_mouth_lead_offline_ms": round(lead, 1),
         "received_mouth_minus_audio_ms": round(float(np.median(v) - np.median(a)), 1),
@@ -209,6 +211,8 @@ def glass(args) -> dict:
             "= video_glass_to_glass": round(float(np.median(v)), 1),
             "compute_p50": st["latency_ms"]["tick"]["p50"],
             "compute_p99": st["latency_ms"]["tick"]["p99"],
+            "frames_past_release_p50": st["latency_ms"]["late"]["p50"],
+            "frames_past_release_p99": st["latency_ms"]["late"]["p99"],
         },
         "per_onset": res["onsets"],
         "frames_dropped": st["frames_dropped"],
@@ -378,6 +382,8 @@ def _start_server(root: Path, args, admit_headroom: float = 0.0
         cmd += ["--admit-headroom", str(admit_headroom)]
     if "--render-in" in flags:
         cmd += ["--render-in", args.render_in]
+    if args.compute_budget is not None and "--compute-budget-ms" in flags:
+        cmd += ["--compute-budget-ms", str(args.compute_budget)]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                               text=True, cwd=root)
     server.stdout.readline()
@@ -412,6 +418,9 @@ def _level(server: subprocess.Popen, url: str, n: int, args) -> dict:
             "server_cpu_cores_per_session": round(cpu / n, 3),
             "peers_cpu_cores": round(peers_cpu, 2),
             "tick_p99_ms_max": round(max(p99), 1) if p99 else None,
+            # how long past its release time a frame left (its compute overran the budget)
+            "late_p99_ms_max": round(max(late), 1) if (
+                late := stage_latencies_ms(text).get(("late", "0.99"))) else None,
             # the sessions' audio: jitter buffer underflows (each an audible gap) and the
             # jitter buffer's target at the end (it adapts to how late packets arrive)
             "audio_underflows": per_session_values(text, "etf_audio_underflows"),
@@ -543,6 +552,10 @@ def main() -> None:
                     help="the jitter buffer's target (ms; where it starts when adaptive)")
     ap.add_argument("--jitter-fixed", action="store_true",
                     help="keep the jitter buffer at --jitter (the server's --jitter-fixed)")
+    ap.add_argument("--onsets", type=int, default=9,
+                    help="glass: utterances (each after 1.6 s of silence) to time")
+    ap.add_argument("--compute-budget", type=float, default=None,
+                    help="the server's --compute-budget-ms (default: its own)")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--min-sessions", type=int, default=1, help="capacity: the first level")
     ap.add_argument("--max-sessions", type=int, default=8)
@@ -579,6 +592,7 @@ def main() -> None:
         if other in kept:
             out[other] = kept[other]
             out[f"{other}_date"] = kept.get(f"{other}_date", kept.get("date"))
+            out[f"{other}_machine"] = kept.get(f"{other}_machine", kept.get("machine"))
     if args.what in ("all", "glass"):
         out["glass_to_glass"] = glass(args)
         print(json.dumps(out["glass_to_glass"]["breakdown_ms"], indent=1))

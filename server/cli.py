@@ -195,7 +195,7 @@ def cmd_serve(args) -> int:
         fps=args.fps, emotion=args.emotion, intensity=parse_intensity(args.intensity),
         phone_lookahead_ms=args.lookahead_ms, coart_future_ms=args.coart_ms,
         jitter_ms=args.jitter_ms, jitter_min_ms=args.jitter_min_ms,
-        jitter_adaptive=not args.jitter_fixed,
+        jitter_adaptive=not args.jitter_fixed, compute_budget_ms=args.compute_budget_ms,
     )
     identity = _load_identity(args).for_video(args.max_side)
     _photo_warnings(args, identity)
@@ -267,7 +267,8 @@ def cmd_live(args) -> int:
                             phone_lookahead_ms=args.lookahead_ms,
                             coart_future_ms=args.coart_ms, jitter_ms=args.jitter_ms,
                             jitter_min_ms=args.jitter_min_ms,
-                            jitter_adaptive=not args.jitter_fixed)
+                            jitter_adaptive=not args.jitter_fixed,
+                            compute_budget_ms=args.compute_budget_ms)
     device = int(args.device) if args.device and args.device.isdigit() else args.device
     config = LiveConfig(output=args.output, window=args.window, audio_file=args.audio,
                         device=device, duration_s=args.duration, host=args.host,
@@ -700,6 +701,10 @@ def _add_live_args(p: argparse.ArgumentParser) -> None:
                    help="the adaptive jitter buffer's smallest target (ms)")
     p.add_argument("--jitter-fixed", action="store_true",
                    help="keep the jitter buffer at --jitter-ms (no adaptation)")
+    p.add_argument("--compute-budget-ms", type=float, default=None,
+                   help="how long each frame gets to render once its audio is in before it "
+                   "leaves with that audio (ms, 5 .. one frame; default one frame): less is "
+                   "less latency, and frames that take longer leave late")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--token", default=None,
                    help="require this token on every request and the control channel "

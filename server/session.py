@@ -7,16 +7,17 @@ Timing (P = 1/fps, t0 = the session clock's origin, set when media starts flowin
   silent or audio-less peer still gets a live idle face.
 - The landmark engine needs ``lookahead`` of audio after a frame, so frame ``k`` becomes
   ready at tick ``k + r``; ``r`` is measured once by :func:`measure_ready_lag`.  It is
-  computed on a worker thread during that tick and released at ``t0 + (k + d)P`` with
-  ``d = r + 2``: one period of compute budget, then a steady cadence.
-- The same audio content is released to the viewer at ``t0 + dP + content time``, so the
-  viewer hears chunk ``k`` while frame ``k`` is shown: audio and video leave aligned by
+  computed on a worker thread during that tick and released at ``t0 + (k + r + 1)P + B``:
+  ``B`` is the compute budget (``SessionConfig.compute_budget_ms``, one period unless set),
+  then a steady cadence.
+- The same audio content is released to the viewer at ``t0 + (r + 1)P + B`` + content
+  time, so the viewer hears chunk ``k`` while frame ``k`` is shown: audio and video leave aligned by
   construction, and the RTP timestamps (pts on the content clock) say the same.
 - If compute falls behind, the next tick takes every chunk that became due and renders the
   frames that became ready (at most ``MAX_RENDER_PER_TICK``; older ones are skipped and
   counted as dropped), so latency stays bounded.
 - Emotion changes are sampled at compute time on the session clock, so a change shows in
-  the next frame computed (released one period later), blended over its transition.
+  the next frame computed (released the compute budget later), blended over its transition.
 
 Two kinds of engines: the default one renders each session's frames in the session's own
 render process (``server.render_worker``: one interpreter per session, so sessions do not
@@ -53,7 +54,9 @@ from etf_models.emotions import EMOTIONS
 
 log = logging.getLogger("etf.session")
 
-STAGES = ("ingest", "speech", "frame", "yuv", "encode", "tick")
+#: Stages timed per session (stats' latency_ms); "late": how long past its release time a
+#: frame left (0 when on time: its compute fitted the budget).
+STAGES = ("ingest", "speech", "frame", "yuv", "encode", "tick", "late")
 #: Audio frames sent to the viewer (20 ms at 48 kHz, what Opus wants).
 AUDIO_FRAME = 960
 #: More than this many ticks behind (a suspended machine) resets the clock instead.
@@ -64,6 +67,8 @@ BELOW_RATE = 0.9
 BELOW_RATE_AFTER_S = 3.0
 #: Ticks between checks of the sent frame rate.
 RATE_CHECK_TICKS = 12
+#: The smallest compute budget a session may be given (ms).
+MIN_COMPUTE_BUDGET_MS = 5.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,22 @@ class SessionConfig(StreamConfig):
     idle_timeout_s: float = 3.0
     #: A peer that never connects after its offer is dropped after this long.
     connect_timeout_s: float = 20.0
+    #: The time a frame gets to be rendered (and VP8-encoded) once its audio is in, before
+    #: it leaves with that audio (ms); None: one frame period. A frame that takes longer
+    #: leaves late, when it is done (its sound does not wait).
+    compute_budget_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.compute_budget_ms is not None and not (
+                MIN_COMPUTE_BUDGET_MS <= self.compute_budget_ms <= 1000.0 / self.fps):
+            raise ValueError(f"compute budget {self.compute_budget_ms:g} ms is outside "
+                             f"{MIN_COMPUTE_BUDGET_MS:g}..{1000.0 / self.fps:g} ms (one frame)")
+
+    @property
+    def compute_budget_s(self) -> float:
+        return (1.0 / self.fps if self.compute_budget_ms is None
+                else self.compute_budget_ms / 1000.0)
 
 
 @dataclass
@@ -121,7 +142,9 @@ class Session:
         self.seed = secrets.randbelow(2**31) if seed is None else seed
         self.period = 1.0 / config.fps
         self.samples_per_tick = int(round(NET_RATE / config.fps))
-        self.delay_ticks = ready_lag + 2
+        # frame k is ready at the tick that fires at t0 + (k + ready_lag + 1)P (module
+        # docstring) and leaves the compute budget after it
+        self.delay_s = (ready_lag + 1) * self.period + config.compute_budget_s
         self.emotion = EmotionState(config.emotion, config.intensity)
         self.neural = neural  # engines.neural.live.NeuralEngines, or None: the default engine
         self.pool = pool  # server.render_worker.RenderPool, or None: render on the pool thread
@@ -304,6 +327,7 @@ class Session:
         self.ensure_started()
         out = await self.video_queue.get()
         wait = out.release - self.clock()
+        self.latency["late"].add(max(0.0, -wait))
         if wait > 0:
             await asyncio.sleep(wait)
         elif wait < -self.period:
@@ -476,7 +500,7 @@ class Session:
     def _release_at(self, content_s: float) -> float:
         """When what holds content time ``content_s`` leaves (session clock): the pipeline
         delay after it, the same for frames and audio, so they leave aligned."""
-        return self.t0 + self.delay_ticks * self.period + content_s
+        return self.t0 + self.delay_s + content_s
 
     def _publish(self, out: VideoOut) -> None:
         self.counters["frames_rendered"] += 1
@@ -538,7 +562,7 @@ class Session:
             "width": w,
             "height": h,
             "lookahead_ms": self.lookahead_ms,
-            "pipeline_delay_ms": round(self.delay_ticks * self.period * 1e3, 1),
+            "pipeline_delay_ms": round(self.delay_s * 1e3, 1),
         }
 
     def stats(self, public: bool = False) -> dict:
@@ -563,7 +587,7 @@ class Session:
             "intensity": self.emotion.intensity,
             "speech": ing.speech,
             "lookahead_ms": self.lookahead_ms,
-            "pipeline_delay_ms": round(self.delay_ticks * self.period * 1e3, 1),
+            "pipeline_delay_ms": round(self.delay_s * 1e3, 1),
             "render_process": self.worker.pid if self.worker is not None else None,
             "video_encoder": "render process" if self._encode_in_worker else "aiortc",
             "key_frames_asked": self.counters["key_frames_asked"],
