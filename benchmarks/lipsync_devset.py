@@ -5,7 +5,8 @@ enroll the clip's most closed-mouth frame as the identity, render that face spea
 clip's own audio, detect landmarks on every rendered frame, and correlate mouth opening
 (inner-lip gap / outer-eye-corner distance) rendered vs real, at the best lag within +-3
 frames. The baseline is the audio's loudness envelope (RMS per frame) against the real
-mouth. Writes benchmarks/results/lipsync_devset.json.
+mouth. The mouth's width (corner to corner / outer-eye-corner distance: rounding and
+spreading) is correlated the same way. Writes benchmarks/results/lipsync_devset.json.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from engines.face.face_metrics import best_lag_corr, loudness_envelope, mouth_openings
+from engines.face.face_metrics import best_lag_corr, frame_landmarks, loudness_envelope
 
 DEVSET = Path(__file__).resolve().parents[2] / "shared" / "devset"
 CLIPS = ["WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4"]
@@ -38,25 +39,31 @@ def closed_mouth_frame(opening: np.ndarray, first: int = 50) -> int:
 def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
     from engines.face.enrollment import enroll_image
     from engines.media.audio_io import load_audio
+    from engines.render.mouth_ridge import mouth_width
     from engines.render.pipeline import FaceAnimator
     from etf_models.canonical_face import mouth_opening
 
     real_frames = frames_of(clip)
     fps = 25.0
-    real = mouth_openings(real_frames)
+    real_lm = frame_landmarks(real_frames)
+    real, real_width = mouth_opening(real_lm), mouth_width(real_lm)
     ref = closed_mouth_frame(real)
     identity = enroll_image(real_frames[ref], source=f"{clip.name}#{ref}")
     audio = load_audio(clip, 16000)
     animator = FaceAnimator(identity, fps=fps)
-    rendered, engine_open = [], []
+    rendered, engine_lm = [], []
     for fr in animator.render_all(audio):
         rendered.append(fr.image)
-        engine_open.append(float(mouth_opening(fr.landmarks)))
+        engine_lm.append(np.array(fr.landmarks))
     n = min(len(real), len(rendered))
-    rend = mouth_openings(rendered[:n])
+    rend_lm = frame_landmarks(rendered[:n])
+    rend = mouth_opening(rend_lm)
+    engine_open = mouth_opening(np.array(engine_lm[:n]))
     env = loudness_envelope(audio, n, fps)
     r_render, lag_render = best_lag_corr(rend, real[:n])
-    r_engine, lag_engine = best_lag_corr(np.array(engine_open[:n]), real[:n])
+    r_engine, lag_engine = best_lag_corr(engine_open, real[:n])
+    r_width, lag_width = best_lag_corr(mouth_width(rend_lm), real_width[:n])
+    r_width_engine, _ = best_lag_corr(mouth_width(np.array(engine_lm[:n])), real_width[:n])
     r_loud, lag_loud = best_lag_corr(env, real[:n])
     if out_dir is not None:
         _plot(out_dir / f"lipsync_{clip.stem}.png", real[:n], rend, env)
@@ -68,6 +75,9 @@ def evaluate(clip: Path, out_dir: Path | None = None) -> dict:
         "lag_rendered_frames": lag_render,
         "corr_engine_landmarks_vs_real": r_engine,
         "lag_engine_frames": lag_engine,
+        "corr_width_rendered_vs_real": r_width,
+        "lag_width_rendered_frames": lag_width,
+        "corr_width_engine_landmarks_vs_real": r_width_engine,
         "corr_loudness_vs_real": r_loud,
         "lag_loudness_frames": lag_loud,
         "lookahead_ms": animator.lookahead_ms,

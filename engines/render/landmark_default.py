@@ -23,7 +23,8 @@ from engines.audio.phone_stream import StreamingPhoneRecognizer
 from engines.motion.emotion_model import EmotionModel, close_lips, emotion_offsets
 from engines.motion.face_motion import P, apply, build_fields
 from engines.motion.idle import Blinker, IdleMotion, pose_points
-from engines.render import opening_ridge
+from engines.render import mouth_ridge
+from engines.render.mouth_ridge import mouth_width
 from engines.render.visemes import (
     COART_ROWS,
     DOMINANCE,
@@ -137,7 +138,7 @@ class SpeechLandmarkEngine:
         emotion_model: EmotionModel | None = None,
         depth: np.ndarray | None = None,
         anticipation_ms: float | None = None,
-        learned_opening: bool = True,
+        learned_mouth: bool = True,
     ) -> None:
         """``phone_lookahead_ms``: the phone recogniser's commit delay (default 150 ms).
         ``coart_future_ms``: how far the coarticulation window reaches into the future
@@ -148,8 +149,9 @@ class SpeechLandmarkEngine:
         ``emotion_model``: the emotions' geometry (default: the shipped model).
         ``depth``: the 68 points' depth [68] (canonical pixels, :meth:`Identity.
         canonical_depth`), what the head turns and nods through; default a typical
-        face's. ``learned_opening``: blend the visemes' opening with the one learned from
-        real mouths (:mod:`engines.render.opening_ridge`); off, the visemes alone."""
+        face's. ``learned_mouth``: blend the visemes' opening and width with the ones
+        learned from real mouths (:mod:`engines.render.mouth_ridge`); off, the visemes
+        alone."""
         self.neutral = np.asarray(neutral, np.float32)
         if depth is None:
             from engines.face.mesh68 import template_depth_68
@@ -180,12 +182,18 @@ class SpeechLandmarkEngine:
             else StreamingPhoneRecognizer(sample_rate=sample_rate, lookahead_ms=phone_lookahead_ms)
         )
         self.loudness = Loudness(sample_rate)
-        #: the learned opening blended with the visemes' (None: the visemes alone)
-        self.opening_model: opening_ridge.OpeningRidge | None = (
-            opening_ridge.default_model() if learned_opening else None)
-        jaw = self.fields[P["jaw_open"]]
-        self._jaw_slope = max(2.0 * float(mouth_opening(self.neutral + jaw)
-                                          - mouth_opening(self.neutral + 0.5 * jaw)), 1e-3)
+        #: the learned opening and width blended with the visemes' (None: the visemes alone)
+        self.mouth_model: mouth_ridge.MouthRidge | None = (
+            mouth_ridge.default_model() if learned_mouth else None)
+
+        def slope(measure, name: str) -> float:  # the measure's change per unit parameter
+            f = self.fields[P[name]]
+            return 2.0 * float(measure(self.neutral + f) - measure(self.neutral + 0.5 * f))
+
+        self._jaw_slope = max(slope(mouth_opening, "jaw_open"), 1e-3)
+        self._round_slope = min(slope(mouth_width, "lip_round"), -1e-3)  # narrows
+        self._stretch_slope = max(slope(mouth_width, "lip_stretch"), 1e-3)  # widens
+        self._rest_width = float(mouth_width(self.neutral))
         self.reset()
 
     @property
@@ -294,8 +302,8 @@ class SpeechLandmarkEngine:
         speech[P["outer_brow_raise"]] += 0.10 * self._slow_level
         speech[P["blink"]] = self.blinker.at(t)
         lm = apply(self.neutral, self.fields, speech)
-        if self.opening_model is not None:
-            lm = self._learned_opening(lm, speech, c)
+        if self.mouth_model is not None:
+            lm = self._learned_mouth(lm, speech, c)
         if emotion is not None:
             offset = (np.asarray(emotion, np.float32) @ self.emotion_offsets).reshape(68, 2)
             lm = lm + close_lips(offset, float(speech[P["lip_press"]]))
@@ -303,21 +311,43 @@ class SpeechLandmarkEngine:
         lm = pose_points(lm, self.depth, pose, self.neutral[27:31].mean(axis=0))
         return lm, speech
 
-    def _learned_opening(self, lm: np.ndarray, speech: np.ndarray, row: int) -> np.ndarray:
-        """``lm`` with the jaw moved so the mouth opens as far as the visemes' opening
-        blended with the learned one (:mod:`engines.render.opening_ridge`) says; ``speech``
-        is updated too. Lips that press or tuck (p b m, f v) are left as they are, and
-        the blend fades in and out with the held loudness (OPENING_GATE): a face at rest
-        stays shut."""
+    def _learned_mouth(self, lm: np.ndarray, speech: np.ndarray, row: int) -> np.ndarray:
+        """``lm`` with the mouth opened and widened as far as the visemes' own blended with
+        the learned ones (:mod:`engines.render.mouth_ridge`) say: the jaw makes up the
+        opening, lip rounding or stretching the width; ``speech`` is updated too. Lips
+        that press or tuck (p b m, f v) keep their opening and their width fades to the
+        visemes' as they close; both blends fade in and out with the held loudness
+        (OPENING_GATE): a face at rest stays as it is."""
         gate = min(1.0, self._slow_level / OPENING_GATE)
-        if gate <= 0.0 or speech[P["lip_press"]] + speech[P["labiodental"]] >= 0.5:
+        if gate <= 0.0:
             return lm
-        m = self.opening_model
-        ours = float(mouth_opening(lm))
-        want = m.target(ours, m.predict(self._phones, self._levels, row, self.coart_future))
-        d = max(gate * (want - ours) / self._jaw_slope, -float(speech[P["jaw_open"]]))
-        speech[P["jaw_open"]] += d
-        return lm + d * self.fields[P["jaw_open"]]
+        m = self.mouth_model
+        closing = min(1.0, float(speech[P["lip_press"]] + speech[P["labiodental"]]))
+        if closing < 0.5:
+            ours = float(mouth_opening(lm))
+            want = m.opening.target(ours, m.opening.predict(self._phones, self._levels, row,
+                                                            self.coart_future))
+            d = max(gate * (want - ours) / self._jaw_slope, -float(speech[P["jaw_open"]]))
+            speech[P["jaw_open"]] += d
+            lm = lm + d * self.fields[P["jaw_open"]]
+        weight = gate * (1.0 - closing)
+        if weight <= 0.0:
+            return lm
+        ours = float(mouth_width(lm))
+        want = m.width.target(ours, m.width.predict(self._phones, self._levels, row,
+                                                    self.coart_future), self._rest_width)
+        # narrower: less stretch first, then more rounding; wider: the other way round
+        r, s = float(speech[P["lip_round"]]), float(speech[P["lip_stretch"]])
+        dw = weight * (want - ours)
+        if dw < 0.0:
+            ds = max(-s, dw / self._stretch_slope)
+            dr = min(1.0 - r, (dw - ds * self._stretch_slope) / self._round_slope)
+        else:
+            dr = max(-r, dw / self._round_slope)
+            ds = min(1.0 - s, (dw - dr * self._round_slope) / self._stretch_slope)
+        speech[P["lip_round"]] += dr
+        speech[P["lip_stretch"]] += ds
+        return lm + dr * self.fields[P["lip_round"]] + ds * self.fields[P["lip_stretch"]]
 
     @property
     def frame_index(self) -> int:

@@ -1,0 +1,301 @@
+"""The mouth's opening and width learned around the phones, scored leave one person out.
+
+Every clip of ``../shared/data/talking`` (dlib's 68 points per frame, as
+``benchmarks/lipsync_talking.py`` reads them) is heard by the default engine's own phone
+recogniser. Per frame, the features are the phone (one-hot) and loudness of every second
+10 ms row from 200 ms before the frame's anticipated row to 40 ms after it; the targets
+are the real opening (inner-lip gap / eye-corner distance) and width (mouth-corner
+distance / eye-corner distance), each against its clip's median. A ridge regression per
+target maps one to the other (:mod:`engines.render.mouth_ridge` runs them), and each is
+blended half and half with the visemes' own (the regression's scaled to the visemes'
+spread, the mix spread back to the visemes' amplitude). The opening regression is fitted
+on the visemes alone; the width's on the engine with the learned opening, which it
+follows in the engine.
+
+Scored leave one person out: for each person the regressions and the blends' constants
+come from the others only; reported per person, the correlation with the real mouth (best
+lag within +-3 frames) of the visemes alone, the regression alone and the blend, and the
+blend's amplitude against the visemes'. Also the two devset clips (never fitted on), with
+the fit on everyone. ``--write`` writes that fit to ``engines/render/mouth_ridge.json``
+(and prints its SHA-256, pinned in :mod:`engines.render.mouth_ridge`).
+
+    python benchmarks/mouth_ridge.py [--write]   # -> benchmarks/results/mouth_ridge.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine_info  # noqa: E402
+
+FPS = 25.0
+#: 10 ms rows around the frame's anticipated row: -200 ms .. +40 ms, every 20 ms
+OFFSETS = np.arange(-20, 5, 2)
+LAMBDA = 300.0
+#: the regression's share of the blend
+SHARE = 0.5
+OUT = ROOT / "benchmarks" / "results" / "mouth_ridge.json"
+TALKING = ROOT.parent / "shared" / "data" / "talking"
+SHARDS = Path.home() / ".cache" / "etf" / "talking-shards"
+
+
+def heard(neutral: np.ndarray, audio: np.ndarray, n: int) -> dict:
+    """The default engine (visemes only) on ``audio``: phones and loudness per 10 ms row,
+    its anticipation, its landmarks per frame [n,68,2] and the face's rest width."""
+    from engines.render.landmark_default import SpeechLandmarkEngine
+    from engines.render.mouth_ridge import mouth_width
+
+    eng = SpeechLandmarkEngine(neutral, fps=FPS, idle_amplitude=0.0, learned_mouth=False)
+    eng.push_audio(audio)
+    eng.flush()
+    lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)
+    return {"phones": np.asarray(eng._phones, np.int64), "levels": np.asarray(eng._levels),
+            "ant": eng.anticipation_s, "reach": eng.coart_future, "visemes": lm,
+            "rest_width": float(mouth_width(eng.neutral)), "engine": eng}
+
+
+def _rows(d: dict, n: int) -> np.ndarray:
+    """Each frame's anticipated 10 ms row, as the engine's ``next_frame`` takes it."""
+    from engines.render.visemes import ROW_S
+
+    return np.round((np.arange(n) / FPS + d["ant"]) / ROW_S).astype(int)
+
+
+def features(d: dict, n: int) -> np.ndarray:
+    """[n, K * (n_phones + 1)]: per offset the phone one-hot and the loudness (the layout
+    :class:`engines.render.mouth_ridge.PhoneRidge` reads its weights in)."""
+    from engines.render.mouth_ridge import window
+    from engines.render.visemes import PHONES
+
+    ph, lv = window(d["phones"], d["levels"], _rows(d, n), OFFSETS, d["reach"])
+    out = np.zeros((n, len(OFFSETS), len(PHONES) + 1), np.float32)
+    out[np.arange(n)[:, None], np.arange(len(OFFSETS))[None, :], ph] = 1.0
+    out[:, :, -1] = lv
+    return out.reshape(n, -1)
+
+
+def fit(xs: list[np.ndarray], ys: list[np.ndarray], ours: list[np.ndarray],
+        from_rest: bool) -> dict:
+    """One regression and its blend's constants from these clips (``ours``: the engine's
+    values, already taken from each face's rest value when ``from_rest``)."""
+    from engines.render.visemes import PHONES
+
+    x = np.vstack(xs)
+    y = np.concatenate(ys)
+    ok = np.isfinite(y)
+    x, y = x[ok].astype(np.float64), y[ok]
+    mu = x.mean(0)
+    xc = x - mu
+    w = np.linalg.solve(xc.T @ xc + LAMBDA * np.eye(x.shape[1]), xc.T @ (y - y.mean()))
+    bias = float(y.mean() - mu @ w)
+    pred = np.concatenate([xi @ w + bias for xi in xs])
+    o = np.concatenate(ours)
+    good = np.isfinite(o)
+    mean, sd_o = float(o[good].mean()), float(o[good].std())
+    gain = sd_o / max(float(pred[good].std()), 1e-9)
+    mixed = (1 - SHARE) * o[good] + SHARE * (mean + gain * pred[good])
+    spread = sd_o / max(float(mixed.std()), 1e-9)
+    wk = w.reshape(len(OFFSETS), len(PHONES) + 1)
+    return {"phones": list(PHONES), "offsets": OFFSETS.tolist(),
+            "w_phone": np.round(wk[:, :-1], 6).tolist(), "w_level": np.round(wk[:, -1], 6).tolist(),
+            "bias": round(bias, 6), "mean": round(mean, 6), "gain": round(gain, 6),
+            "share": SHARE, "spread": round(spread, 6), "from_rest": from_rest,
+            "lambda": LAMBDA}
+
+
+def passthrough() -> dict:
+    """A width "regression" that leaves the engine's width as it is (fitting the width
+    needs the engine with the learned opening alone)."""
+    from engines.render.visemes import PHONES
+
+    k = len(OFFSETS)
+    return {"phones": list(PHONES), "offsets": OFFSETS.tolist(),
+            "w_phone": np.zeros((k, len(PHONES))).tolist(), "w_level": [0.0] * k,
+            "bias": 0.0, "mean": 0.0, "gain": 0.0, "share": 0.0, "spread": 1.0,
+            "from_rest": False}
+
+
+def replay(d: dict, n: int, fit_: dict) -> np.ndarray:
+    """The engine's landmarks [n,68,2] on what it heard, with the mouth model ``fit_``
+    ({"opening": ..., "width": ...} as the shipped file holds them)."""
+    from engines.render.mouth_ridge import MouthRidge
+
+    eng = d["engine"]
+    eng.mouth_model = MouthRidge.from_dict(fit_)
+    eng.rewind()
+    lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)
+    eng.mouth_model = None
+    return lm
+
+
+def regression(fit_: dict, d: dict, n: int) -> np.ndarray:
+    """The regression alone per frame (its deviation from a clip's median)."""
+    from engines.render.mouth_ridge import PhoneRidge
+
+    m = PhoneRidge.from_dict(fit_)
+    return np.array([m.predict(d["phones"], d["levels"], int(c), d["reach"])
+                     for c in _rows(d, n)])
+
+
+def fit_both(xs, data, clips, ys_open, ys_width) -> dict:
+    """The opening's fit on the visemes, then the width's on the engine with that
+    opening (each clip's width taken from its face's rest width)."""
+    from engines.render.mouth_ridge import mouth_width
+    from etf_models.canonical_face import mouth_opening
+
+    opening = fit(xs, ys_open, [mouth_opening(d["visemes"]) for d in data], from_rest=False)
+    ours_w = [mouth_width(replay(d, c["n"], {"opening": opening, "width": passthrough()}))
+              - d["rest_width"] for d, c in zip(data, clips, strict=True)]
+    return {"opening": opening, "width": fit(xs, ys_width, ours_w, from_rest=True)}
+
+
+def real_width(c: dict) -> np.ndarray:
+    """The clip's real mouth width per frame (NaN where untracked)."""
+    from engines.render.mouth_ridge import mouth_width
+
+    w = mouth_width(np.where(c["ok"][:, None, None], c["target"], 1.0))
+    return np.where(c["ok"], w, np.nan)
+
+
+def centred(v: np.ndarray) -> np.ndarray:
+    """A clip's values from its own median (faces differ in width at rest)."""
+    return v - np.nanmedian(v)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true",
+                    help="write the fit on everyone to engines/render/mouth_ridge.json")
+    ap.add_argument("-o", "--output", type=Path, default=OUT)
+    args = ap.parse_args(argv)
+    from benchmarks.lipsync_talking import ensure_shards, load_clips, score
+    from engines.render import mouth_ridge
+    from engines.render.mouth_ridge import mouth_width
+    from etf_models.canonical_face import mouth_opening
+
+    t0 = time.time()
+    ensure_shards(TALKING, SHARDS, 2)
+    clips = load_clips(TALKING, SHARDS, None)
+    data = [heard(c["neutral"], c["audio"], c["n"]) for c in clips]
+    xs = [features(d, c["n"]) for d, c in zip(data, clips, strict=True)]
+    ys_open = [c["real"] - np.nanmedian(c["real"]) for c in clips]
+    widths = [real_width(c) for c in clips]
+    ys_width = [w - np.nanmedian(w) for w in widths]
+    people = sorted({c["person"] for c in clips})
+    gap = np.full(8, np.nan)
+    rows = []
+    for person in people:
+        tr = [i for i, c in enumerate(clips) if c["person"] != person]
+        te = [i for i, c in enumerate(clips) if c["person"] == person]
+        both = fit_both([xs[i] for i in tr], [data[i] for i in tr], [clips[i] for i in tr],
+                        [ys_open[i] for i in tr], [ys_width[i] for i in tr])
+        only_open = {"opening": both["opening"], "width": passthrough()}
+        series: dict[str, list[np.ndarray]] = {k: [] for k in (
+            "real_o", "real_w", "vis_o", "open_o", "both_o", "open_w", "both_w", "reg_o",
+            "reg_w")}
+        for i in te:
+            n = clips[i]["n"]
+            lm_open, lm_both = replay(data[i], n, only_open), replay(data[i], n, both)
+            for key, v in (("real_o", clips[i]["real"]), ("real_w", centred(widths[i])),
+                           ("vis_o", mouth_opening(data[i]["visemes"])),
+                           ("open_o", mouth_opening(lm_open)), ("both_o", mouth_opening(lm_both)),
+                           ("open_w", centred(mouth_width(lm_open))),
+                           ("both_w", centred(mouth_width(lm_both))),
+                           ("reg_o", regression(both["opening"], data[i], n)),
+                           ("reg_w", regression(both["width"], data[i], n))):
+                series[key] += [v, gap]  # a person's clips end to end, a gap between them
+        j = {k: np.concatenate(v) for k, v in series.items()}
+        s_vis, s_both = score(j["vis_o"], j["real_o"]), score(j["both_o"], j["real_o"])
+        rows.append({
+            "person": person, "frames": int(np.isfinite(j["real_o"]).sum()),
+            "opening": {"visemes": s_vis["corr"],
+                        "regression": score(j["reg_o"], j["real_o"])["corr"],
+                        "blend": score(j["open_o"], j["real_o"])["corr"],
+                        "blend_with_width": s_both["corr"],
+                        "median_ratio_visemes": s_vis["median_ratio"],
+                        "median_ratio_blend": s_both["median_ratio"],
+                        "p90_ratio_visemes": s_vis["p90_ratio"],
+                        "p90_ratio_blend": s_both["p90_ratio"]},
+            "width": {"visemes": score(j["open_w"], j["real_w"])["corr"],
+                      "regression": score(j["reg_w"], j["real_w"])["corr"],
+                      "blend": score(j["both_w"], j["real_w"])["corr"],
+                      "sd_ratio_blend": round(float(np.nanstd(j["both_w"])
+                                                    / np.nanstd(j["open_w"])), 3)},
+        })
+        o, w = rows[-1]["opening"], rows[-1]["width"]
+        print(f"{person:24s} opening: visemes {o['visemes']:.3f} regression "
+              f"{o['regression']:.3f} blend {o['blend']:.3f} (+width {o['blend_with_width']:.3f})"
+              f"  width: visemes {w['visemes']:.3f} regression {w['regression']:.3f} "
+              f"blend {w['blend']:.3f}", flush=True)
+    full = fit_both(xs, data, clips, ys_open, ys_width)
+    devset = devset_clips(full)
+    summary = {t: {k: {"median": round(float(np.median([r[t][k] for r in rows])), 4),
+                       "mean": round(float(np.mean([r[t][k] for r in rows])), 4)}
+                   for k in (("visemes", "regression", "blend", "blend_with_width")
+                             if t == "opening" else ("visemes", "regression", "blend"))}
+               for t in ("opening", "width")}
+    report = {"benchmark": "mouth_ridge", "about": __doc__.split("\n\n")[0].replace("\n", " "),
+              "offsets_rows": OFFSETS.tolist(), "lambda": LAMBDA, "share": SHARE,
+              "notes": "width 'visemes' is the engine with the learned opening alone (what "
+                       "the width blend starts from); widths are taken from each clip's "
+                       "median before scoring (faces differ in width at rest)",
+              "people": len(people), "leave_one_person_out": summary, "per_person": rows,
+              "devset_fit_on_everyone": devset, "seconds": round(time.time() - t0, 1),
+              "machine": machine_info()}
+    args.output.write_text(json.dumps(report, indent=1) + "\n")
+    print("leave one person out:", json.dumps(summary))
+    print("devset:", devset)
+    if args.write:
+        text = json.dumps({t: full[t] for t in mouth_ridge.TARGETS}, separators=(",", ":")) + "\n"
+        mouth_ridge.FIT_PATH.write_text(text)
+        print(f"wrote {mouth_ridge.FIT_PATH} sha256 "
+              f"{hashlib.sha256(text.encode()).hexdigest()}")
+    return 0
+
+
+def devset_clips(full: dict) -> list[dict]:
+    """The fit on everyone, on the devset's paired clips (engine landmarks, not rendered):
+    opening and width against dlib's on the real frames."""
+    from benchmarks.lipsync_devset import CLIPS, DEVSET, closed_mouth_frame, frames_of
+    from engines.face.enrollment import neutralise
+    from engines.face.face_metrics import best_lag_corr, frame_landmarks
+    from engines.media.audio_io import load_audio
+    from engines.render.mouth_ridge import mouth_width
+    from etf_models.canonical_face import apply_affine, mouth_opening, similarity_to_canonical
+
+    out = []
+    for clip in CLIPS:
+        if not (DEVSET / clip).is_file():
+            continue
+        frames = frames_of(DEVSET / clip)
+        lms = frame_landmarks(frames)
+        real = mouth_opening(lms)
+        real_w = mouth_width(lms)
+        lm = frame_landmarks([frames[closed_mouth_frame(real)]])[0]
+        neutral = neutralise(apply_affine(similarity_to_canonical(lm), lm).astype(np.float32))[0]
+        d = heard(neutral, load_audio(DEVSET / clip, 16000), len(real))
+        lm_open = replay(d, len(real), {"opening": full["opening"], "width": passthrough()})
+        lm_both = replay(d, len(real), full)
+        def r(x, y):
+            return round(best_lag_corr(x, y)[0], 4)
+
+        out.append({"clip": clip, "opening_visemes": r(mouth_opening(d["visemes"]), real),
+                    "opening_blend": r(mouth_opening(lm_open), real),
+                    "opening_blend_with_width": r(mouth_opening(lm_both), real),
+                    "width_visemes": r(mouth_width(lm_open), real_w),
+                    "width_blend": r(mouth_width(lm_both), real_w)})
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""How far the mouth opens and how wide it is, learned from real talking mouths around
+the phones.
+
+The viseme table gives each phone a target and blends neighbours with a fixed kernel, so
+the mouth's shape at a frame depends on the phone shown and a little on its neighbours.
+Real mouths move with the whole stretch of speech around a frame: a vowel after a pause
+opens wider than the same vowel between two closures, and lips round ahead of a /w/ or an
+/uw/ over the phones before it. Here two ridge regressions, fitted by
+``benchmarks/mouth_ridge.py --write`` on the real mouths of ``../shared/data/talking``,
+read the phones the engine's recogniser heard and their loudness from 200 ms before a
+frame to 40 ms after it (the engine's own anticipation included) and predict, per frame
+and against the clip's median:
+
+* ``opening``: the inner-lip gap over the eye-corner distance (:func:`mouth_opening`);
+* ``width``: the mouth corners' distance over the eye-corner distance (:func:`mouth_width`).
+
+The engine keeps its visemes and blends each with its regression: the frame's value
+becomes the mean of its own and the regression's (the regression's scaled to the same
+spread around the same mean, both taken from the face's rest value where the fit says
+so), spread back to the engine's own amplitude. The jaw makes up the opening's difference
+and lip rounding or stretching the width's (neither under /p b m f v/, which close the
+lips). Left out person by person, each blend follows the real mouth better than the
+visemes alone (benchmarks/results/mouth_ridge.json). The file holds per-phone numbers
+only, no image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from engines.render.visemes import PHONES
+from etf_models.canonical_face import mouth_opening
+
+FIT_PATH = Path(__file__).with_name("mouth_ridge.json")
+#: The shipped fit is pinned: another file is refused, never silently used.
+FIT_SHA256 = "3825f567e6b596ba239067efe26403a7fab8eae343a2808a9dbf4919d015ee07"
+#: What each regression predicts, in the file's order.
+TARGETS = ("opening", "width")
+
+
+class MouthRidgeError(RuntimeError):
+    """The mouth model file is missing, damaged or foreign."""
+
+
+def mouth_width(landmarks: np.ndarray) -> np.ndarray:
+    """Mouth-corner distance over the outer-eye-corner distance, for [...,68,2] landmarks."""
+    lm = np.asarray(landmarks)
+    return (np.linalg.norm(lm[..., 54, :] - lm[..., 48, :], axis=-1)
+            / np.linalg.norm(lm[..., 45, :] - lm[..., 36, :], axis=-1))
+
+
+#: Each target's measure on [...,68,2] landmarks.
+MEASURES = {"opening": mouth_opening, "width": mouth_width}
+
+
+@dataclass(frozen=True)
+class PhoneRidge:
+    """One regression over the phone window, and how its output blends with the engine's."""
+
+    offsets: np.ndarray  # [K] int: 10 ms rows relative to the frame's (anticipated) row
+    w_phone: np.ndarray  # [K, n_phones]
+    w_level: np.ndarray  # [K]
+    bias: float
+    #: the engine's value's mean (from the face's rest value when ``from_rest``) and the
+    #: regression's scale onto its spread
+    mean: float
+    gain: float
+    #: the blend's share of the regression and the spread that restores our amplitude
+    share: float
+    spread: float
+    #: True: the engine's values are taken from the face's rest value (faces differ at
+    #: rest: a mouth's width), False: as they are (a mouth at rest is shut)
+    from_rest: bool
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PhoneRidge:
+        if list(d["phones"]) != list(PHONES):
+            raise MouthRidgeError("the mouth model was fitted on another phone set")
+        return cls(np.asarray(d["offsets"], np.int64), np.asarray(d["w_phone"], np.float32),
+                   np.asarray(d["w_level"], np.float32), float(d["bias"]), float(d["mean"]),
+                   float(d["gain"]), float(d["share"]), float(d["spread"]),
+                   bool(d["from_rest"]))
+
+    @property
+    def future_rows(self) -> int:
+        return int(self.offsets.max())
+
+    def predict(self, phones: np.ndarray, levels: np.ndarray, row: int, reach: int) -> float:
+        """The regression's value (deviation from a clip's median) at ``row`` from the
+        rows heard so far (``phones``, ``levels``): see :func:`window`."""
+        ph, lv = window(phones, levels, np.array([row]), self.offsets, reach)
+        k = np.arange(len(self.offsets))
+        return float(self.bias + self.w_phone[k, ph[0]].sum() + (self.w_level * lv[0]).sum())
+
+    def target(self, ours: float, predicted: float, rest: float = 0.0) -> float:
+        """The frame's value: ``ours`` (the visemes') blended with the regression's;
+        ``rest``: the face's value at rest (used when the fit is ``from_rest``)."""
+        base = rest if self.from_rest else 0.0
+        theirs = self.mean + self.gain * predicted
+        mixed = (1.0 - self.share) * (ours - base) + self.share * theirs
+        return max(0.0, base + self.mean + self.spread * (mixed - self.mean))
+
+
+@dataclass(frozen=True)
+class MouthRidge:
+    """The shipped fit: one :class:`PhoneRidge` per target."""
+
+    opening: PhoneRidge
+    width: PhoneRidge
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MouthRidge:
+        if not isinstance(d, dict) or set(d) != set(TARGETS):
+            raise MouthRidgeError(f"the mouth model must hold exactly {', '.join(TARGETS)}")
+        return cls(**{t: PhoneRidge.from_dict(d[t]) for t in TARGETS})
+
+
+SILENCE_ID = PHONES.index("SIL")
+
+
+def window(phones: np.ndarray, levels: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
+           reach: int) -> tuple[np.ndarray, np.ndarray]:
+    """The phone ids and loudness [N, K] the regressions read for each 10 ms row of
+    ``rows`` [N], at ``offsets`` [K] from it: rows beyond ``row + reach`` repeat that row,
+    rows outside what was heard (``phones``, ``levels``) are silence, as the viseme kernel
+    does. The fit (benchmarks/mouth_ridge.py) and the engine read through this alone."""
+    rows = np.asarray(rows, np.int64)[:, None]
+    idx = np.minimum(rows + offsets, rows + reach)
+    n = min(len(phones), len(levels))
+    if n == 0:
+        return np.full(idx.shape, SILENCE_ID, np.int64), np.zeros(idx.shape, np.float32)
+    ok = (idx >= 0) & (idx < n)
+    at = np.clip(idx, 0, n - 1)
+    return (np.where(ok, phones[at], SILENCE_ID).astype(np.int64),
+            np.where(ok, levels[at], 0.0).astype(np.float32))
+
+
+def load(path: str | Path | None = None) -> MouthRidge:
+    """The shipped fit (checked against its pinned hash), or ``path`` (not checked)."""
+    p = FIT_PATH if path is None else Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise MouthRidgeError(f"the mouth model {p} cannot be read: {e}") from e
+    if path is None and hashlib.sha256(raw).hexdigest() != FIT_SHA256:
+        raise MouthRidgeError(f"{p} does not match its pinned SHA-256; rebuild it with "
+                              "`python benchmarks/mouth_ridge.py --write`")
+    try:
+        return MouthRidge.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as e:
+        raise MouthRidgeError(f"{p} is not a mouth model: {e}") from e
+
+
+@lru_cache(maxsize=1)
+def default_model() -> MouthRidge:
+    return load()

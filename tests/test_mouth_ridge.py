@@ -1,0 +1,121 @@
+"""The mouth's opening and width learned from real talking mouths
+(engines.render.mouth_ridge), blended with the visemes' in the default landmark engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+
+import numpy as np
+import pytest
+
+from engines.media.audio_io import load_audio
+from engines.motion.face_motion import N_PARAMS, P, apply
+from engines.render import mouth_ridge
+from engines.render.landmark_default import SpeechLandmarkEngine
+from engines.render.mouth_ridge import mouth_width
+from etf_models.canonical_face import mouth_opening
+
+
+def test_the_shipped_fit_loads_pinned_and_a_foreign_one_is_refused(tmp_path, monkeypatch):
+    m = mouth_ridge.load()
+    for r in (m.opening, m.width):
+        assert r.w_phone.shape == (len(r.offsets), len(mouth_ridge.PHONES))
+        assert r.future_rows <= 4  # at most 40 ms past the anticipated row
+    assert not m.opening.from_rest and m.width.from_rest
+    fit = json.loads(mouth_ridge.FIT_PATH.read_text())
+    changed = tmp_path / "mouth_ridge.json"
+    changed.write_text(json.dumps({**fit, "width": {**fit["width"], "bias": 0.5}}))
+    monkeypatch.setattr(mouth_ridge, "FIT_PATH", changed)
+    with pytest.raises(mouth_ridge.MouthRidgeError, match="SHA-256"):
+        mouth_ridge.load()
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**fit, "opening": {**fit["opening"],
+                                                    "phones": fit["opening"]["phones"][::-1]}}))
+    with pytest.raises(mouth_ridge.MouthRidgeError, match="phone set"):
+        mouth_ridge.load(other)
+    (tmp_path / "half.json").write_text(json.dumps({"opening": fit["opening"]}))
+    with pytest.raises(mouth_ridge.MouthRidgeError, match="exactly opening, width"):
+        mouth_ridge.load(tmp_path / "half.json")
+    (tmp_path / "junk.json").write_text("[]")
+    with pytest.raises(mouth_ridge.MouthRidgeError):
+        mouth_ridge.load(tmp_path / "junk.json")
+
+
+def _landmarks(identity, audio, learned: bool, model=None) -> np.ndarray:
+    eng = SpeechLandmarkEngine(identity.neutral, idle_amplitude=0.0, learned_mouth=learned)
+    if model is not None:
+        eng.mouth_model = model
+    eng.push_audio(audio)
+    eng.flush()
+    return np.array([eng.next_frame()[0] for _ in range(eng.frames_total)])
+
+
+def test_the_learned_mouth_reshapes_the_visemes_without_losing_them(identity):
+    """On the built-in sentence the blends move the mouth differently from the visemes
+    alone, keep their timing (correlated) and their amplitude (spread back to it): the
+    opening and, separately, the width."""
+    audio = load_audio(str(resources.files("engines.audio.assets") / "hello.wav"), 16000)
+    ours = _landmarks(identity, audio, learned=False)
+    blend = _landmarks(identity, audio, learned=True)
+    m = mouth_ridge.default_model()
+    # the learned opening alone: a width "blend" that gives back the engine's own width
+    same_width = dataclasses.replace(m.width, share=0.0, mean=0.0, spread=1.0)
+    opened = _landmarks(identity, audio, learned=True,
+                        model=mouth_ridge.MouthRidge(m.opening, same_width))
+    for measure, before, changed in ((mouth_opening, ours, 0.02), (mouth_width, opened, 0.01)):
+        a, b = measure(before), measure(blend)
+        assert np.abs(b - a).max() > changed, measure.__name__
+        assert np.corrcoef(a, b)[0, 1] > 0.7, measure.__name__
+    assert 0.75 < np.percentile(mouth_opening(blend), 90) / np.percentile(
+        mouth_opening(ours), 90) < 1.3
+    assert 0.6 < np.std(mouth_width(blend)) / np.std(mouth_width(opened)) < 1.6
+
+
+def _held(eng: SpeechLandmarkEngine, identity, phone: str) -> tuple[np.ndarray, np.ndarray]:
+    """A frame in the middle of a long held ``phone`` at speaking loudness: (landmarks,
+    speech parameters) after the learned blends."""
+    eng._phones = np.full(200, mouth_ridge.PHONES.index(phone), np.int16)
+    eng._levels = np.full(200, 0.8, np.float32)
+    eng._slow_level = 0.8  # speaking (the blends fade out in silence)
+    speech = eng.speech_params(1.0)
+    eng.articulate(speech, 0.8, eng.opening_gain)
+    lm = apply(identity.neutral, eng.fields, speech)
+    return eng._learned_mouth(lm, speech, 100), speech
+
+
+def test_rounded_lips_stay_narrower_than_spread_ones(identity):
+    eng = SpeechLandmarkEngine(identity.neutral, idle_amplitude=0.0)
+    rest = float(mouth_width(identity.neutral))
+    w, w_speech = _held(eng, identity, "W")
+    iy, iy_speech = _held(eng, identity, "IY")
+    assert float(mouth_width(w)) < rest - 0.04 < rest + 0.01 < float(mouth_width(iy))
+    # made by rounding alone, or by stretching alone
+    assert w_speech[P["lip_round"]] > 0.2 and w_speech[P["lip_stretch"]] == 0.0
+    assert iy_speech[P["lip_stretch"]] > 0.2 and iy_speech[P["lip_round"]] == 0.0
+
+
+def test_silence_stays_as_it_is_and_pressed_lips_stay_pressed(identity):
+    silent = _landmarks(identity, np.zeros(16000, np.float32), learned=True)
+    assert mouth_opening(silent).max() < 0.01
+    assert np.abs(mouth_width(silent) - mouth_width(identity.neutral)).max() < 1e-3
+    eng = SpeechLandmarkEngine(identity.neutral, idle_amplitude=0.0)
+    speech = np.zeros(N_PARAMS, np.float32)
+    speech[P["lip_press"]] = 1.0
+    lm = identity.neutral.copy()
+    eng._phones = np.full(100, mouth_ridge.PHONES.index("AA"), np.int16)
+    eng._levels = np.full(100, 0.8, np.float32)
+    eng._slow_level = 0.8
+    out = eng._learned_mouth(lm, speech.copy(), 50)
+    assert np.abs(out - lm).max() == 0.0  # a /p b m/ is left alone: opening and width
+    speech[P["lip_press"]] = 0.0
+    speech[P["jaw_open"]] = 0.3
+    lm = apply(identity.neutral, eng.fields, speech)
+    m = eng.mouth_model
+    want = m.opening.target(float(mouth_opening(lm)),
+                            m.opening.predict(eng._phones, eng._levels, 50, 10))
+    out = eng._learned_mouth(lm, speech, 50)
+    assert speech[P["jaw_open"]] >= 0.0
+    # the width's rounding parts the lips a little too: the jaw made the opening asked
+    assert abs(float(mouth_opening(out)) - want) < 0.02
