@@ -113,25 +113,16 @@ def fit(xs: list[np.ndarray], ys: list[np.ndarray], ours: list[np.ndarray],
             "lambda": LAMBDA}
 
 
-def passthrough() -> dict:
-    """A width "regression" that leaves the engine's width as it is (fitting the width
-    needs the engine with the learned opening alone)."""
-    from engines.render.visemes import PHONES
-
-    k = len(OFFSETS)
-    return {"phones": list(PHONES), "offsets": OFFSETS.tolist(),
-            "w_phone": np.zeros((k, len(PHONES))).tolist(), "w_level": [0.0] * k,
-            "bias": 0.0, "mean": 0.0, "gain": 0.0, "share": 0.0, "spread": 1.0,
-            "from_rest": False}
-
-
 def replay(d: dict, n: int, fit_: dict) -> np.ndarray:
     """The engine's landmarks [n,68,2] on what it heard, with the mouth model ``fit_``
-    ({"opening": ..., "width": ...} as the shipped file holds them)."""
-    from engines.render.mouth_ridge import MouthRidge
+    ({"opening": ..., "width": ...} as the shipped file holds them; "width" None: the
+    learned opening alone)."""
+    from engines.render.mouth_ridge import MouthRidge, PhoneRidge
 
     eng = d["engine"]
-    eng.mouth_model = MouthRidge.from_dict(fit_)
+    width = fit_["width"]
+    eng.mouth_model = MouthRidge(PhoneRidge.from_dict(fit_["opening"]),
+                                 None if width is None else PhoneRidge.from_dict(width))
     eng.rewind()
     lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)
     eng.mouth_model = None
@@ -154,7 +145,7 @@ def fit_both(xs, data, clips, ys_open, ys_width) -> dict:
     from etf_models.canonical_face import mouth_opening
 
     opening = fit(xs, ys_open, [mouth_opening(d["visemes"]) for d in data], from_rest=False)
-    ours_w = [mouth_width(replay(d, c["n"], {"opening": opening, "width": passthrough()}))
+    ours_w = [mouth_width(replay(d, c["n"], {"opening": opening, "width": None}))
               - d["rest_width"] for d, c in zip(data, clips, strict=True)]
     return {"opening": opening, "width": fit(xs, ys_width, ours_w, from_rest=True)}
 
@@ -199,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         te = [i for i, c in enumerate(clips) if c["person"] == person]
         both = fit_both([xs[i] for i in tr], [data[i] for i in tr], [clips[i] for i in tr],
                         [ys_open[i] for i in tr], [ys_width[i] for i in tr])
-        only_open = {"opening": both["opening"], "width": passthrough()}
+        only_open = {"opening": both["opening"], "width": None}
         series: dict[str, list[np.ndarray]] = {k: [] for k in (
             "real_o", "real_w", "vis_o", "open_o", "both_o", "open_w", "both_w", "reg_o",
             "reg_w")}
@@ -284,7 +275,7 @@ def devset_clips(full: dict) -> list[dict]:
         lm = frame_landmarks([frames[closed_mouth_frame(real)]])[0]
         neutral = neutralise(apply_affine(similarity_to_canonical(lm), lm).astype(np.float32))[0]
         d = heard(neutral, load_audio(DEVSET / clip, 16000), len(real))
-        lm_open = replay(d, len(real), {"opening": full["opening"], "width": passthrough()})
+        lm_open = replay(d, len(real), {"opening": full["opening"], "width": None})
         lm_both = replay(d, len(real), full)
         def r(x, y):
             return round(best_lag_corr(x, y)[0], 4)

@@ -11,8 +11,8 @@ Timing (P = 1/fps, t0 = the session clock's origin, set when media starts flowin
   ``B`` is the compute budget (``SessionConfig.compute_budget_ms``, one period unless set),
   then a steady cadence.
 - The same audio content is released to the viewer at ``t0 + (r + 1)P + B`` + content
-  time, so the viewer hears chunk ``k`` while frame ``k`` is shown: audio and video leave aligned by
-  construction, and the RTP timestamps (pts on the content clock) say the same.
+  time, so the viewer hears chunk ``k`` while frame ``k`` is shown: audio and video leave
+  aligned by construction, and the RTP timestamps (pts on the content clock) say the same.
 - If compute falls behind, the next tick takes every chunk that became due and renders the
   frames that became ready (at most ``MAX_RENDER_PER_TICK``; older ones are skipped and
   counted as dropped), so latency stays bounded.

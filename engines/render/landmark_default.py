@@ -331,7 +331,7 @@ class SpeechLandmarkEngine:
             speech[P["jaw_open"]] += d
             lm = lm + d * self.fields[P["jaw_open"]]
         weight = gate * (1.0 - closing)
-        if weight <= 0.0:
+        if weight <= 0.0 or m.width is None:
             return lm
         ours = float(mouth_width(lm))
         want = m.width.target(ours, m.width.predict(self._phones, self._levels, row,

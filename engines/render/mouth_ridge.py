@@ -112,7 +112,9 @@ class MouthRidge:
     """The shipped fit: one :class:`PhoneRidge` per target."""
 
     opening: PhoneRidge
-    width: PhoneRidge
+    #: None: the width stays as the visemes and the learned opening make it (the width is
+    #: fitted on that engine)
+    width: PhoneRidge | None
 
     @classmethod
     def from_dict(cls, d: dict) -> MouthRidge:
