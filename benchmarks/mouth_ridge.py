@@ -3,7 +3,8 @@
 Every clip of ``../shared/data/talking`` (dlib's 68 points per frame, as
 ``benchmarks/lipsync_talking.py`` reads them) is heard by the default engine's own phone
 recogniser. Per frame, the features are the phone (one-hot) and loudness of every second
-10 ms row from 200 ms before the frame's anticipated row to 40 ms after it; the targets
+10 ms row from 200 ms before the frame's anticipated row to 40 ms after it (the
+loudness to 60 ms after it: live, it is known that far ahead of the phones); the targets
 are the real opening (inner-lip gap / eye-corner distance) and width (mouth-corner
 distance / eye-corner distance), each against its clip's median. A ridge regression per
 target maps one to the other (:mod:`engines.render.mouth_ridge` runs them), and each is
@@ -41,6 +42,9 @@ from benchmarks.machine import machine_info  # noqa: E402
 FPS = 25.0
 #: 10 ms rows around the frame's anticipated row: -200 ms .. +40 ms, every 20 ms
 OFFSETS = np.arange(-20, 5, 2)
+#: the loudness's rows: to +60 ms, the live recogniser's commit delay (the engine's
+#: LEVEL_LEAD_ROWS), which the loudness is known ahead of the phones
+LEVEL_OFFSETS = np.arange(-20, 7, 2)
 LAMBDA = 300.0
 #: the regression's share of the blend
 SHARE = 0.5
@@ -60,7 +64,8 @@ def heard(neutral: np.ndarray, audio: np.ndarray, n: int) -> dict:
     eng.flush()
     lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)
     return {"phones": np.asarray(eng._phones, np.int64), "levels": np.asarray(eng._levels),
-            "ant": eng.anticipation_s, "reach": eng.coart_future, "visemes": lm,
+            "ant": eng.anticipation_s, "reach": eng.coart_future,
+            "level_reach": eng._level_reach, "visemes": lm,
             "rest_width": float(mouth_width(eng.neutral)), "engine": eng}
 
 
@@ -72,16 +77,17 @@ def _rows(d: dict, n: int) -> np.ndarray:
 
 
 def features(d: dict, n: int) -> np.ndarray:
-    """[n, K * (n_phones + 1)]: per offset the phone one-hot and the loudness (the layout
-    :class:`engines.render.mouth_ridge.PhoneRidge` reads its weights in)."""
+    """[n, K * n_phones + L]: per phone offset its one-hot, then the loudness per level
+    offset (the layout :class:`engines.render.mouth_ridge.PhoneRidge` reads its weights
+    in)."""
     from engines.render.mouth_ridge import window
     from engines.render.visemes import PHONES
 
-    ph, lv = window(d["phones"], d["levels"], _rows(d, n), OFFSETS, d["reach"])
-    out = np.zeros((n, len(OFFSETS), len(PHONES) + 1), np.float32)
+    ph, lv = window(d["phones"], d["levels"], _rows(d, n), OFFSETS, d["reach"],
+                    LEVEL_OFFSETS, d["level_reach"])
+    out = np.zeros((n, len(OFFSETS), len(PHONES)), np.float32)
     out[np.arange(n)[:, None], np.arange(len(OFFSETS))[None, :], ph] = 1.0
-    out[:, :, -1] = lv
-    return out.reshape(n, -1)
+    return np.hstack([out.reshape(n, -1), lv])
 
 
 def fit(xs: list[np.ndarray], ys: list[np.ndarray], ours: list[np.ndarray],
@@ -105,9 +111,11 @@ def fit(xs: list[np.ndarray], ys: list[np.ndarray], ours: list[np.ndarray],
     gain = sd_o / max(float(pred[good].std()), 1e-9)
     mixed = (1 - SHARE) * o[good] + SHARE * (mean + gain * pred[good])
     spread = sd_o / max(float(mixed.std()), 1e-9)
-    wk = w.reshape(len(OFFSETS), len(PHONES) + 1)
+    k = len(OFFSETS) * len(PHONES)
     return {"phones": list(PHONES), "offsets": OFFSETS.tolist(),
-            "w_phone": np.round(wk[:, :-1], 6).tolist(), "w_level": np.round(wk[:, -1], 6).tolist(),
+            "level_offsets": LEVEL_OFFSETS.tolist(),
+            "w_phone": np.round(w[:k].reshape(len(OFFSETS), len(PHONES)), 6).tolist(),
+            "w_level": np.round(w[k:], 6).tolist(),
             "bias": round(bias, 6), "mean": round(mean, 6), "gain": round(gain, 6),
             "share": SHARE, "spread": round(spread, 6), "from_rest": from_rest,
             "lambda": LAMBDA}
@@ -134,7 +142,7 @@ def regression(fit_: dict, d: dict, n: int) -> np.ndarray:
     from engines.render.mouth_ridge import PhoneRidge
 
     m = PhoneRidge.from_dict(fit_)
-    return np.array([m.predict(d["phones"], d["levels"], int(c), d["reach"])
+    return np.array([m.predict(d["phones"], d["levels"], int(c), d["reach"], d["level_reach"])
                      for c in _rows(d, n)])
 
 
@@ -236,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                              if t == "opening" else ("visemes", "regression", "blend"))}
                for t in ("opening", "width")}
     report = {"benchmark": "mouth_ridge", "about": __doc__.split("\n\n")[0].replace("\n", " "),
-              "offsets_rows": OFFSETS.tolist(), "lambda": LAMBDA, "share": SHARE,
+              "offsets_rows": OFFSETS.tolist(), "level_offsets_rows": LEVEL_OFFSETS.tolist(),
+              "lambda": LAMBDA, "share": SHARE,
               "notes": "width 'visemes' is the engine with the learned opening alone (what "
                        "the width blend starts from); widths are taken from each clip's "
                        "median before scoring (faces differ in width at rest)",

@@ -96,6 +96,9 @@ class SpeechLandmarkEngine:
     #: The most anticipation and coarticulation reach the engine takes (ms).
     MAX_ANTICIPATION_MS = 200.0
     MAX_COART_FUTURE_MS = COART_ROWS * ROW_S * 1e3
+    #: The most the learned mouth's loudness rows reach past its phones' (10 ms rows): the
+    #: live recogniser's commit delay.
+    LEVEL_LEAD_ROWS = 6
     #: The viseme targets and the held jaw were drawn by hand and opened the mouth ~1.8x as
     #: far as real talking mouths (inner-lip gap / eye-corner distance, median and 90th
     #: percentile, 13 people of ../shared/data/talking; benchmarks/lipsync_talking.py).
@@ -185,6 +188,17 @@ class SpeechLandmarkEngine:
         #: the learned opening and width blended with the visemes' (None: the visemes alone)
         self.mouth_model: mouth_ridge.MouthRidge | None = (
             mouth_ridge.default_model() if learned_mouth else None)
+        # The loudness is known as soon as the audio arrives, the phones only once the
+        # recogniser commits them: the learned mouth reads the loudness up to the
+        # recogniser's commit delay further ahead, at no extra latency.
+        lead = int(round(self.recognizer.lookahead_ms / 1e3 / ROW_S))
+        self._level_reach = self.coart_future + min(lead, self.LEVEL_LEAD_ROWS)
+        need = self.coart_future
+        for ridge in ([] if self.mouth_model is None else
+                      [self.mouth_model.opening, self.mouth_model.width]):
+            if ridge is not None:
+                need = max(need, min(self._level_reach, ridge.level_future_rows))
+        self._level_rows_needed = need  # loudness rows past a frame's row it waits for
 
         def slope(measure, name: str) -> float:  # the measure's change per unit parameter
             f = self.fields[P[name]]
@@ -260,10 +274,9 @@ class SpeechLandmarkEngine:
         """How many frames can be produced now without waiting for more audio."""
         if self._flushed:
             return self.frames_total - self._frame
-        rows = min(len(self._phones), len(self._levels))
-        last = int(
-            math.floor(((rows - self.coart_future - 1) * ROW_S - self.anticipation_s) * self.fps)
-        )
+        rows = min(len(self._phones) - self.coart_future,
+                   len(self._levels) - self._level_rows_needed)
+        last = int(math.floor(((rows - 1) * ROW_S - self.anticipation_s) * self.fps))
         return max(0, last + 1 - self._frame)
 
     def speech_params(self, t: float) -> np.ndarray:
@@ -325,8 +338,8 @@ class SpeechLandmarkEngine:
         closing = min(1.0, float(speech[P["lip_press"]] + speech[P["labiodental"]]))
         if closing < 0.5:
             ours = float(mouth_opening(lm))
-            want = m.opening.target(ours, m.opening.predict(self._phones, self._levels, row,
-                                                            self.coart_future))
+            want = m.opening.target(ours, m.opening.predict(
+                self._phones, self._levels, row, self.coart_future, self._level_reach))
             d = max(gate * (want - ours) / self._jaw_slope, -float(speech[P["jaw_open"]]))
             speech[P["jaw_open"]] += d
             lm = lm + d * self.fields[P["jaw_open"]]
@@ -334,8 +347,9 @@ class SpeechLandmarkEngine:
         if weight <= 0.0 or m.width is None:
             return lm
         ours = float(mouth_width(lm))
-        want = m.width.target(ours, m.width.predict(self._phones, self._levels, row,
-                                                    self.coart_future), self._rest_width)
+        want = m.width.target(ours, m.width.predict(
+            self._phones, self._levels, row, self.coart_future, self._level_reach),
+            self._rest_width)
         # narrower: less stretch first, then more rounding; wider: the other way round
         r, s = float(speech[P["lip_round"]]), float(speech[P["lip_stretch"]])
         dw = weight * (want - ours)

@@ -7,9 +7,9 @@ Real mouths move with the whole stretch of speech around a frame: a vowel after 
 opens wider than the same vowel between two closures, and lips round ahead of a /w/ or an
 /uw/ over the phones before it. Here two ridge regressions, fitted by
 ``benchmarks/mouth_ridge.py --write`` on the real mouths of ``../shared/data/talking``,
-read the phones the engine's recogniser heard and their loudness from 200 ms before a
-frame to 40 ms after it (the engine's own anticipation included) and predict, per frame
-and against the clip's median:
+read the phones the engine's recogniser heard from 200 ms before a frame to 40 ms after
+it (the engine's own anticipation included), and the loudness to 60 ms after it, and
+predict, per frame and against the clip's median:
 
 * ``opening``: the inner-lip gap over the eye-corner distance (:func:`mouth_opening`);
 * ``width``: the mouth corners' distance over the eye-corner distance (:func:`mouth_width`).
@@ -19,9 +19,12 @@ becomes the mean of its own and the regression's (the regression's scaled to the
 spread around the same mean, both taken from the face's rest value where the fit says
 so), spread back to the engine's own amplitude. The jaw makes up the opening's difference
 and lip rounding or stretching the width's (neither under /p b m f v/, which close the
-lips). Left out person by person, each blend follows the real mouth better than the
-visemes alone (benchmarks/results/mouth_ridge.json). The file holds per-phone numbers
-only, no image.
+lips). The loudness reaches further ahead than the phones because it is known as soon
+as the audio arrives, while the recogniser commits phones a fixed delay (60 ms live)
+behind it: live, where the phones stop at the frame's own row, the jaw still moves with
+the sound about to come, at no extra latency. Left out person by person, each blend
+follows the real mouth better than the visemes alone
+(benchmarks/results/mouth_ridge.json). The file holds per-phone numbers only, no image.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from etf_models.canonical_face import mouth_opening
 
 FIT_PATH = Path(__file__).with_name("mouth_ridge.json")
 #: The shipped fit is pinned: another file is refused, never silently used.
-FIT_SHA256 = "3825f567e6b596ba239067efe26403a7fab8eae343a2808a9dbf4919d015ee07"
+FIT_SHA256 = "fbb04142ac9559aebf122023f2a1b5b1f070588c67b49119436fb75b9f2d4ce1"
 #: What each regression predicts, in the file's order.
 TARGETS = ("opening", "width")
 
@@ -65,7 +68,7 @@ class PhoneRidge:
 
     offsets: np.ndarray  # [K] int: 10 ms rows relative to the frame's (anticipated) row
     w_phone: np.ndarray  # [K, n_phones]
-    w_level: np.ndarray  # [K]
+    w_level: np.ndarray  # [L]
     bias: float
     #: the engine's value's mean (from the face's rest value when ``from_rest``) and the
     #: regression's scale onto its spread
@@ -77,24 +80,38 @@ class PhoneRidge:
     #: True: the engine's values are taken from the face's rest value (faces differ at
     #: rest: a mouth's width), False: as they are (a mouth at rest is shut)
     from_rest: bool
+    #: [L] int: the loudness rows read, relative to the same row; they may reach further
+    #: ahead than the phones' (the loudness of the audio is known as soon as it arrives,
+    #: the phones only once the recogniser commits them)
+    level_offsets: np.ndarray
 
     @classmethod
     def from_dict(cls, d: dict) -> PhoneRidge:
         if list(d["phones"]) != list(PHONES):
             raise MouthRidgeError("the mouth model was fitted on another phone set")
-        return cls(np.asarray(d["offsets"], np.int64), np.asarray(d["w_phone"], np.float32),
-                   np.asarray(d["w_level"], np.float32), float(d["bias"]), float(d["mean"]),
-                   float(d["gain"]), float(d["share"]), float(d["spread"]),
-                   bool(d["from_rest"]))
+        ridge = cls(np.asarray(d["offsets"], np.int64), np.asarray(d["w_phone"], np.float32),
+                    np.asarray(d["w_level"], np.float32), float(d["bias"]), float(d["mean"]),
+                    float(d["gain"]), float(d["share"]), float(d["spread"]),
+                    bool(d["from_rest"]), np.asarray(d["level_offsets"], np.int64))
+        if (ridge.w_phone.shape != (len(ridge.offsets), len(PHONES))
+                or ridge.w_level.shape != ridge.level_offsets.shape):
+            raise MouthRidgeError("the mouth model's weights do not match its rows")
+        return ridge
 
     @property
     def future_rows(self) -> int:
         return int(self.offsets.max())
 
-    def predict(self, phones: np.ndarray, levels: np.ndarray, row: int, reach: int) -> float:
+    @property
+    def level_future_rows(self) -> int:
+        return int(self.level_offsets.max())
+
+    def predict(self, phones: np.ndarray, levels: np.ndarray, row: int, reach: int,
+                level_reach: int | None = None) -> float:
         """The regression's value (deviation from a clip's median) at ``row`` from the
         rows heard so far (``phones``, ``levels``): see :func:`window`."""
-        ph, lv = window(phones, levels, np.array([row]), self.offsets, reach)
+        ph, lv = window(phones, levels, np.array([row]), self.offsets, reach,
+                        self.level_offsets, level_reach)
         k = np.arange(len(self.offsets))
         return float(self.bias + self.w_phone[k, ph[0]].sum() + (self.w_level * lv[0]).sum())
 
@@ -127,20 +144,28 @@ SILENCE_ID = PHONES.index("SIL")
 
 
 def window(phones: np.ndarray, levels: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
-           reach: int) -> tuple[np.ndarray, np.ndarray]:
-    """The phone ids and loudness [N, K] the regressions read for each 10 ms row of
-    ``rows`` [N], at ``offsets`` [K] from it: rows beyond ``row + reach`` repeat that row,
-    rows outside what was heard (``phones``, ``levels``) are silence, as the viseme kernel
-    does. The fit (benchmarks/mouth_ridge.py) and the engine read through this alone."""
+           reach: int, level_offsets: np.ndarray | None = None,
+           level_reach: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The phone ids [N, K] and loudness [N, L] the regressions read for each 10 ms row of
+    ``rows`` [N]: phones at ``offsets`` [K] from it, loudness at ``level_offsets`` [L]
+    (default the same); phone rows beyond ``row + reach`` repeat that row, loudness rows
+    beyond ``row + level_reach`` (default ``reach``) that one; rows outside what was
+    heard (``phones``, ``levels``) are silence, as the viseme kernel does. The fit
+    (benchmarks/mouth_ridge.py) and the engine read through this alone."""
     rows = np.asarray(rows, np.int64)[:, None]
-    idx = np.minimum(rows + offsets, rows + reach)
-    n = min(len(phones), len(levels))
-    if n == 0:
-        return np.full(idx.shape, SILENCE_ID, np.int64), np.zeros(idx.shape, np.float32)
-    ok = (idx >= 0) & (idx < n)
-    at = np.clip(idx, 0, n - 1)
-    return (np.where(ok, phones[at], SILENCE_ID).astype(np.int64),
-            np.where(ok, levels[at], 0.0).astype(np.float32))
+    level_offsets = offsets if level_offsets is None else level_offsets
+    level_reach = reach if level_reach is None else level_reach
+    pi = np.minimum(rows + offsets, rows + reach)
+    li = np.minimum(rows + level_offsets, rows + level_reach)
+    ph = np.full(pi.shape, SILENCE_ID, np.int64)
+    lv = np.zeros(li.shape, np.float32)
+    if len(phones):
+        ok = (pi >= 0) & (pi < len(phones))
+        ph = np.where(ok, phones[np.clip(pi, 0, len(phones) - 1)], SILENCE_ID).astype(np.int64)
+    if len(levels):
+        ok = (li >= 0) & (li < len(levels))
+        lv = np.where(ok, levels[np.clip(li, 0, len(levels) - 1)], 0.0).astype(np.float32)
+    return ph, lv
 
 
 def load(path: str | Path | None = None) -> MouthRidge:
