@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -266,6 +268,45 @@ def test_teeth_colour_from_lips_is_a_warm_white(lip):
     assert (t.max() - t.min()) / t.max() <= texture_warp.TEETH_MAX_SATURATION + 1e-6
     assert t.max() <= 248.0
     assert t.mean() > 1.2 * np.mean(lip) or t.max() >= 247.0
+
+
+def test_teeth_in_the_photos_light_come_from_the_whites_of_the_eyes_too():
+    """Red lipstick says nothing of the light: the teeth made from such lips alone were a
+    dim pink (the devset's red-lipped speakers' real teeth are near white, measured in
+    benchmarks/teeth_light.py). With both eyes' whites shown the teeth are the brighter of
+    the two estimates; whites that are dark (a squint), coloured (a red eye, a painted
+    eye) or unlike each other are not used."""
+    red = np.array([152.0, 63.0, 75.0])
+    white = np.array([203.0, 189.0, 190.0])
+    from_lips = texture_warp.teeth_from_lips(red)
+    t = texture_warp.teeth_in_light(red, [white, white * 0.97])
+    assert t.mean() > 1.2 * from_lips.mean() and t.mean() > 200
+    assert (t.max() - t.min()) / t.max() < 0.05  # a white, not pink
+    assert (from_lips.max() - from_lips.min()) / from_lips.max() > 0.2
+    for whites in ([white], [white, np.array([203.0, 80.0, 66.0])],
+                   [white, 0.5 * white], [0.5 * white, 0.5 * white]):
+        assert np.array_equal(texture_warp.teeth_in_light(red, whites), from_lips)
+    # bare lips that already say more light than dim whites keep their own
+    bare = np.array([206.0, 151.0, 140.0])
+    assert np.array_equal(texture_warp.teeth_in_light(bare, [0.6 * white] * 2),
+                          texture_warp.teeth_from_lips(bare))
+
+
+TEETH_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "talking"
+
+
+@pytest.mark.skipif(not TEETH_DATA.is_dir(), reason="needs ../shared/data/talking")
+def test_the_teeth_over_white_ratio_is_what_the_real_clips_give(tmp_path):
+    import json
+
+    from benchmarks import teeth_light
+
+    teeth_light.main(["-o", str(tmp_path / "t.json")])
+    got = json.loads((tmp_path / "t.json").read_text())
+    assert got["teeth_over_sclera_rgb_everyone"] == texture_warp.TEETH_OVER_SCLERA.tolist()
+    held = got["leave_one_person_out"]
+    assert (held["brighter"]["luminance_abs_log_median"]
+            < held["lips"]["luminance_abs_log_median"])
 
 
 def test_mouth_colour_constants_are_the_measured_ones():

@@ -69,6 +69,9 @@ class Eyeball:
     sclera: np.ndarray  # [3] RGB
     iris_colour: np.ndarray  # [3] RGB
     opening: float  # upper to lower lid, px
+    #: the white was measured in the photo (False: too little of it shows; ``sclera`` is
+    #: then a guess)
+    sclera_measured: bool = False
 
 
 def _ring_curve(ring: np.ndarray) -> np.ndarray:
@@ -165,7 +168,8 @@ def prepare_eyes(image: np.ndarray, lm_roi: np.ndarray,
         iris = iris + (x0, y0, 0.0)
         out.append(Eyeball(ring=ring, src_ring=pts, origin=np.array([x0, y0], np.float64),
                            patch=patch, iris=iris, sclera=sclera.astype(np.float32),
-                           iris_colour=iris_colour.astype(np.float32), opening=opening))
+                           iris_colour=iris_colour.astype(np.float32), opening=opening,
+                           sclera_measured=len(white_px) >= 6))
     return tuple(out)
 
 

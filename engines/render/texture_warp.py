@@ -79,6 +79,9 @@ LOWER_TEETH_BOUNDS = np.array([0.0, 0.085, 0.17, 0.26, 0.34, 0.42, 0.49, 0.55, 0
 #: lips' colour times CAVITY_OVER_LIP (a dark red, not black).
 TEETH_OVER_LIP = np.array([1.232, 1.764, 1.756])
 TEETH_MAX_SATURATION = 0.283
+#: Real teeth against the whites of the same person's eyes (the brightest 8% of the open
+#: mouth's interior over the eyes' white; benchmarks/teeth_light.py, 13 people)
+TEETH_OVER_SCLERA = np.array([1.256, 1.358, 1.354])
 #: ... and taken down to TEETH_LEVEL of it: TEETH_OVER_LIP is the teeth's highlight, and
 #: ours showed it over the whole row, the upper teeth's bands 1.2-1.55x the lips against
 #: real mouths' 0.9-1.24 (benchmarks/mouth_profile.py; fitted on the mouth model's training
@@ -190,7 +193,10 @@ def teeth_from_lips(lip: np.ndarray) -> np.ndarray:
     TEETH_MAX_SATURATION, below white. The lips sit in the mouth's own light; the eyelids,
     often shadowed or made up, misjudged it (people_0's and art_1's teeth came out
     grey-blue)."""
-    t = np.asarray(lip, np.float64) * TEETH_OVER_LIP * TEETH_LEVEL
+    return _warm_white(np.asarray(lip, np.float64) * TEETH_OVER_LIP * TEETH_LEVEL)
+
+
+def _warm_white(t: np.ndarray) -> np.ndarray:
     # teeth are a yellowish white (R >= G >= B): pale pink lips times the ratio came out
     # green-white, the ratio being fitted on redder lips
     t = np.minimum.accumulate(t)
@@ -199,6 +205,41 @@ def teeth_from_lips(lip: np.ndarray) -> np.ndarray:
         k = TEETH_MAX_SATURATION / sat
         t = t.max() - (t.max() - t) * k
     return (t * min(1.0, 248.0 / max(float(t.max()), 1.0))).astype(np.float32)
+
+
+def teeth_from_sclera(sclera: np.ndarray) -> np.ndarray:
+    """The teeth's colour in a photo, from the whites of its eyes: the eyes' white times the
+    real teeth-over-white ratio (TEETH_OVER_SCLERA), then made a warm white below white as
+    :func:`teeth_from_lips` does. The whites are a near-white surface in the photo's own
+    light whatever the lips' colour or make-up (red lipstick gave pink teeth)."""
+    return _warm_white(np.asarray(sclera, np.float64) * TEETH_OVER_SCLERA * TEETH_LEVEL)
+
+
+def teeth_in_light(lip: np.ndarray, whites: list[np.ndarray]) -> np.ndarray:
+    """The teeth's colour in a photo from its lips' colour and the whites of its eyes (one
+    colour per eye where the photo shows them). Each source fails by coming out too dark:
+    lipstick darkens the lips and says nothing of the light (red lips gave pink teeth);
+    lashes, a squint or the brows' shadow darken the whites. So the brighter of the two,
+    the whites used only when both eyes show them, alike and not coloured (a red-eye or a
+    painted eye is no white). Left out person by person on 13 real people this predicts
+    their teeth's brightness better than either (benchmarks/teeth_light.py)."""
+    teeth = teeth_from_lips(lip)
+    if len(whites) != 2:
+        return teeth
+    w = np.asarray(whites, np.float64)
+    lum = w.mean(1)
+    sat = (w.max(1) - w.min(1)) / np.maximum(w.max(1), 1.0)
+    if sat.max() > WHITE_MAX_SATURATION or lum.max() > WHITES_AGREE * lum.min():
+        return teeth
+    other = teeth_from_sclera(np.median(w, axis=0))
+    return other if other.mean() > teeth.mean() else teeth
+
+
+#: the whites of the eyes count when neither is more saturated than this (the real
+#: people's measured whites: 0.07-0.44) and the brighter is at most WHITES_AGREE times the
+#: other
+WHITE_MAX_SATURATION = 0.45
+WHITES_AGREE = 1.5
 
 
 def _separate_lips(lm: np.ndarray, min_gap: float) -> np.ndarray:
@@ -321,14 +362,13 @@ def prepare(
         band = np.vstack([top, (0.6 * top + 0.4 * lm_roi[brow][[3, 1]])])
         col = _polygon_median(roi_img, band[[0, 1, 3, 2]])
         lids.append(col if col is not None else lip)
-    teeth = teeth_from_lips(lip)
+    blur, grain = photo_softness(roi_img, lm_roi)
+    eyes = eyeball.prepare_eyes(roi_img, lm_roi, _irises(identity, canon_to_roi))
+    teeth = teeth_in_light(lip, [e.sclera for e in eyes if e.sclera_measured])
     if identity.expression[:2].sum() > 0.3:  # open mouth in the photo: its own teeth, if bright
         inner = _polygon_median(roi_img, lm_roi[INNER_LIP_RING])
         if inner is not None and inner.mean() > lip.mean():
             teeth = inner
-
-    blur, grain = photo_softness(roi_img, lm_roi)
-    eyes = eyeball.prepare_eyes(roi_img, lm_roi, _irises(identity, canon_to_roi))
     roi_img = _close_photo_mouth(roi_img, lm_roi)
 
     # Paste-back weight: 1 inside, smooth to 0 over the outer band where the warp is ~0.
