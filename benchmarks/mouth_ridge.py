@@ -11,7 +11,11 @@ target maps one to the other (:mod:`engines.render.mouth_ridge` runs them), and 
 blended half and half with the visemes' own (the regression's scaled to the visemes'
 spread, the mix spread back to the visemes' amplitude). The opening regression is fitted
 on the visemes alone; the width's on the engine with the learned opening, which it
-follows in the engine.
+follows in the engine. Real mouths widen further than the visemes (the 90th percentile
+of the width against its clip's median, per person), so the width blend spreads further
+above its mean: k times, k from WIDEN_GRID such that the median person's widening is the
+real one's (fitted on everyone, like the opening's gain; the choice leaving each person
+out is reported too).
 
 Scored leave one person out: for each person the regressions and the blends' constants
 come from the others only; reported per person, the correlation with the real mouth (best
@@ -48,6 +52,10 @@ LEVEL_OFFSETS = np.arange(-20, 7, 2)
 LAMBDA = 300.0
 #: the regression's share of the blend
 SHARE = 0.5
+#: how much wider than the visemes' the width blend may spread above its mean (real
+#: mouths widen further than the visemes do, and narrow about as far): the k whose
+#: widening matches the real people's is chosen
+WIDEN_GRID = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5)
 OUT = ROOT / "benchmarks" / "results" / "mouth_ridge.json"
 TALKING = ROOT.parent / "shared" / "data" / "talking"
 SHARDS = Path.home() / ".cache" / "etf" / "talking-shards"
@@ -158,6 +166,47 @@ def fit_both(xs, data, clips, ys_open, ys_width) -> dict:
     return {"opening": opening, "width": fit(xs, ys_width, ours_w, from_rest=True)}
 
 
+def widened(fit_: dict, k: float) -> dict:
+    """``fit_`` with the width blend's spread above its mean ``k`` times as wide (below it
+    as it was)."""
+    w = dict(fit_["width"])
+    w["spread_below"] = w.get("spread_below") or w["spread"]
+    w["spread"] = round(w["spread_below"] * k, 6)
+    return {**fit_, "width": w}
+
+
+def widen_table(fit_: dict, data, clips, widths) -> dict:
+    """For each k of WIDEN_GRID, per person the engine's widening (the 90th percentile of
+    its width against the clip's median) over the real one's, and the same for narrowing
+    (10th percentile)."""
+    from engines.render.mouth_ridge import mouth_width
+
+    people = sorted({c["person"] for c in clips})
+    out = {"grid": list(WIDEN_GRID), "people": people, "p90_ratio": [], "p10_ratio": []}
+    for k in WIDEN_GRID:
+        f = widened(fit_, k)
+        ours: dict[str, list] = {p: [] for p in people}
+        real: dict[str, list] = {p: [] for p in people}
+        for d, c, w in zip(data, clips, widths, strict=True):
+            ours[c["person"]].append(centred(mouth_width(replay(d, c["n"], f))))
+            real[c["person"]].append(centred(w))
+        o = {p: np.concatenate(v) for p, v in ours.items()}
+        r = {p: np.concatenate(v) for p, v in real.items()}
+        out["p90_ratio"].append([round(float(np.percentile(o[p], 90)
+                                             / np.nanpercentile(r[p], 90)), 3) for p in people])
+        out["p10_ratio"].append([round(float(np.percentile(o[p], 10)
+                                             / np.nanpercentile(r[p], 10)), 3) for p in people])
+    return out
+
+
+def widen_choice(table: dict, leave_out: str | None = None) -> float:
+    """The k whose median widening over the people (but ``leave_out``) is nearest the real
+    one's."""
+    keep = [i for i, p in enumerate(table["people"]) if p != leave_out]
+    med = [abs(np.median(np.array(row)[keep]) - 1.0) for row in table["p90_ratio"]]
+    return float(table["grid"][int(np.argmin(med))])
+
+
 def real_width(c: dict) -> np.ndarray:
     """The clip's real mouth width per frame (NaN where untracked)."""
     from engines.render.mouth_ridge import mouth_width
@@ -191,13 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     widths = [real_width(c) for c in clips]
     ys_width = [w - np.nanmedian(w) for w in widths]
     people = sorted({c["person"] for c in clips})
+    full = fit_both(xs, data, clips, ys_open, ys_width)
+    widen = widen_table(full, data, clips, widths)
+    k = widen_choice(widen)
+    widen["chosen"] = k
+    widen["chosen_leaving_each_person_out"] = {p: widen_choice(widen, p) for p in people}
+    print("widening:", json.dumps(widen), flush=True)
+    full = widened(full, k)
     gap = np.full(8, np.nan)
     rows = []
     for person in people:
         tr = [i for i, c in enumerate(clips) if c["person"] != person]
         te = [i for i, c in enumerate(clips) if c["person"] == person]
-        both = fit_both([xs[i] for i in tr], [data[i] for i in tr], [clips[i] for i in tr],
-                        [ys_open[i] for i in tr], [ys_width[i] for i in tr])
+        both = widened(fit_both([xs[i] for i in tr], [data[i] for i in tr],
+                                [clips[i] for i in tr], [ys_open[i] for i in tr],
+                                [ys_width[i] for i in tr]), k)
         only_open = {"opening": both["opening"], "width": None}
         series: dict[str, list[np.ndarray]] = {k: [] for k in (
             "real_o", "real_w", "vis_o", "open_o", "both_o", "open_w", "both_w", "reg_o",
@@ -228,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             "width": {"visemes": score(j["open_w"], j["real_w"])["corr"],
                       "regression": score(j["reg_w"], j["real_w"])["corr"],
                       "blend": score(j["both_w"], j["real_w"])["corr"],
+                      "widening_ratio_blend": round(float(
+                          np.nanpercentile(j["both_w"], 90) / np.nanpercentile(j["real_w"], 90)),
+                          3),
+                      "narrowing_ratio_blend": round(float(
+                          np.nanpercentile(j["both_w"], 10) / np.nanpercentile(j["real_w"], 10)),
+                          3),
                       "sd_ratio_blend": round(float(np.nanstd(j["both_w"])
                                                     / np.nanstd(j["open_w"])), 3)},
         })
@@ -236,12 +299,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{o['regression']:.3f} blend {o['blend']:.3f} (+width {o['blend_with_width']:.3f})"
               f"  width: visemes {w['visemes']:.3f} regression {w['regression']:.3f} "
               f"blend {w['blend']:.3f}", flush=True)
-    full = fit_both(xs, data, clips, ys_open, ys_width)
     devset = devset_clips(full)
     summary = {t: {k: {"median": round(float(np.median([r[t][k] for r in rows])), 4),
                        "mean": round(float(np.mean([r[t][k] for r in rows])), 4)}
                    for k in (("visemes", "regression", "blend", "blend_with_width")
-                             if t == "opening" else ("visemes", "regression", "blend"))}
+                             if t == "opening" else ("visemes", "regression", "blend",
+                                                     "widening_ratio_blend",
+                                                     "narrowing_ratio_blend"))}
                for t in ("opening", "width")}
     report = {"benchmark": "mouth_ridge", "about": __doc__.split("\n\n")[0].replace("\n", " "),
               "offsets_rows": OFFSETS.tolist(), "level_offsets_rows": LEVEL_OFFSETS.tolist(),
@@ -250,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                        "the width blend starts from); widths are taken from each clip's "
                        "median before scoring (faces differ in width at rest)",
               "people": len(people), "leave_one_person_out": summary, "per_person": rows,
+              "widening": widen,
               "devset_fit_on_everyone": devset, "seconds": round(time.time() - t0, 1),
               "machine": machine_info()}
     args.output.write_text(json.dumps(report, indent=1) + "\n")

@@ -68,7 +68,12 @@ def test_the_learned_mouth_reshapes_the_visemes_without_losing_them(identity):
         assert np.corrcoef(a, b)[0, 1] > 0.7, measure.__name__
     assert 0.75 < np.percentile(mouth_opening(blend), 90) / np.percentile(
         mouth_opening(ours), 90) < 1.3
-    assert 0.6 < np.std(mouth_width(blend)) / np.std(mouth_width(opened)) < 1.6
+    # the width narrows about as far as the visemes' and widens further, as real mouths
+    # do (benchmarks/mouth_ridge.py: the visemes widened half as far as real people)
+    wb, wo = mouth_width(blend), mouth_width(opened)
+    rest = float(mouth_width(identity.neutral))
+    assert 0.6 < (rest - wb.min()) / (rest - wo.min()) < 1.6
+    assert 1.3 < (wb.max() - rest) / (wo.max() - rest) < 3.5
 
 
 def _held(eng: SpeechLandmarkEngine, identity, phone: str) -> tuple[np.ndarray, np.ndarray]:

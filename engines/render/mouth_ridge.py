@@ -17,7 +17,9 @@ predict, per frame and against the clip's median:
 The engine keeps its visemes and blends each with its regression: the frame's value
 becomes the mean of its own and the regression's (the regression's scaled to the same
 spread around the same mean, both taken from the face's rest value where the fit says
-so), spread back to the engine's own amplitude. The jaw makes up the opening's difference
+so), spread back to the engine's own amplitude (the width's widening further: real mouths
+widen about 2.5 times as far beyond their median as the visemes do, and narrow about as
+far). The jaw makes up the opening's difference
 and lip rounding or stretching the width's (neither under /p b m f v/, which close the
 lips). The loudness reaches further ahead than the phones because it is known as soon
 as the audio arrives, while the recogniser commits phones a fixed delay (60 ms live)
@@ -42,7 +44,7 @@ from etf_models.canonical_face import mouth_opening
 
 FIT_PATH = Path(__file__).with_name("mouth_ridge.json")
 #: The shipped fit is pinned: another file is refused, never silently used.
-FIT_SHA256 = "fbb04142ac9559aebf122023f2a1b5b1f070588c67b49119436fb75b9f2d4ce1"
+FIT_SHA256 = "2e2b0a283ca82b1b204ec11ab6ea1afbb65d969f46c120ac7d4476aff0c3a26e"
 #: What each regression predicts, in the file's order.
 TARGETS = ("opening", "width")
 
@@ -84,6 +86,9 @@ class PhoneRidge:
     #: ahead than the phones' (the loudness of the audio is known as soon as it arrives,
     #: the phones only once the recogniser commits them)
     level_offsets: np.ndarray
+    #: the spread below the mean, where it differs from ``spread`` above it (real mouths
+    #: widen further than they narrow around their median); None: the same
+    spread_below: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> PhoneRidge:
@@ -92,7 +97,8 @@ class PhoneRidge:
         ridge = cls(np.asarray(d["offsets"], np.int64), np.asarray(d["w_phone"], np.float32),
                     np.asarray(d["w_level"], np.float32), float(d["bias"]), float(d["mean"]),
                     float(d["gain"]), float(d["share"]), float(d["spread"]),
-                    bool(d["from_rest"]), np.asarray(d["level_offsets"], np.int64))
+                    bool(d["from_rest"]), np.asarray(d["level_offsets"], np.int64),
+                    None if d.get("spread_below") is None else float(d["spread_below"]))
         if (ridge.w_phone.shape != (len(ridge.offsets), len(PHONES))
                 or ridge.w_level.shape != ridge.level_offsets.shape):
             raise MouthRidgeError("the mouth model's weights do not match its rows")
@@ -121,7 +127,9 @@ class PhoneRidge:
         base = rest if self.from_rest else 0.0
         theirs = self.mean + self.gain * predicted
         mixed = (1.0 - self.share) * (ours - base) + self.share * theirs
-        return max(0.0, base + self.mean + self.spread * (mixed - self.mean))
+        spread = (self.spread if mixed >= self.mean or self.spread_below is None
+                  else self.spread_below)
+        return max(0.0, base + self.mean + spread * (mixed - self.mean))
 
 
 @dataclass(frozen=True)
