@@ -37,3 +37,22 @@ def synth_speech(text: str, path: Path, voice: str = "slt", pad_s: float = 0.6) 
     speech = load_audio(raw, 16000)
     pad = np.zeros(int(pad_s * 16000), np.float32)
     return np.concatenate([pad, speech, pad])
+
+
+def streamed_landmarks(neutral: np.ndarray, speech: np.ndarray, chunk: int,
+                       **engine_kw) -> np.ndarray:
+    """The default landmark engine's frames [n,68,2] on ``speech`` pushed ``chunk`` samples
+    at a time, each frame taken as soon as it is ready (as a live session does), then the
+    rest after the end of the stream."""
+    from engines.render.landmark_default import SpeechLandmarkEngine
+
+    e = SpeechLandmarkEngine(neutral, 25.0, **engine_kw)
+    out = []
+    for i in range(0, len(speech), chunk):
+        e.push_audio(speech[i:i + chunk])
+        while e.frames_ready() > 0:
+            out.append(e.next_frame(None)[0])
+    e.flush()
+    while e.frames_ready() > 0:
+        out.append(e.next_frame(None)[0])
+    return np.array(out)

@@ -129,7 +129,7 @@ def test_the_loudness_is_read_ahead_of_the_phones_at_no_extra_latency(identity, 
     known at once: the learned mouth reads the loudness that much further ahead (the
     jaw moves before the phones are in), the declared lookahead stays 100 ms, and the
     frames do not depend on how the audio is chunked."""
-    from conftest import synth_speech
+    from conftest import streamed_landmarks, synth_speech
 
     live = dict(phone_lookahead_ms=60, coart_future_ms=0)
     eng = SpeechLandmarkEngine(identity.neutral, 25.0, **live)
@@ -145,18 +145,6 @@ def test_the_loudness_is_read_ahead_of_the_phones_at_no_extra_latency(identity, 
     assert m.predict(phones, quiet_ahead, 100, 0, 0) == m.predict(phones, levels, 100, 0, 0)
 
     speech = synth_speech("Bob bought a map of the moon.", tmp_path / "s.wav")
-
-    def run(chunk: int) -> np.ndarray:
-        e = SpeechLandmarkEngine(identity.neutral, 25.0, **live)
-        out = []
-        for i in range(0, len(speech), chunk):
-            e.push_audio(speech[i:i + chunk])
-            while e.frames_ready() > 0:
-                out.append(e.next_frame(None)[0])
-        e.flush()
-        while e.frames_ready() > 0:
-            out.append(e.next_frame(None)[0])
-        return np.array(out)
-
-    a, b = run(320), run(4000)
+    a = streamed_landmarks(identity.neutral, speech, 320, **live)
+    b = streamed_landmarks(identity.neutral, speech, 4000, **live)
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import synth_speech
+from conftest import streamed_landmarks, synth_speech
 
 from engines.motion.emotion_state import EmotionState
 from engines.motion.face_motion import P
@@ -122,22 +122,10 @@ def test_shorter_coarticulation_reach_is_chunking_independent(identity, tmp_path
     from engines.render.landmark_default import SpeechLandmarkEngine
 
     speech = synth_speech("Bob bought a map of the moon.", tmp_path / "s.wav")
-
-    def run(chunk: int) -> np.ndarray:
-        e = SpeechLandmarkEngine(identity.neutral, 25.0, phone_lookahead_ms=100,
-                                 coart_future_ms=60)
-        out = []
-        for i in range(0, len(speech), chunk):
-            e.push_audio(speech[i:i + chunk])
-            while e.frames_ready() > 0:
-                out.append(e.next_frame(None)[0])
-        e.flush()
-        while e.frames_ready() > 0:
-            out.append(e.next_frame(None)[0])
-        assert e.lookahead_ms == 200.0
-        return np.array(out)
-
-    a, b = run(320), run(4000)
+    old = {"phone_lookahead_ms": 100, "coart_future_ms": 60}
+    assert SpeechLandmarkEngine(identity.neutral, 25.0, **old).lookahead_ms == 200.0
+    a = streamed_landmarks(identity.neutral, speech, 320, **old)
+    b = streamed_landmarks(identity.neutral, speech, 4000, **old)
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="coart_future_ms"):
         SpeechLandmarkEngine(identity.neutral, 25.0, coart_future_ms=150)
