@@ -72,6 +72,9 @@ class Eyeball:
     #: the white was measured in the photo (False: too little of it shows; ``sclera`` is
     #: then a guess)
     sclera_measured: bool = False
+    #: [3] RGB: the median of the white's brightest tenth (the light falling on the eye,
+    #: what the teeth's colour is taken from; ``sclera``, the fill's, is its typical white)
+    white_top: np.ndarray | None = None
 
 
 def _ring_curve(ring: np.ndarray) -> np.ndarray:
@@ -145,8 +148,11 @@ def prepare_eyes(image: np.ndarray, lm_roi: np.ndarray,
         if len(white_px) >= 6:
             lum = white_px.mean(axis=1)
             sclera = np.median(white_px[lum >= np.median(lum)], axis=0)
+            # the light on the eye: its brightest tenth of white, clear of lash shadow
+            white_top = np.median(white_px[lum >= np.percentile(lum, 90)], axis=0)
         else:  # a narrow eye shows no white to measure: a dim off-white at the skin's light
             sclera = np.array([205.0, 196.0, 188.0]) * min(1.0, rgb.mean() / 150.0)
+            white_top = sclera
         cols = np.full((rgb.shape[1], 3), np.nan)
         white = core & (r > 1.15) & (rgb.mean(axis=2) >= rgb[core].mean(axis=1).mean())
         for x in np.flatnonzero(white.any(axis=0)):
@@ -169,7 +175,8 @@ def prepare_eyes(image: np.ndarray, lm_roi: np.ndarray,
         out.append(Eyeball(ring=ring, src_ring=pts, origin=np.array([x0, y0], np.float64),
                            patch=patch, iris=iris, sclera=sclera.astype(np.float32),
                            iris_colour=iris_colour.astype(np.float32), opening=opening,
-                           sclera_measured=len(white_px) >= 6))
+                           sclera_measured=len(white_px) >= 6,
+                           white_top=np.asarray(white_top, np.float32)))
     return tuple(out)
 
 

@@ -80,8 +80,9 @@ LOWER_TEETH_BOUNDS = np.array([0.0, 0.085, 0.17, 0.26, 0.34, 0.42, 0.49, 0.55, 0
 TEETH_OVER_LIP = np.array([1.232, 1.764, 1.756])
 TEETH_MAX_SATURATION = 0.283
 #: Real teeth against the whites of the same person's eyes (the brightest 8% of the open
-#: mouth's interior over the eyes' white; benchmarks/teeth_light.py, 13 people)
-TEETH_OVER_SCLERA = np.array([1.256, 1.358, 1.354])
+#: mouth's interior over the brightest tenth of the eyes' white, ``Eyeball.white_top``;
+#: benchmarks/teeth_light.py, 13 people)
+TEETH_OVER_SCLERA = np.array([1.1, 1.104, 1.07])
 #: ... and taken down to TEETH_LEVEL of it: TEETH_OVER_LIP is the teeth's highlight, and
 #: ours showed it over the whole row, the upper teeth's bands 1.2-1.55x the lips against
 #: real mouths' 0.9-1.24 (benchmarks/mouth_profile.py; fitted on the mouth model's training
@@ -364,7 +365,7 @@ def prepare(
         lids.append(col if col is not None else lip)
     blur, grain = photo_softness(roi_img, lm_roi)
     eyes = eyeball.prepare_eyes(roi_img, lm_roi, _irises(identity, canon_to_roi))
-    teeth = teeth_in_light(lip, [e.sclera for e in eyes if e.sclera_measured])
+    teeth = teeth_in_light(lip, [e.white_top for e in eyes if e.sclera_measured])
     if identity.expression[:2].sum() > 0.3:  # open mouth in the photo: its own teeth, if bright
         inner = _polygon_median(roi_img, lm_roi[INNER_LIP_RING])
         if inner is not None and inner.mean() > lip.mean():
