@@ -170,7 +170,8 @@ def widened(fit_: dict, k: float) -> dict:
     """``fit_`` with the width blend's spread above its mean ``k`` times as wide (below it
     as it was)."""
     w = dict(fit_["width"])
-    w["spread_below"] = w.get("spread_below") or w["spread"]
+    if w.get("spread_below") is None:
+        w["spread_below"] = w["spread"]
     w["spread"] = round(w["spread_below"] * k, 6)
     return {**fit_, "width": w}
 

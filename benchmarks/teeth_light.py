@@ -55,8 +55,6 @@ OUT = ROOT / "benchmarks" / "results" / "teeth_light.json"
 OPEN_GAP = 0.08
 #: frames of a clip looked at
 EVERY = 2
-DEVSET = ROOT.parent / "shared" / "devset"
-DEVSET_CLIPS = ["WDA_AlexandriaOcasioCortez_000.mp4", "WDA_KatieHill_000.mp4"]
 
 
 def shard_frames(path: Path):
@@ -170,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         held["brighter"].append(by_sclera if by_sclera.mean() > by_lips.mean() else by_lips)
     ratio = np.median(over_sclera, 0)
     # the renderer's own (its ratios fitted on everyone, so not held out); the per-person
-    # whites are both eyes' median, given as two alike eyes
-    # (the renderer shows the teeth at TEETH_LEVEL of their highlight, which is what is
-    # measured here: compared as highlights)
+    # whites are both eyes' median, given as two alike eyes; it shows the teeth at
+    # TEETH_LEVEL of their highlight, which is what is measured here: compared as highlights
     shipped = np.array([teeth_in_light(lp, [s, s]) for lp, s in zip(lips, sclera, strict=True)]
                        ) / TEETH_LEVEL
     shipped_lips = np.array([teeth_from_lips(lp) for lp in lips]) / TEETH_LEVEL
@@ -196,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                        for i, p in enumerate(people)],
     }
     devset = []
-    for clip in DEVSET_CLIPS:  # never fitted on: their people are not among the 13
+    from benchmarks.lipsync_devset import CLIPS, DEVSET
+
+    for clip in CLIPS:  # never fitted on: their people are not among the 13
         if not (DEVSET / clip).is_file():
             continue
         got = clip_colours(video_frames(DEVSET / clip))

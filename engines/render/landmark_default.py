@@ -193,12 +193,11 @@ class SpeechLandmarkEngine:
         # recogniser's commit delay further ahead, at no extra latency.
         lead = int(round(self.recognizer.lookahead_ms / 1e3 / ROW_S))
         self._level_reach = self.coart_future + min(lead, self.LEVEL_LEAD_ROWS)
-        need = self.coart_future
-        for ridge in ([] if self.mouth_model is None else
-                      [self.mouth_model.opening, self.mouth_model.width]):
-            if ridge is not None:
-                need = max(need, min(self._level_reach, ridge.level_future_rows))
-        self._level_rows_needed = need  # loudness rows past a frame's row it waits for
+        ridges = () if self.mouth_model is None else (self.mouth_model.opening,
+                                                      self.mouth_model.width)
+        #: loudness rows past a frame's row it waits for
+        self._level_rows_needed = max([self.coart_future] + [
+            min(self._level_reach, r.level_future_rows) for r in ridges if r is not None])
 
         def slope(measure, name: str) -> float:  # the measure's change per unit parameter
             f = self.fields[P[name]]

@@ -163,17 +163,17 @@ def window(phones: np.ndarray, levels: np.ndarray, rows: np.ndarray, offsets: np
     rows = np.asarray(rows, np.int64)[:, None]
     level_offsets = offsets if level_offsets is None else level_offsets
     level_reach = reach if level_reach is None else level_reach
-    pi = np.minimum(rows + offsets, rows + reach)
-    li = np.minimum(rows + level_offsets, rows + level_reach)
-    ph = np.full(pi.shape, SILENCE_ID, np.int64)
-    lv = np.zeros(li.shape, np.float32)
-    if len(phones):
-        ok = (pi >= 0) & (pi < len(phones))
-        ph = np.where(ok, phones[np.clip(pi, 0, len(phones) - 1)], SILENCE_ID).astype(np.int64)
-    if len(levels):
-        ok = (li >= 0) & (li < len(levels))
-        lv = np.where(ok, levels[np.clip(li, 0, len(levels) - 1)], 0.0).astype(np.float32)
-    return ph, lv
+    return (_heard(phones, np.minimum(rows + offsets, rows + reach), SILENCE_ID, np.int64),
+            _heard(levels, np.minimum(rows + level_offsets, rows + level_reach), 0.0,
+                   np.float32))
+
+
+def _heard(values: np.ndarray, idx: np.ndarray, unheard, dtype) -> np.ndarray:
+    """``values`` at the rows ``idx``; ``unheard`` where a row is outside them."""
+    if len(values) == 0:
+        return np.full(idx.shape, unheard, dtype)
+    ok = (idx >= 0) & (idx < len(values))
+    return np.where(ok, values[np.clip(idx, 0, len(values) - 1)], unheard).astype(dtype)
 
 
 def load(path: str | Path | None = None) -> MouthRidge:
