@@ -104,6 +104,8 @@ class AvatarServer:
         self.http_port: int | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task] = set()
+        #: the peers' closes, spawned as their sessions close (stop() waits for them)
+        self._closing: set[asyncio.Task] = set()
 
     # ----- HTTP ------------------------------------------------------------------------
 
@@ -218,7 +220,7 @@ class AvatarServer:
         from server.tracks import AvatarVideoTrack, DelayedAudioTrack, read_inbound_audio
 
         self.peers[session.id] = pc
-        session.on_close.append(lambda s: self._spawn(self._close_peer(s.id)))
+        session.on_close.append(lambda s: self._spawn(self._close_peer(s.id), self._closing))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -275,10 +277,11 @@ class AvatarServer:
         if pc is not None:
             await pc.close()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro, also: set[asyncio.Task] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for group in (self._tasks, also) if also is not None else (self._tasks,):
+            group.add(task)
+            task.add_done_callback(group.discard)
 
     # ----- lifecycle -------------------------------------------------------------------
 
@@ -306,8 +309,12 @@ class AvatarServer:
 
     async def stop(self) -> None:
         await self.registry.close_all()
-        for pc in list(self.peers.values()):
-            await pc.close()
+        # Each closed session spawned its peer's close: let those finish rather than
+        # cancel them half-way (aiortc's transports then fail later, at exit), and close
+        # each peer once: the ones no session closed are popped and closed here.
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        while self.peers:
+            await self.peers.popitem()[1].close()
         if self.control is not None:
             await self.control.stop()
         if self._runner is not None:

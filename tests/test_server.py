@@ -776,3 +776,53 @@ def test_malloc_arenas_are_capped_on_glibc():
         assert out.returncode == 0, out.stderr[-500:]
         arenas[how] = out.stderr.count("Arena ")
     assert arenas["cap"] <= 2 < arenas["default"], arenas
+
+
+def test_stop_closes_each_peer_once_and_to_the_end(identity, warp, monkeypatch):
+    """Stopping the server with viewers connected closes every peer connection exactly
+    once, and no close is cancelled half-way (aiortc's transports would then fail at exit:
+    "Task exception was never retrieved ... InvalidStateError")."""
+    from aiortc import RTCPeerConnection
+
+    closes: dict[int, list[str]] = {}
+    real_close = RTCPeerConnection.close
+
+    async def counted(pc):
+        log = closes.setdefault(id(pc), [])
+        log.append("started")
+        try:
+            await real_close(pc)
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        log.append("done")
+
+    monkeypatch.setattr(RTCPeerConnection, "close", counted)  # the clients' too
+    cfg = SessionConfig(fps=FPS, idle_timeout_s=5.0, connect_timeout_s=5.0)
+    srv = BackgroundServer(identity, ServerConfig(port=0, max_sessions=2, admit_headroom=0.0),
+                           cfg, warp=warp).__enter__()
+    clients = []
+    try:
+        async def connect():
+            for _ in range(2):
+                c = AvatarClient(srv.url, audio=None)
+                await c.connect()
+                clients.append(c)
+            for _ in range(50):
+                if all(len(c.video) > 5 for c in clients):
+                    return
+                await asyncio.sleep(0.1)
+
+        loop = asyncio.new_event_loop()
+        loop.run_until_complete(connect())
+        assert len(closes) == 0 and len(srv.server.peers) == 2
+        ours = {id(pc) for pc in srv.server.peers.values()}
+    finally:
+        srv.__exit__(None, None, None)
+    try:
+        assert not srv.server.peers
+        assert {k: closes.get(k) for k in ours} == {k: ["started", "done"] for k in ours}
+    finally:
+        for c in clients:
+            loop.run_until_complete(c.close())
+        loop.close()
