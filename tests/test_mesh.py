@@ -75,6 +75,42 @@ def test_mesh_on_the_builtin_face(fm, photo_and_dlib):
     assert z[4] < z[[33, 263, 234, 454]].min(), "the nose tip is nearest the camera"
 
 
+def test_eye_contours_outline_each_eye(fm, photo_and_dlib):
+    """The iris model's lid margins: from the outer corner to the inner one along each lid,
+    the upper lid above the lower, the opening as tall as dlib's; the irises match the
+    mesh's own; a lid raised in the image (the face above the eyes' middle stretched up)
+    reads higher, by about half the true rise (the model leans toward an average eye),
+    and the lower lid stays."""
+    photo, lm = photo_and_dlib
+    mesh = fm(photo)
+    lids, irises = fm.eye_contours(photo, mesh)
+    assert lids.shape == (2, 16, 2) and irises.shape == (2, 5, 2)
+    iod = _iod(lm)
+    np.testing.assert_allclose(irises.reshape(10, 2), mesh[468:, :2], atol=1e-6)
+    for lid, (outer, inner), ring in ((lids[0], (33, 133), lm[36:42]),
+                                      (lids[1], (263, 362), lm[42:48])):
+        assert np.linalg.norm(lid[0] - mesh[outer, :2]) / iod < 0.08
+        assert np.linalg.norm(lid[8] - mesh[inner, :2]) / iod < 0.08
+        opening = (lid[3:6, 1].mean() - lid[11:14, 1].mean()) / iod
+        dlib_opening = (ring[[4, 5], 1].mean() - ring[[1, 2], 1].mean()) / iod
+        assert 0.05 < opening < 0.4 and abs(opening - dlib_opening) < 0.06, (opening,
+                                                                              dlib_opening)
+    # stretch the band from above the brows down to the eyes' middle upward by 40%: the
+    # upper lids rise in the image as far as the stretch moves them, the lower ones stay
+    mid = int(lm[36:48, 1].mean())
+    top = max(int(mid - 0.9 * iod), 0)
+    grown = photo.copy()
+    band = photo[top:mid]
+    k = int(round(0.4 / 1.4 * (mid - top)))
+    grown[top:mid] = cv2.resize(band[k:], (band.shape[1], mid - top))
+    lids2, _ = fm.eye_contours(grown, fm(grown))
+    upper = lids[:, 11:14, 1].mean()
+    expected = (mid - upper) * 0.4 / iod
+    rise = (upper - lids2[:, 11:14, 1].mean()) / iod
+    assert 0.3 * expected < rise < 1.2 * expected, (rise, expected)
+    assert abs(lids2[:, 3:6, 1].mean() - lids[:, 3:6, 1].mean()) / iod < 0.3 * expected
+
+
 def test_mesh_follows_a_turned_and_tilted_face(fm, photo_and_dlib):
     photo, _ = photo_and_dlib
     base = fm(photo, iris=False)

@@ -32,6 +32,8 @@ N_POINTS = 478
 #: mesh points at the outer and inner corners of each eye (subject's right eye first)
 RIGHT_EYE_CORNERS = (33, 133)
 LEFT_EYE_CORNERS = (362, 263)
+#: the iris model's lid-margin points (the first of its 71 eye-region points)
+EYE_CONTOUR = 16
 #: face-presence probability under which a tracked mesh is dropped and the face re-detected
 MIN_PRESENCE = 0.5
 
@@ -234,8 +236,9 @@ class FaceMesh:
             out = np.concatenate([out, self._irises(img, out)])
         return out, presence
 
-    def _irises(self, img: np.ndarray, mesh: np.ndarray) -> np.ndarray:
-        out = []
+    def _eye_model(self, img: np.ndarray, mesh: np.ndarray):
+        """Per eye (subject's right first): the iris model's lid contour [16,3] and iris
+        [5,3], in image pixels; depth relative to the eye's centre."""
         for (a, b), flip in ((RIGHT_EYE_CORNERS, False), (LEFT_EYE_CORNERS, True)):
             p, q = mesh[a, :2], mesh[b, :2]
             size = 2.3 * float(np.linalg.norm(q - p))
@@ -243,12 +246,29 @@ class FaceMesh:
             patch, back = _crop(img, roi, self.IRIS_SIDE, flip=flip)
             self.iris.set_tensor(self.iris_in, (patch.astype(np.float32) / 255.0)[None])
             self.iris.invoke()
-            pts = self.iris.get_tensor(self.iris_pts).reshape(5, 3).astype(np.float64)
+            contour = self.iris.get_tensor(self.iris_contour).reshape(71, 3)[:EYE_CONTOUR]
+            pts = self.iris.get_tensor(self.iris_pts).reshape(5, 3)
+            yield (_to_image(contour.astype(np.float64), back, self.IRIS_SIDE, size),
+                   _to_image(pts.astype(np.float64), back, self.IRIS_SIDE, size))
+
+    def _irises(self, img: np.ndarray, mesh: np.ndarray) -> np.ndarray:
+        out = []
+        for (a, b), (_, iris_pts) in zip((RIGHT_EYE_CORNERS, LEFT_EYE_CORNERS),
+                                         self._eye_model(img, mesh), strict=True):
             # depth relative to the eye; offset to the mesh depth of the eye's centre
-            iris_pts = _to_image(pts, back, self.IRIS_SIDE, size)
             iris_pts[:, 2] += (mesh[a, 2] + mesh[b, 2]) / 2
             out.append(iris_pts)
         return np.concatenate(out)
+
+    def eye_contours(self, img: np.ndarray, mesh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The iris model's own lid margins and irises for a face whose mesh is ``mesh``:
+        (lids [2,16,2], irises [2,5,2]) in image pixels, subject's right eye first. Lid
+        points 0..8 run along the lower lid from the outer corner to the inner one, 9..15
+        along the upper lid between them (MediaPipe's order; 4 and 12 mid-lid). Like every
+        landmark model it leans toward an average eye: of an upper lid raised a known amount
+        in the image it reads about half (benchmarks/emotion_geometry.py)."""
+        lids, irises = zip(*self._eye_model(img, mesh), strict=True)
+        return np.stack(lids)[..., :2], np.stack(irises)[..., :2]
 
     def fit(self, img: np.ndarray, det: Detection, iris: bool = True
             ) -> tuple[np.ndarray, float]:
