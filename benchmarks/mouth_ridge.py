@@ -62,12 +62,15 @@ SHARDS = Path.home() / ".cache" / "etf" / "talking-shards"
 
 
 def heard(neutral: np.ndarray, audio: np.ndarray, n: int) -> dict:
-    """The default engine (visemes only) on ``audio``: phones and loudness per 10 ms row,
-    its anticipation, its landmarks per frame [n,68,2] and the face's rest width."""
+    """The default engine (visemes only, the lips as the fields shape them: the learned lip
+    shape comes after the opening and width and keeps them) on ``audio``: phones and
+    loudness per 10 ms row, its anticipation, its landmarks per frame [n,68,2] and the
+    face's rest width."""
     from engines.render.landmark_default import SpeechLandmarkEngine
     from engines.render.mouth_ridge import mouth_width
 
-    eng = SpeechLandmarkEngine(neutral, fps=FPS, idle_amplitude=0.0, learned_mouth=False)
+    eng = SpeechLandmarkEngine(neutral, fps=FPS, idle_amplitude=0.0, learned_mouth=False,
+                               learned_lips=False)
     eng.push_audio(audio)
     eng.flush()
     lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)

@@ -1,11 +1,13 @@
 """Mouth contact sheets: our mouth beside real mouths making the same shape.
 
 Shapes: aa, ee, oo, f/v, m/b/p (the default engine's own targets for AA, IY, UW, F, M at
-full loudness, as it scales them) and a wide smile (happy at intensity 1). Real mouths come
-from the talking clips (``../shared/data/talking``), found by their face mesh: per frame the
-inner-lip gap, mouth width, corner lift and lower-lip thickness, in inter-ocular distances,
-compared with the same person's median; per shape the best frame of each person, the four
-best people shown. Our mouths: the built-in face and four devset photos.
+full loudness, as it scales them, the lips shaped as real lips are at that opening and
+width where the engine does it: engines/render/lip_shapes.py) and a wide smile (happy at
+intensity 1). Real mouths come from the talking clips (``../shared/data/talking``), found
+by their face mesh: per frame the inner-lip gap, mouth width, corner lift and lower-lip
+thickness, in inter-ocular distances, compared with the same person's median; per shape
+the best frame of each person, the four best people shown. Our mouths: the built-in face
+and four devset photos.
 
 ``--mouth learned`` shows the learned interior (engines/render/mouth_model.py) instead of
 the painted one.
@@ -175,7 +177,7 @@ def mouth_crop(img: np.ndarray, corners: np.ndarray, eyes: np.ndarray) -> np.nda
 def our_tiles(identity, learned_mouth: bool = False) -> dict[str, np.ndarray]:
     from engines.motion import face_motion as M
     from engines.motion.emotion_model import emotion_offsets
-    from engines.render import texture_warp
+    from engines.render import lip_shapes, texture_warp
     from engines.render.compositor import paste_roi
     from engines.render.expression_texture import ExpressionTexture
     from engines.render.landmark_default import SpeechLandmarkEngine
@@ -192,7 +194,12 @@ def our_tiles(identity, learned_mouth: bool = False) -> dict[str, np.ndarray]:
                                      ).reshape(68, 2)
             roi = texture_warp.render_roi(warp, lm, tex.source(vec))
         else:
-            lm = M.apply(identity.neutral, fields, SpeechLandmarkEngine.viseme(PHONE[s]))
+            speech = SpeechLandmarkEngine.viseme(PHONE[s])
+            lm = M.apply(identity.neutral, fields, speech)
+            # the lips shaped as the engine shapes them in speech (not while they press
+            # or tuck: m b p, f v keep the fields' shape)
+            free = 1.0 - min(1.0, float(speech[M.P["lip_press"]] + speech[M.P["labiodental"]]))
+            lm = lip_shapes.default_model().apply(lm, identity.neutral, free)
             roi = texture_warp.render_roi(warp, lm)
         img = paste_roi(identity.photo, roi, warp.roi, warp.feather)
         ph = identity.canonical_to_photo(lm)

@@ -23,7 +23,7 @@ from engines.audio.phone_stream import StreamingPhoneRecognizer
 from engines.motion.emotion_model import EmotionModel, close_lips, emotion_offsets
 from engines.motion.face_motion import P, apply, build_fields
 from engines.motion.idle import Blinker, IdleMotion, pose_points
-from engines.render import mouth_ridge
+from engines.render import lip_shapes, mouth_ridge
 from engines.render.mouth_ridge import mouth_width
 from engines.render.visemes import (
     COART_ROWS,
@@ -142,6 +142,7 @@ class SpeechLandmarkEngine:
         depth: np.ndarray | None = None,
         anticipation_ms: float | None = None,
         learned_mouth: bool = True,
+        learned_lips: bool = True,
     ) -> None:
         """``phone_lookahead_ms``: the phone recogniser's commit delay (default 150 ms).
         ``coart_future_ms``: how far the coarticulation window reaches into the future
@@ -154,7 +155,9 @@ class SpeechLandmarkEngine:
         canonical_depth`), what the head turns and nods through; default a typical
         face's. ``learned_mouth``: blend the visemes' opening and width with the ones
         learned from real mouths (:mod:`engines.render.mouth_ridge`); off, the visemes
-        alone."""
+        alone. ``learned_lips``: shape the lips for that opening and width as real lips
+        are shaped (:mod:`engines.render.lip_shapes`); off, as the hand-made fields shape
+        them."""
         self.neutral = np.asarray(neutral, np.float32)
         if depth is None:
             from engines.face.mesh68 import template_depth_68
@@ -188,6 +191,9 @@ class SpeechLandmarkEngine:
         #: the learned opening and width blended with the visemes' (None: the visemes alone)
         self.mouth_model: mouth_ridge.MouthRidge | None = (
             mouth_ridge.default_model() if learned_mouth else None)
+        #: the lips' shape learned from real mouths (None: the fields' own)
+        self.lip_model: lip_shapes.LipShapes | None = (
+            lip_shapes.default_model() if learned_lips else None)
         # The loudness is known as soon as the audio arrives, the phones only once the
         # recogniser commits them: the learned mouth reads the loudness up to the
         # recogniser's commit delay further ahead, at no extra latency.
@@ -316,12 +322,21 @@ class SpeechLandmarkEngine:
         lm = apply(self.neutral, self.fields, speech)
         if self.mouth_model is not None:
             lm = self._learned_mouth(lm, speech, c)
+        if self.lip_model is not None:
+            lm = self.lip_model.apply(lm, self.neutral, self._lips_free(speech))
         if emotion is not None:
             offset = (np.asarray(emotion, np.float32) @ self.emotion_offsets).reshape(68, 2)
             lm = lm + close_lips(offset, float(speech[P["lip_press"]]))
         pose = self.idle.at(t, self._slow_level)
         lm = pose_points(lm, self.depth, pose, self.neutral[27:31].mean(axis=0))
         return lm, speech
+
+    def _lips_free(self, speech: np.ndarray) -> float:
+        """How free the lips are to take their learned shape (0..1): not at rest (the
+        held loudness, OPENING_GATE) and not pressed or tucked (p b m, f v keep the
+        fields' shape)."""
+        closing = min(1.0, float(speech[P["lip_press"]] + speech[P["labiodental"]]))
+        return min(1.0, self._slow_level / OPENING_GATE) * (1.0 - closing)
 
     def _learned_mouth(self, lm: np.ndarray, speech: np.ndarray, row: int) -> np.ndarray:
         """``lm`` with the mouth opened and widened as far as the visemes' own blended with
