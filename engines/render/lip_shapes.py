@@ -23,8 +23,6 @@ no image.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.render.mouth_ridge import mouth_width
+from engines.render.pinned import read_pinned_json
 from etf_models.canonical_face import IOD, mouth_opening
 
 FIT_PATH = Path(__file__).with_name("lip_shapes.json")
@@ -109,18 +108,9 @@ class LipShapes:
 
 def load(path: str | Path | None = None) -> LipShapes:
     """The shipped fit (checked against its pinned hash), or ``path`` (not checked)."""
-    p = FIT_PATH if path is None else Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise LipShapesError(f"the lip shapes {p} cannot be read: {e}") from e
-    if path is None and hashlib.sha256(raw).hexdigest() != FIT_SHA256:
-        raise LipShapesError(f"{p} does not match its pinned SHA-256; rebuild it with "
-                             "`python benchmarks/lip_shapes.py --write`")
-    try:
-        return LipShapes.from_dict(json.loads(raw))
-    except ValueError as e:
-        raise LipShapesError(f"{p} is not a lip-shape fit: {e}") from e
+    return LipShapes.from_dict(read_pinned_json(
+        path, FIT_PATH, FIT_SHA256, LipShapesError, "lip-shape fit",
+        "python benchmarks/lip_shapes.py --write"))
 
 
 @lru_cache(maxsize=1)

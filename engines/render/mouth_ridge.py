@@ -31,14 +31,13 @@ follows the real mouth better than the visemes alone
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from engines.render.pinned import read_pinned_json
 from engines.render.visemes import PHONES
 from etf_models.canonical_face import mouth_opening
 
@@ -178,18 +177,13 @@ def _heard(values: np.ndarray, idx: np.ndarray, unheard, dtype) -> np.ndarray:
 
 def load(path: str | Path | None = None) -> MouthRidge:
     """The shipped fit (checked against its pinned hash), or ``path`` (not checked)."""
-    p = FIT_PATH if path is None else Path(path)
+    d = read_pinned_json(path, FIT_PATH, FIT_SHA256, MouthRidgeError, "mouth model",
+                         "python benchmarks/mouth_ridge.py --write")
     try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise MouthRidgeError(f"the mouth model {p} cannot be read: {e}") from e
-    if path is None and hashlib.sha256(raw).hexdigest() != FIT_SHA256:
-        raise MouthRidgeError(f"{p} does not match its pinned SHA-256; rebuild it with "
-                              "`python benchmarks/mouth_ridge.py --write`")
-    try:
-        return MouthRidge.from_dict(json.loads(raw))
+        return MouthRidge.from_dict(d)
     except (ValueError, KeyError, TypeError) as e:
-        raise MouthRidgeError(f"{p} is not a mouth model: {e}") from e
+        raise MouthRidgeError(f"{FIT_PATH if path is None else path} is not a mouth model: "
+                              f"{e}") from e
 
 
 @lru_cache(maxsize=1)
