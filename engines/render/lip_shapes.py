@@ -74,36 +74,48 @@ class LipShapes:
         return {"opening": b[0].tolist(), "widening": b[1].tolist(),
                 "narrowing": b[2].tolist()}
 
-    def shape(self, neutral: np.ndarray, d_open: float, d_width: float) -> np.ndarray:
+    def shape(self, neutral: np.ndarray, d_open: float, d_width: float,
+              rest: tuple[float, float] | None = None) -> np.ndarray:
         """The lips [20, 2] (canonical px, from the anchor) of a face whose rest is
         ``neutral`` [68,2], opened by ``d_open`` and widened by ``d_width`` (both in the
-        measures' units: over the outer eye-corner distance)."""
-        rest = neutral[POINTS] - neutral[ANCHOR]
+        measures' units: over the outer eye-corner distance). ``rest``: the neutral's own
+        opening and width, when the caller has them."""
+        o0, w0 = _measures(neutral) if rest is None else rest
+        at_rest = neutral[POINTS] - neutral[ANCHOR]
         o, w = d_open, d_width
+        lips = self._lips(at_rest, o, w)
         lm = np.array(neutral, np.float64)
-        for _ in range(CORRECTIONS + 1):
-            x = np.array([o, max(w, 0.0), min(w, 0.0)])
-            lips = rest + IOD * np.tensordot(x, self.basis, 1)
-            lm[POINTS] = neutral[ANCHOR] + lips
+        for _ in range(CORRECTIONS):
             # the measures are nearly linear in the points: a step brings them on (the
             # opening only where the lips are clearly apart: at a seam the inner lips
             # cross and the gap's size no longer grows with the step)
+            lm[POINTS] = neutral[ANCHOR] + lips
+            got_o, got_w = _measures(lm)
             if d_open >= OPEN_ENOUGH:
-                o += d_open - float(mouth_opening(lm) - mouth_opening(neutral))
-            w += d_width - float(mouth_width(lm) - mouth_width(neutral))
+                o += d_open - (got_o - o0)
+            w += d_width - (got_w - w0)
+            lips = self._lips(at_rest, o, w)
         return lips
+
+    def _lips(self, at_rest: np.ndarray, d_open: float, d_width: float) -> np.ndarray:
+        x = np.array([d_open, max(d_width, 0.0), min(d_width, 0.0)])
+        return at_rest + IOD * np.tensordot(x, self.basis, 1)
 
     def apply(self, lm: np.ndarray, neutral: np.ndarray, weight: float) -> np.ndarray:
         """``lm`` [68,2] with its lips moved ``weight`` (0..1) of the way to the learned
         shape for its own opening and width."""
         if weight <= 0.0:
             return lm
-        d_open = float(mouth_opening(lm) - mouth_opening(neutral))
-        d_width = float(mouth_width(lm) - mouth_width(neutral))
-        want = lm[ANCHOR] + self.shape(neutral, d_open, d_width)
+        rest = _measures(neutral)
+        got = _measures(lm)
+        want = lm[ANCHOR] + self.shape(neutral, got[0] - rest[0], got[1] - rest[1], rest)
         out = lm.copy()
         out[POINTS] += min(weight, 1.0) * (want - lm[POINTS])
         return out
+
+
+def _measures(lm: np.ndarray) -> tuple[float, float]:
+    return float(mouth_opening(lm)), float(mouth_width(lm))
 
 
 def load(path: str | Path | None = None) -> LipShapes:
