@@ -74,6 +74,10 @@ def test_the_shape_keeps_the_opening_and_width_and_rest_is_the_faces_own(identit
             got_w = mouth_width(lm) - mouth_width(n)
             assert abs(got_o - d_open) < 0.01 and abs(got_w - d_width) < 0.003, \
                 (d_open, d_width, got_o, got_w)
+    # continuous in the opening (the correcting step fades in): no frame jumps
+    steps = np.diff([m.shape(n, d, 0.02) for d in np.arange(0.0, 0.12, 0.002)], axis=0)
+    size = np.abs(steps).max(axis=(1, 2))
+    assert size.max() < 2.0 * np.median(size), size
     # applying reshapes only the lips, by the weight asked, and weight 0 changes nothing
     lm = n.copy()
     lm[lip_shapes.POINTS] = n[lip_shapes.ANCHOR] + m.shape(n, 0.2, -0.05)

@@ -42,9 +42,9 @@ POINTS = np.arange(48, 68)
 ANCHOR = 33
 #: Steps that bring the shape's own opening and width onto the asked ones (the fit alone
 #: keeps them to within ~0.01 of the outer eye-corner distance: the measures are norms,
-#: not quite linear in the points), and the opening from which the opening's is taken
+#: not quite linear in the points), and the openings over which the opening's step fades in
 CORRECTIONS = 1
-OPEN_ENOUGH = 0.05
+OPEN_ENOUGH = (0.03, 0.07)
 
 
 class LipShapesError(RuntimeError):
@@ -85,14 +85,16 @@ class LipShapes:
         o, w = d_open, d_width
         lips = self._lips(at_rest, o, w)
         lm = np.array(neutral, np.float64)
+        # (faded in between OPEN_ENOUGH's two ends, so no frame jumps as it crosses them)
+        opening_step = float(np.clip((d_open - OPEN_ENOUGH[0])
+                                     / (OPEN_ENOUGH[1] - OPEN_ENOUGH[0]), 0.0, 1.0))
         for _ in range(CORRECTIONS):
             # the measures are nearly linear in the points: a step brings them on (the
             # opening only where the lips are clearly apart: at a seam the inner lips
             # cross and the gap's size no longer grows with the step)
             lm[POINTS] = neutral[ANCHOR] + lips
             got_o, got_w = _measures(lm)
-            if d_open >= OPEN_ENOUGH:
-                o += d_open - (got_o - o0)
+            o += opening_step * (d_open - (got_o - o0))
             w += d_width - (got_w - w0)
             lips = self._lips(at_rest, o, w)
         return lips
