@@ -28,7 +28,6 @@ reshaping (they should not move). ``--write`` writes the fit on everyone to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -121,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.lipsync_talking import ensure_shards, load_clips, score
     from engines.recordings.emotion_fit import pose_free
     from engines.render import lip_shapes
+    from engines.render.pinned import write_pinned_json
 
     t0 = time.time()
     ensure_shards(TALKING, SHARDS, 2)
@@ -192,9 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(report, indent=1) + "\n")
     print("leave one person out:", json.dumps(summary))
     if args.write:
-        text = json.dumps(full.to_dict(), separators=(",", ":")) + "\n"
-        lip_shapes.FIT_PATH.write_text(text)
-        print(f"wrote {lip_shapes.FIT_PATH} sha256 {hashlib.sha256(text.encode()).hexdigest()}")
+        sha = write_pinned_json(lip_shapes.FIT_PATH, full.to_dict())
+        print(f"wrote {lip_shapes.FIT_PATH} sha256 {sha}")
     return 0
 
 

@@ -30,7 +30,6 @@ the fit on everyone. ``--write`` writes that fit to ``engines/render/mouth_ridge
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -233,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.lipsync_talking import ensure_shards, load_clips, score
     from engines.render import mouth_ridge
     from engines.render.mouth_ridge import mouth_width
+    from engines.render.pinned import write_pinned_json
     from etf_models.canonical_face import mouth_opening
 
     t0 = time.time()
@@ -325,10 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     print("leave one person out:", json.dumps(summary))
     print("devset:", devset)
     if args.write:
-        text = json.dumps({t: full[t] for t in mouth_ridge.TARGETS}, separators=(",", ":")) + "\n"
-        mouth_ridge.FIT_PATH.write_text(text)
-        print(f"wrote {mouth_ridge.FIT_PATH} sha256 "
-              f"{hashlib.sha256(text.encode()).hexdigest()}")
+        sha = write_pinned_json(mouth_ridge.FIT_PATH, {t: full[t] for t in mouth_ridge.TARGETS})
+        print(f"wrote {mouth_ridge.FIT_PATH} sha256 {sha}")
     return 0
 
 

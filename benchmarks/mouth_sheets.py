@@ -180,7 +180,7 @@ def our_tiles(identity, learned_mouth: bool = False) -> dict[str, np.ndarray]:
     from engines.render import lip_shapes, texture_warp
     from engines.render.compositor import paste_roi
     from engines.render.expression_texture import ExpressionTexture
-    from engines.render.landmark_default import SpeechLandmarkEngine
+    from engines.render.landmark_default import SpeechLandmarkEngine, lips_closing
     from etf_models.emotions import emotion_one_hot
 
     warp = texture_warp.prepare(identity, learned_mouth=learned_mouth)
@@ -198,8 +198,8 @@ def our_tiles(identity, learned_mouth: bool = False) -> dict[str, np.ndarray]:
             lm = M.apply(identity.neutral, fields, speech)
             # the lips shaped as the engine shapes them in speech (not while they press
             # or tuck: m b p, f v keep the fields' shape)
-            free = 1.0 - min(1.0, float(speech[M.P["lip_press"]] + speech[M.P["labiodental"]]))
-            lm = lip_shapes.default_model().apply(lm, identity.neutral, free)
+            lm = lip_shapes.default_model().apply(lm, identity.neutral,
+                                                  1.0 - lips_closing(speech))
             roi = texture_warp.render_roi(warp, lm)
         img = paste_roi(identity.photo, roi, warp.roi, warp.feather)
         ph = identity.canonical_to_photo(lm)

@@ -279,9 +279,11 @@ class AvatarServer:
 
     def _spawn(self, coro, also: set[asyncio.Task] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        for group in (self._tasks, also) if also is not None else (self._tasks,):
-            group.add(task)
-            task.add_done_callback(group.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if also is not None:  # a group of tasks someone waits for (stop(): the peers' closes)
+            also.add(task)
+            task.add_done_callback(also.discard)
 
     # ----- lifecycle -------------------------------------------------------------------
 

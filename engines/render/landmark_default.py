@@ -82,6 +82,12 @@ class Loudness:
         return np.maximum(out, 0.0)
 
 
+def lips_closing(speech: np.ndarray) -> float:
+    """How far the lips press or tuck in speech parameters [N_PARAMS] (0..1: p b m, f v).
+    Closing lips keep the fields' own opening and shape, not the learned ones."""
+    return min(1.0, float(speech[P["lip_press"]] + speech[P["labiodental"]]))
+
+
 class SpeechLandmarkEngine:
     """Streaming landmarks for one identity and one session (see module docstring)."""
 
@@ -213,6 +219,7 @@ class SpeechLandmarkEngine:
         self._round_slope = min(slope(mouth_width, "lip_round"), -1e-3)  # narrows
         self._stretch_slope = max(slope(mouth_width, "lip_stretch"), 1e-3)  # widens
         self._rest_width = float(mouth_width(self.neutral))
+        self._rest_opening = float(mouth_opening(self.neutral))
         self.reset()
 
     @property
@@ -323,7 +330,8 @@ class SpeechLandmarkEngine:
         if self.mouth_model is not None:
             lm = self._learned_mouth(lm, speech, c)
         if self.lip_model is not None:
-            lm = self.lip_model.apply(lm, self.neutral, self._lips_free(speech))
+            lm = self.lip_model.apply(lm, self.neutral, self._lips_free(speech),
+                                      (self._rest_opening, self._rest_width))
         if emotion is not None:
             offset = (np.asarray(emotion, np.float32) @ self.emotion_offsets).reshape(68, 2)
             lm = lm + close_lips(offset, float(speech[P["lip_press"]]))
@@ -331,12 +339,16 @@ class SpeechLandmarkEngine:
         lm = pose_points(lm, self.depth, pose, self.neutral[27:31].mean(axis=0))
         return lm, speech
 
+    @property
+    def _gate(self) -> float:
+        """How far the learned mouth acts (0..1), by the held loudness (OPENING_GATE): a
+        face at rest stays as it is."""
+        return min(1.0, self._slow_level / OPENING_GATE)
+
     def _lips_free(self, speech: np.ndarray) -> float:
-        """How free the lips are to take their learned shape (0..1): not at rest (the
-        held loudness, OPENING_GATE) and not pressed or tucked (p b m, f v keep the
-        fields' shape)."""
-        closing = min(1.0, float(speech[P["lip_press"]] + speech[P["labiodental"]]))
-        return min(1.0, self._slow_level / OPENING_GATE) * (1.0 - closing)
+        """How free the lips are to take the learned width and shape (0..1): not at rest
+        and not pressed or tucked (p b m, f v keep the fields' shape)."""
+        return self._gate * (1.0 - lips_closing(speech))
 
     def _learned_mouth(self, lm: np.ndarray, speech: np.ndarray, row: int) -> np.ndarray:
         """``lm`` with the mouth opened and widened as far as the visemes' own blended with
@@ -345,11 +357,11 @@ class SpeechLandmarkEngine:
         that press or tuck (p b m, f v) keep their opening and their width fades to the
         visemes' as they close; both blends fade in and out with the held loudness
         (OPENING_GATE): a face at rest stays as it is."""
-        gate = min(1.0, self._slow_level / OPENING_GATE)
+        gate = self._gate
         if gate <= 0.0:
             return lm
         m = self.mouth_model
-        closing = min(1.0, float(speech[P["lip_press"]] + speech[P["labiodental"]]))
+        closing = lips_closing(speech)
         if closing < 0.5:
             ours = float(mouth_opening(lm))
             want = m.opening.target(ours, m.opening.predict(
@@ -357,7 +369,7 @@ class SpeechLandmarkEngine:
             d = max(gate * (want - ours) / self._jaw_slope, -float(speech[P["jaw_open"]]))
             speech[P["jaw_open"]] += d
             lm = lm + d * self.fields[P["jaw_open"]]
-        weight = gate * (1.0 - closing)
+        weight = self._lips_free(speech)
         if weight <= 0.0 or m.width is None:
             return lm
         ours = float(mouth_width(lm))

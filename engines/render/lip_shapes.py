@@ -104,12 +104,14 @@ class LipShapes:
         x = np.array([d_open, max(d_width, 0.0), min(d_width, 0.0)])
         return at_rest + IOD * np.tensordot(x, self.basis, 1)
 
-    def apply(self, lm: np.ndarray, neutral: np.ndarray, weight: float) -> np.ndarray:
+    def apply(self, lm: np.ndarray, neutral: np.ndarray, weight: float,
+              rest: tuple[float, float] | None = None) -> np.ndarray:
         """``lm`` [68,2] with its lips moved ``weight`` (0..1) of the way to the learned
-        shape for its own opening and width."""
+        shape for its own opening and width. ``rest``: the neutral's own opening and width,
+        when the caller keeps them (the engine does: they are the same every frame)."""
         if weight <= 0.0:
             return lm
-        rest = _measures(neutral)
+        rest = _measures(neutral) if rest is None else rest
         got = _measures(lm)
         want = lm[ANCHOR] + self.shape(neutral, got[0] - rest[0], got[1] - rest[1], rest)
         out = lm.copy()

@@ -23,3 +23,11 @@ def read_pinned_json(path: str | Path | None, shipped: Path, sha256: str,
         return json.loads(raw)
     except ValueError as e:
         raise error(f"{p} is not a {what}: {e}") from e
+
+
+def write_pinned_json(path: Path, obj) -> str:
+    """Write ``obj`` as the compact JSON :func:`read_pinned_json` reads (one line, no
+    spaces, a final newline) and return its SHA-256, the hash to pin."""
+    text = json.dumps(obj, separators=(",", ":")) + "\n"
+    Path(path).write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()
