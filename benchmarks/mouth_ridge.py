@@ -4,7 +4,10 @@ Every clip of ``../shared/data/talking`` (dlib's 68 points per frame, as
 ``benchmarks/lipsync_talking.py`` reads them) is heard by the default engine's own phone
 recogniser. Per frame, the features are the phone (one-hot) and loudness of every second
 10 ms row from 200 ms before the frame's anticipated row to 40 ms after it (the
-loudness to 60 ms after it: live, it is known that far ahead of the phones); the targets
+loudness to 60 ms after it: live, it is known that far ahead of the phones), and the
+spectral envelope (:mod:`engines.audio.spectral_envelope`, 8 cepstra) on the loudness's
+rows, standardised and penalised apart (CEP_LAMBDA; its running mean starts from the
+fitted people's mean, each fold's from its own people); the targets
 are the real opening (inner-lip gap / eye-corner distance) and width (mouth-corner
 distance / eye-corner distance), each against its clip's median. A ridge regression per
 target maps one to the other (:mod:`engines.render.mouth_ridge` runs them), and each is
@@ -24,7 +27,8 @@ blend's amplitude against the visemes'. Also the two devset clips (never fitted 
 the fit on everyone. ``--write`` writes that fit to ``engines/render/mouth_ridge.json``
 (and prints its SHA-256, pinned in :mod:`engines.render.mouth_ridge`).
 
-    python benchmarks/mouth_ridge.py [--write]   # -> benchmarks/results/mouth_ridge.json
+    python benchmarks/mouth_ridge.py [--write] [--no-envelope] [--share 0.5]
+                                                  # -> benchmarks/results/mouth_ridge.json
 """
 
 from __future__ import annotations
@@ -49,6 +53,14 @@ OFFSETS = np.arange(-20, 5, 2)
 #: LEVEL_LEAD_ROWS), which the loudness is known ahead of the phones
 LEVEL_OFFSETS = np.arange(-20, 7, 2)
 LAMBDA = 300.0
+#: the spectral envelope (engines.audio.spectral_envelope): cepstra per row, the rows read
+#: (the loudness's), the ridge penalty on their standardised values, the running mean's
+#: time constant (loud rows) and the loudness from which a row counts as heard
+N_CEP = 8
+CEP_OFFSETS = LEVEL_OFFSETS
+CEP_LAMBDA = 10000.0
+TAU_ROWS = 300.0
+CEP_GATE = 0.1
 #: the regression's share of the blend
 SHARE = 0.5
 #: how much wider than the visemes' the width blend may spread above its mean (real
@@ -65,6 +77,7 @@ def heard(neutral: np.ndarray, audio: np.ndarray, n: int) -> dict:
     shape comes after the opening and width and keeps them) on ``audio``: phones and
     loudness per 10 ms row, its anticipation, its landmarks per frame [n,68,2] and the
     face's rest width."""
+    from engines.audio.spectral_envelope import SpectralEnvelope
     from engines.render.landmark_default import SpeechLandmarkEngine
     from engines.render.mouth_ridge import mouth_width
 
@@ -73,10 +86,28 @@ def heard(neutral: np.ndarray, audio: np.ndarray, n: int) -> dict:
     eng.push_audio(audio)
     eng.flush()
     lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)
-    return {"phones": np.asarray(eng._phones, np.int64), "levels": np.asarray(eng._levels),
+    levels = np.asarray(eng._levels)
+    return {"phones": np.asarray(eng._phones, np.int64), "levels": levels,
+            "cep_raw": SpectralEnvelope(np.zeros(N_CEP)).raw(audio)[: len(levels)],
             "ant": eng.anticipation_s, "reach": eng.coart_future,
             "level_reach": eng._level_reach, "visemes": lm,
             "rest_width": float(mouth_width(eng.neutral)), "engine": eng}
+
+
+def envelope_of(data: list[dict]) -> dict:
+    """The spectral envelope's settings, its starting mean from the loud rows of
+    ``data``'s clips (the people fitted on)."""
+    rows = np.vstack([d["cep_raw"][d["levels"] > CEP_GATE] for d in data])
+    return {"mean0": [round(float(v), 5) for v in rows.mean(0)], "tau_rows": TAU_ROWS,
+            "gate": CEP_GATE}
+
+
+def cepstra(d: dict, env: dict) -> np.ndarray:
+    """A clip's spectral envelope rows as the engine streams them with ``env``."""
+    from engines.audio.spectral_envelope import SpectralEnvelope
+
+    return SpectralEnvelope(np.asarray(env["mean0"]), env["tau_rows"],
+                            env["gate"]).normalise(d["cep_raw"], d["levels"])
 
 
 def _rows(d: dict, n: int) -> np.ndarray:
@@ -86,18 +117,23 @@ def _rows(d: dict, n: int) -> np.ndarray:
     return np.round((np.arange(n) / FPS + d["ant"]) / ROW_S).astype(int)
 
 
-def features(d: dict, n: int) -> np.ndarray:
-    """[n, K * n_phones + L]: per phone offset its one-hot, then the loudness per level
+def features(d: dict, n: int, cep: np.ndarray | None = None) -> np.ndarray:
+    """[n, K * n_phones + L (+ C * N_CEP)]: per phone offset its one-hot, then the loudness
+    per level offset, then (``cep``: the clip's spectral envelope rows) the envelope per
     offset (the layout :class:`engines.render.mouth_ridge.PhoneRidge` reads its weights
     in)."""
-    from engines.render.mouth_ridge import window
+    from engines.render.mouth_ridge import cepstra_window, window
     from engines.render.visemes import PHONES
 
-    ph, lv = window(d["phones"], d["levels"], _rows(d, n), OFFSETS, d["reach"],
+    rows = _rows(d, n)
+    ph, lv = window(d["phones"], d["levels"], rows, OFFSETS, d["reach"],
                     LEVEL_OFFSETS, d["level_reach"])
     out = np.zeros((n, len(OFFSETS), len(PHONES)), np.float32)
     out[np.arange(n)[:, None], np.arange(len(OFFSETS))[None, :], ph] = 1.0
-    return np.hstack([out.reshape(n, -1), lv])
+    parts = [out.reshape(n, -1), lv]
+    if cep is not None:
+        parts.append(cepstra_window(cep, rows, CEP_OFFSETS, d["level_reach"]).reshape(n, -1))
+    return np.hstack(parts)
 
 
 def fit(xs: list[np.ndarray], ys: list[np.ndarray], ours: list[np.ndarray],
@@ -111,8 +147,15 @@ def fit(xs: list[np.ndarray], ys: list[np.ndarray], ours: list[np.ndarray],
     ok = np.isfinite(y)
     x, y = x[ok].astype(np.float64), y[ok]
     mu = x.mean(0)
-    xc = x - mu
-    w = np.linalg.solve(xc.T @ xc + LAMBDA * np.eye(x.shape[1]), xc.T @ (y - y.mean()))
+    k = len(OFFSETS) * len(PHONES)
+    n_base = k + len(LEVEL_OFFSETS)
+    # the phones and loudness as they are, penalised by LAMBDA; the spectral envelope's
+    # columns standardised, penalised by CEP_LAMBDA (its scale is arbitrary)
+    scale = np.ones(x.shape[1])
+    scale[n_base:] = x[:, n_base:].std(0) + 1e-6
+    xc = (x - mu) / scale
+    pen = np.r_[np.full(n_base, LAMBDA), np.full(x.shape[1] - n_base, CEP_LAMBDA)]
+    w = np.linalg.solve(xc.T @ xc + np.diag(pen), xc.T @ (y - y.mean())) / scale
     bias = float(y.mean() - mu @ w)
     pred = np.concatenate([xi @ w + bias for xi in xs])
     o = np.concatenate(ours)
@@ -121,14 +164,17 @@ def fit(xs: list[np.ndarray], ys: list[np.ndarray], ours: list[np.ndarray],
     gain = sd_o / max(float(pred[good].std()), 1e-9)
     mixed = (1 - SHARE) * o[good] + SHARE * (mean + gain * pred[good])
     spread = sd_o / max(float(mixed.std()), 1e-9)
-    k = len(OFFSETS) * len(PHONES)
-    return {"phones": list(PHONES), "offsets": OFFSETS.tolist(),
-            "level_offsets": LEVEL_OFFSETS.tolist(),
-            "w_phone": np.round(w[:k].reshape(len(OFFSETS), len(PHONES)), 6).tolist(),
-            "w_level": np.round(w[k:], 6).tolist(),
-            "bias": round(bias, 6), "mean": round(mean, 6), "gain": round(gain, 6),
-            "share": SHARE, "spread": round(spread, 6), "from_rest": from_rest,
-            "lambda": LAMBDA}
+    out = {"phones": list(PHONES), "offsets": OFFSETS.tolist(),
+           "level_offsets": LEVEL_OFFSETS.tolist(),
+           "w_phone": np.round(w[:k].reshape(len(OFFSETS), len(PHONES)), 6).tolist(),
+           "w_level": np.round(w[k:n_base], 6).tolist(),
+           "bias": round(bias, 6), "mean": round(mean, 6), "gain": round(gain, 6),
+           "share": SHARE, "spread": round(spread, 6), "from_rest": from_rest,
+           "lambda": LAMBDA}
+    if x.shape[1] > n_base:
+        out.update({"cep_offsets": CEP_OFFSETS.tolist(), "cep_lambda": CEP_LAMBDA,
+                    "w_cep": np.round(w[n_base:].reshape(len(CEP_OFFSETS), -1), 8).tolist()})
+    return out
 
 
 def replay(d: dict, n: int, fit_: dict) -> np.ndarray:
@@ -140,10 +186,15 @@ def replay(d: dict, n: int, fit_: dict) -> np.ndarray:
     eng = d["engine"]
     width = fit_["width"]
     eng.mouth_model = MouthRidge(PhoneRidge.from_dict(fit_["opening"]),
-                                 None if width is None else PhoneRidge.from_dict(width))
+                                 None if width is None else PhoneRidge.from_dict(width),
+                                 fit_.get("envelope"))
+    # the spectral envelope as the engine would have streamed it with this fit's settings
+    eng.envelope = eng.mouth_model.spectral_envelope()
+    if eng.envelope is not None:
+        eng._cep_buf, eng._cep_rows = d["cep"], len(d["cep"])
     eng.rewind()
     lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)
-    eng.mouth_model = None
+    eng.mouth_model, eng.envelope = None, None
     return lm
 
 
@@ -152,20 +203,37 @@ def regression(fit_: dict, d: dict, n: int) -> np.ndarray:
     from engines.render.mouth_ridge import PhoneRidge
 
     m = PhoneRidge.from_dict(fit_)
-    return np.array([m.predict(d["phones"], d["levels"], int(c), d["reach"], d["level_reach"])
-                     for c in _rows(d, n)])
+    return np.array([m.predict(d["phones"], d["levels"], int(c), d["reach"], d["level_reach"],
+                               d.get("cep")) for c in _rows(d, n)])
 
 
-def fit_both(xs, data, clips, ys_open, ys_width) -> dict:
+def with_envelope(data: list[dict], clips: list[dict], fitted_on: list[int],
+                  envelope: bool = True) -> tuple[dict | None, list[np.ndarray]]:
+    """The envelope's settings from the clips ``fitted_on`` (None: ``envelope`` off), each
+    clip's rows streamed with them (``d["cep"]``, in place) and every clip's features."""
+    env = envelope_of([data[i] for i in fitted_on]) if envelope else None
+    xs = []
+    for d, c in zip(data, clips, strict=True):
+        d["cep"] = None if env is None else cepstra(d, env)
+        xs.append(features(d, c["n"], d["cep"]))
+    return env, xs
+
+
+def fit_both(xs, data, clips, ys_open, ys_width, env: dict | None = None) -> dict:
     """The opening's fit on the visemes, then the width's on the engine with that
-    opening (each clip's width taken from its face's rest width)."""
+    opening (each clip's width taken from its face's rest width); ``env``: the spectral
+    envelope's settings the features were streamed with (None: they hold none)."""
     from engines.render.mouth_ridge import mouth_width
     from etf_models.canonical_face import mouth_opening
 
     opening = fit(xs, ys_open, [mouth_opening(d["visemes"]) for d in data], from_rest=False)
-    ours_w = [mouth_width(replay(d, c["n"], {"opening": opening, "width": None}))
+    ours_w = [mouth_width(replay(d, c["n"], {"opening": opening, "width": None,
+                                             "envelope": env}))
               - d["rest_width"] for d, c in zip(data, clips, strict=True)]
-    return {"opening": opening, "width": fit(xs, ys_width, ours_w, from_rest=True)}
+    out = {"opening": opening, "width": fit(xs, ys_width, ours_w, from_rest=True)}
+    if env is not None:
+        out["envelope"] = env
+    return out
 
 
 def widened(fit_: dict, k: float) -> dict:
@@ -224,11 +292,17 @@ def centred(v: np.ndarray) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SHARE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true",
                     help="write the fit on everyone to engines/render/mouth_ridge.json")
     ap.add_argument("-o", "--output", type=Path, default=OUT)
+    ap.add_argument("--share", type=float, default=SHARE,
+                    help="the regression's share of each blend (default %(default)s)")
+    ap.add_argument("--no-envelope", action="store_true",
+                    help="the phones and loudness alone (the fit before the spectral envelope)")
     args = ap.parse_args(argv)
+    SHARE = args.share
     from benchmarks.lipsync_talking import ensure_shards, load_clips, score
     from engines.render import mouth_ridge
     from engines.render.mouth_ridge import mouth_width
@@ -239,12 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     ensure_shards(TALKING, SHARDS, 2)
     clips = load_clips(TALKING, SHARDS, None)
     data = [heard(c["neutral"], c["audio"], c["n"]) for c in clips]
-    xs = [features(d, c["n"]) for d, c in zip(data, clips, strict=True)]
+    envelope = not args.no_envelope
+    env, xs = with_envelope(data, clips, list(range(len(clips))), envelope)
     ys_open = [c["real"] - np.nanmedian(c["real"]) for c in clips]
     widths = [real_width(c) for c in clips]
     ys_width = [w - np.nanmedian(w) for w in widths]
     people = sorted({c["person"] for c in clips})
-    full = fit_both(xs, data, clips, ys_open, ys_width)
+    full = fit_both(xs, data, clips, ys_open, ys_width, env)
     widen = widen_table(full, data, clips, widths)
     k = widen_choice(widen)
     widen["chosen"] = k
@@ -256,10 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     for person in people:
         tr = [i for i, c in enumerate(clips) if c["person"] != person]
         te = [i for i, c in enumerate(clips) if c["person"] == person]
-        both = widened(fit_both([xs[i] for i in tr], [data[i] for i in tr],
+        # the envelope's starting mean from the others too; every clip streamed with it
+        env_p, xs_p = with_envelope(data, clips, tr, envelope)
+        both = widened(fit_both([xs_p[i] for i in tr], [data[i] for i in tr],
                                 [clips[i] for i in tr], [ys_open[i] for i in tr],
-                                [ys_width[i] for i in tr]), k)
-        only_open = {"opening": both["opening"], "width": None}
+                                [ys_width[i] for i in tr], env_p), k)
+        only_open = {"opening": both["opening"], "width": None, "envelope": env_p}
         series: dict[str, list[np.ndarray]] = {k: [] for k in (
             "real_o", "real_w", "vis_o", "open_o", "both_o", "open_w", "both_w", "reg_o",
             "reg_w")}
@@ -314,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     report = {"benchmark": "mouth_ridge", "about": __doc__.split("\n\n")[0].replace("\n", " "),
               "offsets_rows": OFFSETS.tolist(), "level_offsets_rows": LEVEL_OFFSETS.tolist(),
               "lambda": LAMBDA, "share": SHARE,
+              "spectral_envelope": None if env is None else {
+                  "n_cep": N_CEP, "offsets_rows": CEP_OFFSETS.tolist(),
+                  "cep_lambda": CEP_LAMBDA, "tau_rows": TAU_ROWS, "gate": CEP_GATE},
               "notes": "width 'visemes' is the engine with the learned opening alone (what "
                        "the width blend starts from); widths are taken from each clip's "
                        "median before scoring (faces differ in width at rest)",
@@ -325,7 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     print("leave one person out:", json.dumps(summary))
     print("devset:", devset)
     if args.write:
-        sha = write_pinned_json(mouth_ridge.FIT_PATH, {t: full[t] for t in mouth_ridge.TARGETS})
+        sha = write_pinned_json(mouth_ridge.FIT_PATH,
+                                {t: full[t] for t in (*mouth_ridge.TARGETS, "envelope")
+                                 if t in full})
         print(f"wrote {mouth_ridge.FIT_PATH} sha256 {sha}")
     return 0
 
@@ -351,7 +433,9 @@ def devset_clips(full: dict) -> list[dict]:
         lm = frame_landmarks([frames[closed_mouth_frame(real)]])[0]
         neutral = neutralise(apply_affine(similarity_to_canonical(lm), lm).astype(np.float32))[0]
         d = heard(neutral, load_audio(DEVSET / clip, 16000), len(real))
-        lm_open = replay(d, len(real), {"opening": full["opening"], "width": None})
+        d["cep"] = cepstra(d, full["envelope"]) if "envelope" in full else None
+        lm_open = replay(d, len(real), {"opening": full["opening"], "width": None,
+                                        "envelope": full.get("envelope")})
         lm_both = replay(d, len(real), full)
         def r(x, y):
             return round(best_lag_corr(x, y)[0], 4)

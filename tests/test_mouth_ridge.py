@@ -12,7 +12,7 @@ import pytest
 from engines.media.audio_io import load_audio
 from engines.motion.face_motion import N_PARAMS, P, apply
 from engines.render import mouth_ridge
-from engines.render.landmark_default import SpeechLandmarkEngine
+from engines.render.landmark_default import Loudness, SpeechLandmarkEngine
 from engines.render.mouth_ridge import mouth_width
 from etf_models.canonical_face import mouth_opening
 
@@ -35,7 +35,7 @@ def test_the_shipped_fit_loads_pinned_and_a_foreign_one_is_refused(tmp_path, mon
     with pytest.raises(mouth_ridge.MouthRidgeError, match="phone set"):
         mouth_ridge.load(other)
     (tmp_path / "half.json").write_text(json.dumps({"opening": fit["opening"]}))
-    with pytest.raises(mouth_ridge.MouthRidgeError, match="exactly opening, width"):
+    with pytest.raises(mouth_ridge.MouthRidgeError, match="must hold opening, width"):
         mouth_ridge.load(tmp_path / "half.json")
     (tmp_path / "junk.json").write_text("[]")
     with pytest.raises(mouth_ridge.MouthRidgeError):
@@ -117,7 +117,8 @@ def test_silence_stays_as_it_is_and_pressed_lips_stay_pressed(identity):
     lm = apply(identity.neutral, eng.fields, speech)
     m = eng.mouth_model
     want = m.opening.target(float(mouth_opening(lm)),
-                            m.opening.predict(eng._phones, eng._levels, 50, 10, 16))
+                            m.opening.predict(eng._phones, eng._levels, 50, 10, 16,
+                                              eng._cepstra))
     out = eng._learned_mouth(lm, speech, 50)
     assert speech[P["jaw_open"]] >= 0.0
     # the width's rounding parts the lips a little too: the jaw made the opening asked
@@ -140,11 +141,82 @@ def test_the_loudness_is_read_ahead_of_the_phones_at_no_extra_latency(identity, 
     levels = np.full(200, 0.8, np.float32)
     quiet_ahead = levels.copy()
     quiet_ahead[101:] = 0.0  # the sound stops just after the frame's row
-    now = m.predict(phones, levels, 100, 0, 6)
-    assert m.predict(phones, quiet_ahead, 100, 0, 6) != now  # heard ahead
-    assert m.predict(phones, quiet_ahead, 100, 0, 0) == m.predict(phones, levels, 100, 0, 0)
+    cep = np.zeros((200, eng.envelope.n_cep), np.float32)
+    now = m.predict(phones, levels, 100, 0, 6, cep)
+    assert m.predict(phones, quiet_ahead, 100, 0, 6, cep) != now  # heard ahead
+    assert (m.predict(phones, quiet_ahead, 100, 0, 0, cep)
+            == m.predict(phones, levels, 100, 0, 0, cep))
+    # the spectral envelope too: read as far ahead as the loudness, no further
+    assert m.cep_offsets.max() == 6
+    other = cep.copy()
+    other[101:] = 1.0
+    assert m.predict(phones, levels, 100, 0, 6, other) != now
+    assert (m.predict(phones, levels, 100, 0, 0, other)
+            == m.predict(phones, levels, 100, 0, 0, cep))
 
     speech = synth_speech("Bob bought a map of the moon.", tmp_path / "s.wav")
     a = streamed_landmarks(identity.neutral, speech, 320, **live)
     b = streamed_landmarks(identity.neutral, speech, 4000, **live)
     assert a.shape == b.shape and np.allclose(a, b, atol=1e-4)
+
+
+def test_the_envelope_settings_must_match_the_weights(tmp_path):
+    fit = json.loads(mouth_ridge.FIT_PATH.read_text())
+    assert fit["envelope"]["tau_rows"] > 0 and len(fit["envelope"]["mean0"]) == 8
+    for r in ("opening", "width"):
+        assert np.shape(fit[r]["w_cep"]) == (len(fit[r]["cep_offsets"]), 8)
+    bad = {
+        "no_envelope": {k: v for k, v in fit.items() if k != "envelope"},
+        "short_mean": {**fit, "envelope": {**fit["envelope"], "mean0": [0.0] * 5}},
+        "no_offsets": {**fit, "width": {k: v for k, v in fit["width"].items()
+                                        if k != "cep_offsets"}},
+    }
+    for name, d in bad.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+        with pytest.raises(mouth_ridge.MouthRidgeError, match="envelope|rows"):
+            mouth_ridge.load(tmp_path / f"{name}.json")
+    eng = SpeechLandmarkEngine(np.zeros((68, 2), np.float32) + 128.0, idle_amplitude=0.0)
+    with pytest.raises(mouth_ridge.MouthRidgeError, match="spectral envelope"):
+        eng.mouth_model.opening.predict(np.zeros(10, np.int16), np.zeros(10), 5, 0, 0)
+
+
+def test_the_learned_mouth_hears_the_spectrum(identity, tmp_path):
+    """The same phones and loudness with the spectrum's shape taken away move the mouth
+    differently; and the spectrum alone opens an /aa/ wider than an /iy/ (every voice)
+    and makes an /uw/ narrower than an /iy/ (on average over the voices: the width
+    hears the spectrum less clearly), as vocal tracts do."""
+    from conftest import synth_speech
+
+    audio = load_audio(str(resources.files("engines.audio.assets") / "hello.wav"), 16000)
+    heard = _landmarks(identity, audio, learned=True)
+    eng = SpeechLandmarkEngine(identity.neutral, idle_amplitude=0.0)
+    eng.envelope.normalise = lambda raw, levels: np.zeros_like(raw)  # a flat spectrum
+    eng.push_audio(audio)
+    eng.flush()
+    flat = np.array([eng.next_frame()[0] for _ in range(eng.frames_total)])
+    a, b = mouth_opening(heard), mouth_opening(flat)
+    assert np.abs(a - b).max() > 0.01 and np.corrcoef(a, b)[0, 1] > 0.6
+
+    # each vowel said three times after a carrier sentence (the running mean hears the
+    # voice first, as in conversation), by four synthetic voices
+    m = mouth_ridge.default_model()
+    carrier = "This is a short sentence that I say before the word, so you hear my voice."
+    parts = {}
+    for voice in ("slt", "kal", "awb", "rms"):
+        lead = synth_speech(carrier, tmp_path / "carrier.wav", voice=voice, pad_s=0.0)
+        for vowel in ("ah", "ee", "oo"):
+            tail = synth_speech(f"{vowel} {vowel} {vowel}", tmp_path / "v.wav", voice=voice,
+                                pad_s=0.2)
+            speech = np.r_[lead, tail]
+            loud = Loudness().push(speech)
+            env = m.spectral_envelope()
+            cep = env.push(speech, loud)
+            rows = len(lead) // 160 + np.flatnonzero(loud[len(lead) // 160:] > 0.3)
+            for name, ridge in (("opening", m.opening), ("width", m.width)):
+                w = mouth_ridge.cepstra_window(cep, rows, ridge.cep_offsets, 6)
+                parts[voice, vowel, name] = float(np.mean((w * ridge.w_cep).sum(axis=(1, 2))))
+    for voice in ("slt", "kal", "awb", "rms"):
+        assert parts[voice, "ah", "opening"] > parts[voice, "ee", "opening"], voice
+    mean = {v: np.mean([parts[k] for k in parts if k[1] == v and k[2] == "width"])
+            for v in ("ee", "oo")}
+    assert mean["oo"] < mean["ee"]

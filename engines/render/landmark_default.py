@@ -200,6 +200,8 @@ class SpeechLandmarkEngine:
         #: the lips' shape learned from real mouths (None: the fields' own)
         self.lip_model: lip_shapes.LipShapes | None = (
             lip_shapes.default_model() if learned_lips else None)
+        #: the spectral envelope the learned mouth reads (None: it reads none)
+        self.envelope = None if self.mouth_model is None else self.mouth_model.spectral_envelope()
         # The loudness is known as soon as the audio arrives, the phones only once the
         # recogniser commits them: the learned mouth reads the loudness up to the
         # recogniser's commit delay further ahead, at no extra latency.
@@ -245,6 +247,12 @@ class SpeechLandmarkEngine:
         self.idle = IdleMotion(rng, self.idle_amplitude)
         self._phones = np.zeros(0, np.int16)  # phone id per 10 ms row (final rows only)
         self._levels = np.zeros(0, np.float32)  # loudness per 10 ms row
+        # the spectral envelope per 10 ms row, in a buffer that doubles as it fills (a live
+        # session runs for hours: no copy of everything heard per chunk)
+        if self.envelope is not None:
+            self.envelope.reset()
+            self._cep_buf = np.zeros((1024, self.envelope.n_cep), np.float32)
+        self._cep_rows = 0
         self._slow_level = 0.0
         self._frame = 0
         self._flushed = False
@@ -254,8 +262,23 @@ class SpeechLandmarkEngine:
         """Feed 16 kHz mono float32 audio of any length."""
         pcm = np.asarray(pcm, np.float32).ravel()
         self._pushed_s += len(pcm) / self.sample_rate
-        self._levels = np.concatenate([self._levels, self.loudness.push(pcm)])
+        levels = self.loudness.push(pcm)
+        self._levels = np.concatenate([self._levels, levels])
+        if self.envelope is not None:
+            rows = self.envelope.push(pcm, levels)
+            end = self._cep_rows + len(rows)
+            if end > len(self._cep_buf):
+                grown = np.zeros((max(2 * len(self._cep_buf), end), rows.shape[1]), np.float32)
+                grown[: self._cep_rows] = self._cep_buf[: self._cep_rows]
+                self._cep_buf = grown
+            self._cep_buf[self._cep_rows : end] = rows
+            self._cep_rows = end
         self._add_segments(self.recognizer.push(pcm))
+
+    @property
+    def _cepstra(self) -> np.ndarray | None:
+        """The spectral envelope's rows heard so far [n, n_cep] (None without one)."""
+        return None if self.envelope is None else self._cep_buf[: self._cep_rows]
 
     def flush(self) -> None:
         """End of stream: every remaining frame up to the audio's end becomes ready."""
@@ -365,7 +388,8 @@ class SpeechLandmarkEngine:
         if closing < 0.5:
             ours = float(mouth_opening(lm))
             want = m.opening.target(ours, m.opening.predict(
-                self._phones, self._levels, row, self.coart_future, self._level_reach))
+                self._phones, self._levels, row, self.coart_future, self._level_reach,
+                self._cepstra))
             d = max(gate * (want - ours) / self._jaw_slope, -float(speech[P["jaw_open"]]))
             speech[P["jaw_open"]] += d
             lm = lm + d * self.fields[P["jaw_open"]]
@@ -374,8 +398,8 @@ class SpeechLandmarkEngine:
             return lm
         ours = float(mouth_width(lm))
         want = m.width.target(ours, m.width.predict(
-            self._phones, self._levels, row, self.coart_future, self._level_reach),
-            self._rest_width)
+            self._phones, self._levels, row, self.coart_future, self._level_reach,
+            self._cepstra), self._rest_width)
         # narrower: less stretch first, then more rounding; wider: the other way round
         r, s = float(speech[P["lip_round"]]), float(speech[P["lip_stretch"]])
         dw = weight * (want - ours)

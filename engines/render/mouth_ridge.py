@@ -14,6 +14,12 @@ predict, per frame and against the clip's median:
 * ``opening``: the inner-lip gap over the eye-corner distance (:func:`mouth_opening`);
 * ``width``: the mouth corners' distance over the eye-corner distance (:func:`mouth_width`).
 
+Both regressions also read the spectrum's coarse shape over the same rows as the loudness
+(:mod:`engines.audio.spectral_envelope`: 8 cepstra per 10 ms row, each taken from a running
+mean of the speaker's own): the jaw and lips shape the spectrum in every row, heard even
+where the recogniser hears the wrong phone (real-world speech, a far microphone). Left out
+person by person it lifts the opening's blend for all 13 people (median 0.442 -> 0.499).
+
 The engine keeps its visemes and blends each with its regression: the frame's value
 becomes the mean of its own and the regression's (the regression's scaled to the same
 spread around the same mean, both taken from the face's rest value where the fit says
@@ -43,7 +49,7 @@ from etf_models.canonical_face import mouth_opening
 
 FIT_PATH = Path(__file__).with_name("mouth_ridge.json")
 #: The shipped fit is pinned: another file is refused, never silently used.
-FIT_SHA256 = "2e2b0a283ca82b1b204ec11ab6ea1afbb65d969f46c120ac7d4476aff0c3a26e"
+FIT_SHA256 = "9a5809b458db6d59477c3fa422db9ebd2ddac24b34f486a8d564d73c27fa208f"
 #: What each regression predicts, in the file's order.
 TARGETS = ("opening", "width")
 
@@ -88,6 +94,10 @@ class PhoneRidge:
     #: the spread below the mean, where it differs from ``spread`` above it (real mouths
     #: widen further than they narrow around their median); None: the same
     spread_below: float | None = None
+    #: [C] int: the spectral envelope's rows read (:class:`MouthRidge.envelope`), relative
+    #: to the same row, and their weights [C, n_cep]; None: the phones and loudness alone
+    cep_offsets: np.ndarray | None = None
+    w_cep: np.ndarray | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> PhoneRidge:
@@ -97,9 +107,15 @@ class PhoneRidge:
                     np.asarray(d["w_level"], np.float32), float(d["bias"]), float(d["mean"]),
                     float(d["gain"]), float(d["share"]), float(d["spread"]),
                     bool(d["from_rest"]), np.asarray(d["level_offsets"], np.int64),
-                    None if d.get("spread_below") is None else float(d["spread_below"]))
+                    None if d.get("spread_below") is None else float(d["spread_below"]),
+                    None if d.get("cep_offsets") is None
+                    else np.asarray(d["cep_offsets"], np.int64),
+                    None if d.get("w_cep") is None else np.asarray(d["w_cep"], np.float32))
         if (ridge.w_phone.shape != (len(ridge.offsets), len(PHONES))
-                or ridge.w_level.shape != ridge.level_offsets.shape):
+                or ridge.w_level.shape != ridge.level_offsets.shape
+                or (ridge.cep_offsets is None) != (ridge.w_cep is None)
+                or (ridge.w_cep is not None
+                    and (ridge.w_cep.ndim != 2 or len(ridge.w_cep) != len(ridge.cep_offsets)))):
             raise MouthRidgeError("the mouth model's weights do not match its rows")
         return ridge
 
@@ -109,16 +125,26 @@ class PhoneRidge:
 
     @property
     def level_future_rows(self) -> int:
-        return int(self.level_offsets.max())
+        """Loudness (and spectral envelope) rows past a frame's row it reads."""
+        cep = 0 if self.cep_offsets is None else int(self.cep_offsets.max())
+        return max(int(self.level_offsets.max()), cep)
 
     def predict(self, phones: np.ndarray, levels: np.ndarray, row: int, reach: int,
-                level_reach: int | None = None) -> float:
+                level_reach: int | None = None, cepstra: np.ndarray | None = None) -> float:
         """The regression's value (deviation from a clip's median) at ``row`` from the
-        rows heard so far (``phones``, ``levels``): see :func:`window`."""
+        rows heard so far (``phones``, ``levels``, and the spectral envelope's rows
+        ``cepstra`` [n, n_cep] when the fit reads them): see :func:`window`."""
         ph, lv = window(phones, levels, np.array([row]), self.offsets, reach,
                         self.level_offsets, level_reach)
         k = np.arange(len(self.offsets))
-        return float(self.bias + self.w_phone[k, ph[0]].sum() + (self.w_level * lv[0]).sum())
+        out = self.bias + self.w_phone[k, ph[0]].sum() + (self.w_level * lv[0]).sum()
+        if self.w_cep is not None:
+            if cepstra is None:
+                raise MouthRidgeError("this mouth model reads the spectral envelope")
+            cep = cepstra_window(cepstra, np.array([row]), self.cep_offsets,
+                                 reach if level_reach is None else level_reach)
+            out += float((self.w_cep * cep[0]).sum())
+        return float(out)
 
     def target(self, ours: float, predicted: float, rest: float = 0.0) -> float:
         """The frame's value: ``ours`` (the visemes') blended with the regression's;
@@ -133,18 +159,43 @@ class PhoneRidge:
 
 @dataclass(frozen=True)
 class MouthRidge:
-    """The shipped fit: one :class:`PhoneRidge` per target."""
+    """The shipped fit: one :class:`PhoneRidge` per target, and the spectral envelope's
+    settings when they read it."""
 
     opening: PhoneRidge
     #: None: the width stays as the visemes and the learned opening make it (the width is
     #: fitted on that engine)
     width: PhoneRidge | None
+    #: {"mean0": [n_cep], "tau_rows": float, "gate": float}: the
+    #: :class:`engines.audio.spectral_envelope.SpectralEnvelope` the regressions read;
+    #: None: they read the phones and loudness alone
+    envelope: dict | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> MouthRidge:
-        if not isinstance(d, dict) or set(d) != set(TARGETS):
-            raise MouthRidgeError(f"the mouth model must hold exactly {', '.join(TARGETS)}")
-        return cls(**{t: PhoneRidge.from_dict(d[t]) for t in TARGETS})
+        if not isinstance(d, dict) or not set(TARGETS) <= set(d) <= {*TARGETS, "envelope"}:
+            raise MouthRidgeError(f"the mouth model must hold {', '.join(TARGETS)} "
+                                  "(and optionally envelope)")
+        ridges = {t: PhoneRidge.from_dict(d[t]) for t in TARGETS}
+        env = d.get("envelope")
+        reads = [r.w_cep for r in ridges.values() if r is not None and r.w_cep is not None]
+        if env is not None:
+            env = {"mean0": [float(v) for v in env["mean0"]],
+                   "tau_rows": float(env["tau_rows"]), "gate": float(env["gate"])}
+        if bool(reads) != (env is not None) or any(w.shape[1] != len(env["mean0"])
+                                                   for w in reads):
+            raise MouthRidgeError("the mouth model's envelope does not match its weights")
+        return cls(**ridges, envelope=env)
+
+    def spectral_envelope(self):
+        """A fresh :class:`SpectralEnvelope` stream for these regressions (None if they do
+        not read one)."""
+        if self.envelope is None:
+            return None
+        from engines.audio.spectral_envelope import SpectralEnvelope
+
+        return SpectralEnvelope(np.asarray(self.envelope["mean0"]), self.envelope["tau_rows"],
+                                self.envelope["gate"])
 
 
 SILENCE_ID = PHONES.index("SIL")
@@ -165,6 +216,22 @@ def window(phones: np.ndarray, levels: np.ndarray, rows: np.ndarray, offsets: np
     return (_heard(phones, np.minimum(rows + offsets, rows + reach), SILENCE_ID, np.int64),
             _heard(levels, np.minimum(rows + level_offsets, rows + level_reach), 0.0,
                    np.float32))
+
+
+def cepstra_window(cepstra: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
+                   reach: int) -> np.ndarray:
+    """The spectral envelope's rows [N, C, n_cep] at ``offsets`` [C] from each of ``rows``
+    [N]; rows beyond ``row + reach`` repeat that row, rows not heard are zero (the running
+    mean: nothing known)."""
+    rows = np.asarray(rows, np.int64)[:, None]
+    idx = np.minimum(rows + offsets, rows + reach)
+    n = len(cepstra)
+    out = np.zeros((*idx.shape, cepstra.shape[1] if cepstra.ndim == 2 else 0), np.float32)
+    if n == 0:
+        return out
+    ok = (idx >= 0) & (idx < n)
+    out[ok] = cepstra[idx[ok]]
+    return out
 
 
 def _heard(values: np.ndarray, idx: np.ndarray, unheard, dtype) -> np.ndarray:

@@ -1,0 +1,95 @@
+"""The spectrum's coarse shape per 10 ms row: what the mouth is doing, heard in the sound.
+
+The jaw and the lips shape the vocal tract, and the tract shapes the spectrum: an open jaw
+raises the first formant, spread lips raise the second, rounded lips lower every formant.
+A phone recogniser hears that too, but on real-world speech it often hears the wrong
+phone, while the spectrum's envelope is there in every row. The first few cepstra (the
+log mel spectrum's slow variation across frequency) carry the envelope and little of the
+voice's pitch or the speaker's own timbre.
+
+:class:`SpectralEnvelope` streams them on the loudness rows' grid (10 ms): row ``r`` is
+the 32 ms window that ends where loudness row ``r`` ends, so it is final exactly when that
+row is and reading it costs no latency the loudness does not already cost. Each row is
+taken from a running mean of the rows where the speaker is heard (the loudness gate), so
+the microphone's and the voice's own colour drop out as they do from the loudness; the
+mean starts from a typical speaker's (the fit's ``mean0``) and moves with a time constant
+of ``tau_rows`` loud rows. Whole-file and streaming give the same rows however the audio
+is chunked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from etf_models.speech_features import dct_matrix, mel_weights
+
+SAMPLE_RATE = 16000
+HOP = 160  # 10 ms: the loudness rows' hop
+WINDOW = 512  # 32 ms, DeepSpeech's window: the mel filterbank is built for its FFT
+N_MEL = 40
+
+
+def _periodic_hann(n: int) -> np.ndarray:
+    return (0.5 - 0.5 * np.cos(2.0 * math.pi * np.arange(n) / n)).astype(np.float64)
+
+
+class SpectralEnvelope:
+    """Streaming cepstra [n_cep] per 10 ms row, normalised by a running mean of the loud
+    rows (see module docstring). ``mean0`` [n_cep]: where the mean starts; ``gate``: the
+    loudness (0..1) from which a row counts as heard speech."""
+
+    def __init__(self, mean0: np.ndarray, tau_rows: float = 300.0, gate: float = 0.1) -> None:
+        self.mean0 = np.asarray(mean0, np.float64).ravel()
+        if self.mean0.size < 1 or self.mean0.size > N_MEL:
+            raise ValueError(f"mean0 must hold 1..{N_MEL} cepstra, not {self.mean0.size}")
+        if tau_rows < 1.0:
+            raise ValueError("tau_rows must be at least 1")
+        self.n_cep = self.mean0.size
+        self.tau_rows = float(tau_rows)
+        self.gate = float(gate)
+        self._dct = dct_matrix(self.n_cep, N_MEL)
+        self._hann = _periodic_hann(WINDOW)
+        self.reset()
+
+    def reset(self) -> None:
+        # the first windows reach back before the audio: zeros, as if silence preceded it
+        self._tail = np.zeros(WINDOW - HOP, np.float32)
+        self.mean = self.mean0.copy()
+
+    def raw(self, pcm: np.ndarray) -> np.ndarray:
+        """Unnormalised cepstra [n, n_cep] for the complete 10 ms rows of the new audio
+        (the stream's state advances)."""
+        x = np.concatenate([self._tail, np.asarray(pcm, np.float32).ravel()])
+        n = (len(x) - (WINDOW - HOP)) // HOP
+        if n <= 0:
+            self._tail = x
+            return np.zeros((0, self.n_cep), np.float32)
+        idx = np.arange(n)[:, None] * HOP + np.arange(WINDOW)[None, :]
+        frames = x[idx].astype(np.float64) * self._hann
+        self._tail = x[n * HOP:]
+        mag = np.abs(np.fft.rfft(frames, n=WINDOW, axis=-1))
+        mel = mag @ mel_weights()
+        return (np.log(np.maximum(mel, 1e-12)) @ self._dct).astype(np.float32)
+
+    def normalise(self, raw: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """``raw`` rows [n, n_cep] less the running mean of the loud ones (``levels`` [n],
+        the same rows' loudness 0..1); the mean moves on (in place)."""
+        out = np.empty(raw.shape, np.float32)
+        a = 1.0 / self.tau_rows
+        mean = self.mean
+        for i, (row, level) in enumerate(zip(raw.astype(np.float64), levels, strict=True)):
+            if level > self.gate:
+                mean += a * (row - mean)
+            out[i] = row - mean
+        return out
+
+    def push(self, pcm: np.ndarray, levels: np.ndarray) -> np.ndarray:
+        """Normalised cepstra [n, n_cep] for the new audio's complete rows; ``levels``: the
+        loudness of the same rows (:class:`engines.render.landmark_default.Loudness` gives
+        exactly one per row of the same audio)."""
+        raw = self.raw(pcm)
+        if len(raw) != len(levels):
+            raise ValueError(f"{len(raw)} spectral rows but {len(levels)} loudness rows")
+        return self.normalise(raw, levels)
