@@ -68,6 +68,33 @@ def profile(patch: np.ndarray, inner: np.ndarray, lip: np.ndarray) -> np.ndarray
     return out / n[:, None] / np.maximum(np.asarray(lip, np.float64), 1.0)
 
 
+#: bands across the opening, from its middle (0) to its corners (1)
+ACROSS_BINS = 5
+
+
+def across(patch: np.ndarray, inner: np.ndarray, lip: np.ndarray) -> np.ndarray | None:
+    """[ACROSS_BINS, 3] colour over lip colour from the opening's middle out to its corners
+    (both halves folded together; each column's interior above its middle, where the upper
+    teeth show), or None when the opening is too small to split."""
+    inside = inner > 0.5
+    cols = np.nonzero(inside.sum(0) >= 2)[0]
+    if cols.size < 2 * ACROSS_BINS:
+        return None
+    x0, x1 = cols.min(), cols.max() + 1
+    mid, half = (x0 + x1) / 2, (x1 - x0) / 2
+    out = np.zeros((ACROSS_BINS, 3))
+    n = np.zeros(ACROSS_BINS)
+    for x in cols:
+        ys = np.nonzero(inside[:, x])[0]
+        top = ys[: max(1, (len(ys) + 1) // 2)]
+        b = min(int(abs(x + 0.5 - mid) / half * ACROSS_BINS), ACROSS_BINS - 1)
+        out[b] += patch[top, x].astype(np.float64).sum(0)
+        n[b] += len(top)
+    if (n == 0).any():
+        return None
+    return out / n[:, None] / np.maximum(np.asarray(lip, np.float64), 1.0)
+
+
 def _medians(profiles: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     p = np.stack(profiles)
     red = p[..., 0] / np.maximum(p[..., 1:].mean(-1), 1e-3)
@@ -86,8 +113,9 @@ def summarise(groups: dict[str, list[np.ndarray]], min_n: int = 5) -> dict | Non
             "redness": np.round(np.median([m[1] for m in meds], 0), 3).tolist()}
 
 
-def real_profiles() -> dict[str, dict[str, list]]:
-    """Per person, per gap class, the samples' profiles."""
+def real_profiles(fn=profile) -> dict[str, dict[str, list]]:
+    """Per person, per gap class, the samples' profiles (``fn``: :func:`profile` top to
+    bottom, or :func:`across` middle to corners)."""
     from engines.recordings import mouth_fit
 
     if not CACHE.exists() or not any(CACHE.glob("*.npz")):
@@ -101,14 +129,15 @@ def real_profiles() -> dict[str, dict[str, list]]:
         for i in range(len(patch)):
             for name, (lo, hi) in GAPS.items():
                 if lo <= gap[i] < hi:
-                    p = profile(patch[i], cond[i, 0].astype(np.float32), lip[i])
+                    p = fn(patch[i], cond[i, 0].astype(np.float32), lip[i])
                     if p is not None:
                         per[name].append(p)
     return out
 
 
-def our_profiles(identity) -> dict[str, list]:
-    """Per gap class, profiles of the default renderer's open mouths on ``identity``."""
+def our_profiles(identity, fn=profile) -> dict[str, list]:
+    """Per gap class, profiles (``fn``) of the default renderer's open mouths on
+    ``identity``."""
     import cv2
 
     from engines.motion import face_motion as M
@@ -142,7 +171,7 @@ def our_profiles(identity) -> dict[str, list]:
         full = np.c_[m[:, :2] @ to_canon[:, :2], m[:, :2] @ to_canon[:, 2] + m[:, 2]]
         patch = cv2.warpAffine(img, full, (mp.PATCH_W, mp.PATCH_H), flags=cv2.INTER_AREA,
                                borderMode=cv2.BORDER_REPLICATE)
-        prof = profile(patch, cond[0], lip)
+        prof = fn(patch, cond[0], lip)
         if prof is not None:
             out[name].append(prof)
     return out
@@ -173,6 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                                                           report[ref][g][k])))), 3)
                 for k in ("luminance", "redness")}
             for g in GAPS if report["ours_all"][g] and report[ref][g]}
+    # across the opening: the side teeth in the cheeks' shadow (the buccal corridor)
+    real_x = real_profiles(across)
+    ours_x = {face: our_profiles(identity, across) for face, identity in faces()}
+    report["across"] = {
+        "about": "upper half of the opening, middle (first band) to corners (last), colour "
+                 "over lip colour; median per person (face), then over people (faces)",
+        "bins": ACROSS_BINS,
+        "real_all": {g: summarise({who: per[g] for who, per in real_x.items()}) for g in GAPS},
+        "ours_all": {g: summarise({f: v[g] for f, v in ours_x.items()}, min_n=2)
+                     for g in GAPS}}
     args.output.write_text(json.dumps(report, indent=1) + "\n")
     for g in GAPS:
         print(f"{g}:")
@@ -182,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {label} {s['groups']:2d} groups, n={s['n']:5d} lum {s['luminance']}"
                       f"  red {s['redness']}")
     print("mean |ours - real| per band:", report["ours_minus_real"])
+    print("across, middle to corners:")
+    for g in GAPS:
+        for label in ("real_all", "ours_all"):
+            v = report["across"][label][g]
+            if v:
+                print(f"  {g:12s} {label[:4]} {v['groups']:2d} groups lum {v['luminance']}"
+                      f"  red {v['redness']}")
     print("mean |ours - held out| per band:", report["ours_minus_held_out"])
     print(f"wrote {args.output}")
     return 0
