@@ -190,8 +190,7 @@ def replay(d: dict, n: int, fit_: dict) -> np.ndarray:
                                  fit_.get("envelope"))
     # the spectral envelope as the engine would have streamed it with this fit's settings
     eng.envelope = eng.mouth_model.spectral_envelope()
-    if eng.envelope is not None:
-        eng._cep_buf, eng._cep_rows = d["cep"], len(d["cep"])
+    eng._cepstra = None if eng.envelope is None else d["cep"]
     eng.rewind()
     lm = np.array([eng.next_frame()[0] for _ in range(n)], np.float32)
     eng.mouth_model, eng.envelope = None, None

@@ -220,3 +220,33 @@ def test_the_learned_mouth_hears_the_spectrum(identity, tmp_path):
     mean = {v: np.mean([parts[k] for k in parts if k[1] == v and k[2] == "width"])
             for v in ("ee", "oo")}
     assert mean["oo"] < mean["ee"]
+
+
+def test_a_long_live_stream_keeps_bounded_rows_and_the_same_frames(identity, monkeypatch):
+    """A live stream drops the rows no coming frame reads (HISTORY_ROWS, in steps of
+    TRIM_ROWS): its memory stays bounded over hours, and every frame is the one the
+    whole stream kept in memory gives. A trimmed stream refuses to replay from its start."""
+    audio = load_audio(str(resources.files("engines.audio.assets") / "hello.wav"), 16000)
+    audio = np.tile(np.r_[audio, np.zeros(8000, np.float32)], 6)  # ~25 s of talk and pauses
+
+    def live(trim: bool):
+        if trim:
+            monkeypatch.setattr(SpeechLandmarkEngine, "HISTORY_ROWS", 50)
+            monkeypatch.setattr(SpeechLandmarkEngine, "TRIM_ROWS", 200)
+        eng = SpeechLandmarkEngine(identity.neutral, 25.0, phone_lookahead_ms=60,
+                                   coart_future_ms=0)
+        frames, longest = [], 0
+        for i in range(0, len(audio), 640):
+            eng.push_audio(audio[i:i + 640])
+            longest = max(longest, len(eng._levels), len(eng._phones), len(eng._cepstra))
+            while eng.frames_ready() > 0:
+                frames.append(eng.next_frame(None)[0])
+        monkeypatch.undo()
+        return np.array(frames), longest, eng
+
+    whole, longest_whole, _ = live(False)
+    trimmed, longest, eng = live(True)
+    assert eng._row0 > 1000 and longest < 500 < longest_whole
+    assert trimmed.shape == whole.shape and np.allclose(trimmed, whole, atol=1e-5)
+    with pytest.raises(RuntimeError, match="dropped"):
+        eng.rewind()

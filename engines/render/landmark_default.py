@@ -105,6 +105,12 @@ class SpeechLandmarkEngine:
     #: The most the learned mouth's loudness rows reach past its phones' (10 ms rows): the
     #: live recogniser's commit delay.
     LEVEL_LEAD_ROWS = 6
+    #: A live stream runs for hours: rows older than this (10 ms rows) behind the earliest
+    #: row a coming frame reads are dropped, in steps of TRIM_ROWS (so the copy is rare),
+    #: and the engine's memory stays bounded (whole files, read before any frame is taken,
+    #: keep everything).
+    HISTORY_ROWS = 500
+    TRIM_ROWS = 6000
     #: The viseme targets and the held jaw were drawn by hand and opened the mouth ~1.8x as
     #: far as real talking mouths (inner-lip gap / eye-corner distance, median and 90th
     #: percentile, 13 people of ../shared/data/talking; benchmarks/lipsync_talking.py).
@@ -235,6 +241,9 @@ class SpeechLandmarkEngine:
     def rewind(self) -> None:
         """Back to the first frame of what was heard (phones and loudness kept): the same
         audio replayed, e.g. with other ``targets`` or ``opening_gain``."""
+        if self._row0 > 0:
+            raise RuntimeError("the stream's first rows were dropped (HISTORY_ROWS): "
+                               "it cannot be replayed from its start")
         self._frame = 0
         self._slow_level = 0.0
 
@@ -247,12 +256,12 @@ class SpeechLandmarkEngine:
         self.idle = IdleMotion(rng, self.idle_amplitude)
         self._phones = np.zeros(0, np.int16)  # phone id per 10 ms row (final rows only)
         self._levels = np.zeros(0, np.float32)  # loudness per 10 ms row
-        # the spectral envelope per 10 ms row, in a buffer that doubles as it fills (a live
-        # session runs for hours: no copy of everything heard per chunk)
+        # the spectral envelope per 10 ms row [n, n_cep] (None: the learned mouth reads none)
+        self._cepstra: np.ndarray | None = None
         if self.envelope is not None:
             self.envelope.reset()
-            self._cep_buf = np.zeros((1024, self.envelope.n_cep), np.float32)
-        self._cep_rows = 0
+            self._cepstra = np.zeros((0, self.envelope.n_cep), np.float32)
+        self._row0 = 0  # the stream's row that the arrays' first element is (rows dropped)
         self._slow_level = 0.0
         self._frame = 0
         self._flushed = False
@@ -265,20 +274,24 @@ class SpeechLandmarkEngine:
         levels = self.loudness.push(pcm)
         self._levels = np.concatenate([self._levels, levels])
         if self.envelope is not None:
-            rows = self.envelope.push(pcm, levels)
-            end = self._cep_rows + len(rows)
-            if end > len(self._cep_buf):
-                grown = np.zeros((max(2 * len(self._cep_buf), end), rows.shape[1]), np.float32)
-                grown[: self._cep_rows] = self._cep_buf[: self._cep_rows]
-                self._cep_buf = grown
-            self._cep_buf[self._cep_rows : end] = rows
-            self._cep_rows = end
+            self._cepstra = np.concatenate([self._cepstra, self.envelope.push(pcm, levels)])
         self._add_segments(self.recognizer.push(pcm))
+        self._drop_old_rows()
 
-    @property
-    def _cepstra(self) -> np.ndarray | None:
-        """The spectral envelope's rows heard so far [n, n_cep] (None without one)."""
-        return None if self.envelope is None else self._cep_buf[: self._cep_rows]
+    def _drop_old_rows(self) -> None:
+        """Drop the rows no coming frame reads any more (see HISTORY_ROWS)."""
+        if self._frame == 0:
+            return
+        first = (int(round((self._frame / self.fps + self.anticipation_s) / ROW_S))
+                 - COART_ROWS - self.HISTORY_ROWS)
+        drop = min(first - self._row0, len(self._phones), len(self._levels))
+        if drop < self.TRIM_ROWS:
+            return
+        self._phones = self._phones[drop:].copy()
+        self._levels = self._levels[drop:].copy()
+        if self._cepstra is not None:
+            self._cepstra = self._cepstra[drop:].copy()
+        self._row0 += drop
 
     def flush(self) -> None:
         """End of stream: every remaining frame up to the audio's end becomes ready."""
@@ -288,10 +301,11 @@ class SpeechLandmarkEngine:
     def _add_segments(self, segments) -> None:
         for seg in segments:
             a, b = int(round(seg.start_s / ROW_S)), int(round(seg.end_s / ROW_S))
-            if b <= len(self._phones):
+            have = self._row0 + len(self._phones)
+            if b <= have:
                 continue
-            a = max(a, len(self._phones))
-            gap = a - len(self._phones)  # defensive: a hole in the segments is silence
+            a = max(a, have)
+            gap = a - have  # defensive: a hole in the segments is silence
             self._phones = np.concatenate(
                 [
                     self._phones,
@@ -309,8 +323,8 @@ class SpeechLandmarkEngine:
         """How many frames can be produced now without waiting for more audio."""
         if self._flushed:
             return self.frames_total - self._frame
-        rows = min(len(self._phones) - self.coart_future,
-                   len(self._levels) - self._level_rows_needed)
+        rows = self._row0 + min(len(self._phones) - self.coart_future,
+                                len(self._levels) - self._level_rows_needed)
         last = int(math.floor(((rows - 1) * ROW_S - self.anticipation_s) * self.fps))
         return max(0, last + 1 - self._frame)
 
@@ -319,6 +333,7 @@ class SpeechLandmarkEngine:
         c = int(round(t / ROW_S))
         # Rows past the window's reach repeat its last row (the same offline and live).
         idx = np.minimum(np.arange(c - COART_ROWS, c + COART_ROWS + 1), c + self.coart_future)
+        idx = idx - self._row0
         n = min(len(self._phones), len(self._levels))
         ok = (idx >= 0) & (idx < n)
         phones = np.full(len(idx), SILENCE, np.int16)
@@ -343,7 +358,8 @@ class SpeechLandmarkEngine:
         self._frame += 1
         speech = self.speech_params(t + self.anticipation_s)
         c = int(round((t + self.anticipation_s) / ROW_S))
-        level = float(self._levels[c]) if 0 <= c < len(self._levels) else 0.0
+        i = c - self._row0
+        level = float(self._levels[i]) if 0 <= i < len(self._levels) else 0.0
         self._slow_level += (level - self._slow_level) * min(1.0, 3.0 / self.fps)
         self.articulate(speech, self._slow_level, self.opening_gain)
         speech[P["inner_brow_raise"]] += 0.12 * self._slow_level
@@ -379,11 +395,12 @@ class SpeechLandmarkEngine:
         opening, lip rounding or stretching the width; ``speech`` is updated too. Lips
         that press or tuck (p b m, f v) keep their opening and their width fades to the
         visemes' as they close; both blends fade in and out with the held loudness
-        (OPENING_GATE): a face at rest stays as it is."""
+        (OPENING_GATE): a face at rest stays as it is. ``row``: the stream's 10 ms row."""
         gate = self._gate
         if gate <= 0.0:
             return lm
         m = self.mouth_model
+        row -= self._row0  # where it is in the rows kept
         closing = lips_closing(speech)
         if closing < 0.5:
             ours = float(mouth_opening(lm))
