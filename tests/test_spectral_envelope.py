@@ -50,11 +50,12 @@ def test_each_row_is_its_own_32_ms_ending_where_its_loudness_row_ends():
     assert np.allclose(rows[:7], rows[0]) and not np.allclose(rows[10], rows[0])
 
 
-def test_the_running_mean_follows_loud_rows_only():
+def test_the_running_mean_follows_loud_rows_only_and_quiet_rows_are_zero():
     raw = np.tile(np.arange(8, dtype=np.float32), (2000, 1)) + 5.0
     env = SpectralEnvelope(np.zeros(8), tau_rows=100.0, gate=0.1)
     quiet = env.normalise(raw[:500], np.zeros(500))
-    assert np.allclose(quiet, raw[:500]) and np.allclose(env.mean, 0.0)  # nothing heard
+    # nothing heard: the mean stays, and silence's rows say nothing (zero)
+    assert np.allclose(quiet, 0.0) and np.allclose(env.mean, 0.0)
     loud = env.normalise(raw[500:], np.full(1500, 0.5))
     # a steady voice fades to zero: its own colour drops out, at the time constant
     assert np.abs(loud[-1]).max() < 1e-3

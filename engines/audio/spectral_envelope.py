@@ -11,7 +11,9 @@ voice's pitch or the speaker's own timbre.
 the 32 ms window that ends where loudness row ``r`` ends, so it is final exactly when that
 row is and reading it costs no latency the loudness does not already cost. Each row is
 taken from a running mean of the rows where the speaker is heard (the loudness gate), so
-the microphone's and the voice's own colour drop out as they do from the loudness; the
+the microphone's and the voice's own colour drop out as they do from the loudness (rows
+below the gate are zero: the spectrum of silence or noise says nothing of the mouth, and
+read as a shut mouth it held the jaw back for a frame at every speech onset); the
 mean starts from a typical speaker's (the fit's ``mean0``) and moves with a time constant
 of ``tau_rows`` loud rows. Whole-file and streaming give the same rows however the audio
 is chunked.
@@ -75,14 +77,17 @@ class SpectralEnvelope:
 
     def normalise(self, raw: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """``raw`` rows [n, n_cep] less the running mean of the loud ones (``levels`` [n],
-        the same rows' loudness 0..1); the mean moves on (in place)."""
+        the same rows' loudness 0..1), zero where the row is not loud; the mean moves on
+        (in place)."""
         out = np.empty(raw.shape, np.float32)
         a = 1.0 / self.tau_rows
         mean = self.mean
         for i, (row, level) in enumerate(zip(raw.astype(np.float64), levels, strict=True)):
             if level > self.gate:
                 mean += a * (row - mean)
-            out[i] = row - mean
+                out[i] = row - mean
+            else:  # silence or noise: its spectrum says nothing of the mouth
+                out[i] = 0.0
         return out
 
     def push(self, pcm: np.ndarray, levels: np.ndarray) -> np.ndarray:

@@ -44,8 +44,10 @@ ANCHOR = 33
 #: Steps that bring the shape's own opening and width onto the asked ones (the fit alone
 #: keeps them to within ~0.01 of the outer eye-corner distance: the measures are norms,
 #: not quite linear in the points), and the openings over which the opening's step fades in
+#: (from 0.015: faded in only from 0.03, the first frame of a word opened 0.003-0.004 short
+#: of the engine's opening and read as still shut, a frame late at every speech onset)
 CORRECTIONS = 1
-OPEN_ENOUGH = (0.03, 0.07)
+OPEN_ENOUGH = (0.015, 0.035)
 
 
 class LipShapesError(RuntimeError):
