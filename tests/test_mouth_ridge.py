@@ -250,3 +250,21 @@ def test_a_long_live_stream_keeps_bounded_rows_and_the_same_frames(identity, mon
     assert trimmed.shape == whole.shape and np.allclose(trimmed, whole, atol=1e-5)
     with pytest.raises(RuntimeError, match="dropped"):
         eng.rewind()
+
+
+def test_samples_that_are_not_finite_are_silence_and_leave_no_trace(identity):
+    """A NaN burst in pushed audio once stayed in the spectral envelope's running mean
+    for good, and the learned mouth then asked for a shut mouth in every later word."""
+    audio = load_audio(str(resources.files("engines.audio.assets") / "hello.wav"), 16000)
+    bad = np.r_[np.zeros(4000, np.float32), np.full(400, np.nan, np.float32),
+                np.full(100, np.inf, np.float32), np.zeros(4000, np.float32)]
+    clean = np.r_[np.zeros(8500, np.float32)]
+    runs = []
+    for lead in (bad, clean):
+        eng = SpeechLandmarkEngine(identity.neutral, idle_amplitude=0.0)
+        eng.push_audio(np.r_[lead, audio])
+        eng.flush()
+        runs.append(np.array([eng.next_frame()[0] for _ in range(eng.frames_total)]))
+        assert np.isfinite(eng.envelope.mean).all() and np.isfinite(eng._levels).all()
+    assert np.isfinite(runs[0]).all()
+    np.testing.assert_allclose(runs[0], runs[1], atol=1e-4)

@@ -268,8 +268,12 @@ class SpeechLandmarkEngine:
         self._pushed_s = 0.0
 
     def push_audio(self, pcm: np.ndarray) -> None:
-        """Feed 16 kHz mono float32 audio of any length."""
+        """Feed 16 kHz mono float32 audio of any length (samples that are not finite are
+        taken as silence: one NaN would otherwise stay in the running loudness and
+        spectral envelope for the rest of the stream)."""
         pcm = np.asarray(pcm, np.float32).ravel()
+        if not np.isfinite(pcm).all():
+            pcm = np.nan_to_num(pcm, nan=0.0, posinf=0.0, neginf=0.0)
         self._pushed_s += len(pcm) / self.sample_rate
         levels = self.loudness.push(pcm)
         self._levels = np.concatenate([self._levels, levels])
