@@ -106,8 +106,7 @@ def cepstra(d: dict, env: dict) -> np.ndarray:
     """A clip's spectral envelope rows as the engine streams them with ``env``."""
     from engines.audio.spectral_envelope import SpectralEnvelope
 
-    return SpectralEnvelope(np.asarray(env["mean0"]), env["tau_rows"],
-                            env["gate"]).normalise(d["cep_raw"], d["levels"])
+    return SpectralEnvelope.from_settings(env).normalise(d["cep_raw"], d["levels"])
 
 
 def _rows(d: dict, n: int) -> np.ndarray:

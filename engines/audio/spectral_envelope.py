@@ -21,20 +21,11 @@ is chunked.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from etf_models.speech_features import dct_matrix, mel_weights
+from etf_models.speech_features import N_MFCC, WINDOW, mfcc_frames
 
-SAMPLE_RATE = 16000
-HOP = 160  # 10 ms: the loudness rows' hop
-WINDOW = 512  # 32 ms, DeepSpeech's window: the mel filterbank is built for its FFT
-N_MEL = 40
-
-
-def _periodic_hann(n: int) -> np.ndarray:
-    return (0.5 - 0.5 * np.cos(2.0 * math.pi * np.arange(n) / n)).astype(np.float64)
+HOP = 160  # 10 ms: the loudness rows' hop (DeepSpeech's 32 ms window, every 10 ms)
 
 
 class SpectralEnvelope:
@@ -44,16 +35,19 @@ class SpectralEnvelope:
 
     def __init__(self, mean0: np.ndarray, tau_rows: float = 300.0, gate: float = 0.1) -> None:
         self.mean0 = np.asarray(mean0, np.float64).ravel()
-        if self.mean0.size < 1 or self.mean0.size > N_MEL:
-            raise ValueError(f"mean0 must hold 1..{N_MEL} cepstra, not {self.mean0.size}")
+        if self.mean0.size < 1 or self.mean0.size > N_MFCC:
+            raise ValueError(f"mean0 must hold 1..{N_MFCC} cepstra, not {self.mean0.size}")
         if tau_rows < 1.0:
             raise ValueError("tau_rows must be at least 1")
         self.n_cep = self.mean0.size
         self.tau_rows = float(tau_rows)
         self.gate = float(gate)
-        self._dct = dct_matrix(self.n_cep, N_MEL)
-        self._hann = _periodic_hann(WINDOW)
         self.reset()
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> SpectralEnvelope:
+        """A stream from a fit's settings ``{"mean0", "tau_rows", "gate"}``."""
+        return cls(np.asarray(settings["mean0"]), settings["tau_rows"], settings["gate"])
 
     def reset(self) -> None:
         # the first windows reach back before the audio: zeros, as if silence preceded it
@@ -69,11 +63,9 @@ class SpectralEnvelope:
             self._tail = x
             return np.zeros((0, self.n_cep), np.float32)
         idx = np.arange(n)[:, None] * HOP + np.arange(WINDOW)[None, :]
-        frames = x[idx].astype(np.float64) * self._hann
         self._tail = x[n * HOP:]
-        mag = np.abs(np.fft.rfft(frames, n=WINDOW, axis=-1))
-        mel = mag @ mel_weights()
-        return (np.log(np.maximum(mel, 1e-12)) @ self._dct).astype(np.float32)
+        # DeepSpeech's own MFCC kernel on 10 ms steps; its first cepstra are these
+        return mfcc_frames(x[idx])[:, : self.n_cep]
 
     def normalise(self, raw: np.ndarray, levels: np.ndarray) -> np.ndarray:
         """``raw`` rows [n, n_cep] less the running mean of the loud ones (``levels`` [n],

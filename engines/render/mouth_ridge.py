@@ -178,7 +178,7 @@ class MouthRidge:
                                   "(and optionally envelope)")
         ridges = {t: PhoneRidge.from_dict(d[t]) for t in TARGETS}
         env = d.get("envelope")
-        reads = [r.w_cep for r in ridges.values() if r is not None and r.w_cep is not None]
+        reads = [r.w_cep for r in ridges.values() if r.w_cep is not None]
         if env is not None:
             env = {"mean0": [float(v) for v in env["mean0"]],
                    "tau_rows": float(env["tau_rows"]), "gate": float(env["gate"])}
@@ -194,8 +194,7 @@ class MouthRidge:
             return None
         from engines.audio.spectral_envelope import SpectralEnvelope
 
-        return SpectralEnvelope(np.asarray(self.envelope["mean0"]), self.envelope["tau_rows"],
-                                self.envelope["gate"])
+        return SpectralEnvelope.from_settings(self.envelope)
 
 
 SILENCE_ID = PHONES.index("SIL")
@@ -224,21 +223,17 @@ def cepstra_window(cepstra: np.ndarray, rows: np.ndarray, offsets: np.ndarray,
     [N]; rows beyond ``row + reach`` repeat that row, rows not heard are zero (the running
     mean: nothing known)."""
     rows = np.asarray(rows, np.int64)[:, None]
-    idx = np.minimum(rows + offsets, rows + reach)
-    n = len(cepstra)
-    out = np.zeros((*idx.shape, cepstra.shape[1] if cepstra.ndim == 2 else 0), np.float32)
-    if n == 0:
-        return out
-    ok = (idx >= 0) & (idx < n)
-    out[ok] = cepstra[idx[ok]]
-    return out
+    return _heard(cepstra, np.minimum(rows + offsets, rows + reach), 0.0, np.float32)
 
 
 def _heard(values: np.ndarray, idx: np.ndarray, unheard, dtype) -> np.ndarray:
-    """``values`` at the rows ``idx``; ``unheard`` where a row is outside them."""
+    """``values`` (rows first, [n, ...]) at the rows ``idx``; ``unheard`` where a row is
+    outside them."""
+    values = np.asarray(values)
     if len(values) == 0:
-        return np.full(idx.shape, unheard, dtype)
+        return np.full(idx.shape + values.shape[1:], unheard, dtype)
     ok = (idx >= 0) & (idx < len(values))
+    ok = ok.reshape(ok.shape + (1,) * (values.ndim - 1))
     return np.where(ok, values[np.clip(idx, 0, len(values) - 1)], unheard).astype(dtype)
 
 
